@@ -1,0 +1,142 @@
+#include "torchspark/pad.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "torchspark/arrow_type.h"
+#include "torchspark/convert.h"
+#include "torchspark/errors.h"
+
+namespace torchspark {
+
+namespace {
+
+struct ListChunk {
+  const ColumnChunk* chunk;
+  const ArrowArray* values;
+  TypeKind kind;
+  int64_t fixed_size;
+  c10::ScalarType storage;
+
+  // Absolute child range of absolute row i.
+  std::pair<int64_t, int64_t> row(int64_t i) const {
+    const ArrowArray& list = *chunk->array;
+    switch (kind) {
+      case TypeKind::kList: {
+        int64_t b = load_unaligned<int32_t>(list.buffers[1], i);
+        return {values->offset + b, load_unaligned<int32_t>(list.buffers[1], i + 1) - b};
+      }
+      case TypeKind::kLargeList: {
+        int64_t b = load_unaligned<int64_t>(list.buffers[1], i);
+        return {values->offset + b, load_unaligned<int64_t>(list.buffers[1], i + 1) - b};
+      }
+      default:
+        return {values->offset + i * fixed_size, fixed_size};
+    }
+  }
+};
+
+}  // namespace
+
+PadResult pad(const Column& column, const PadOptions& options) {
+  const std::string& what = column.label;
+  TORCH_CHECK_VALUE(options.nulls != NullPolicy::kMask, what,
+                    ": pad takes nulls='error' or 'fill', got 'mask' (the lengths are the mask)");
+  TORCH_CHECK_VALUE(!options.max_len || *options.max_len >= 0, what,
+                    ": max_len must be >= 0, got ", options.max_len.value_or(0));
+
+  std::vector<ListChunk> chunks;
+  c10::ScalarType storage = c10::ScalarType::Undefined;
+  for (const ColumnChunk& chunk : column.chunks) {
+    validate(*chunk.schema, *chunk.array, what, /*with_dictionary=*/false);
+    ArrowType type = parse_type(*chunk.schema, what);
+    const bool is_list = type.kind == TypeKind::kList || type.kind == TypeKind::kLargeList ||
+                         type.kind == TypeKind::kFixedSizeList;
+    TS_CHECK_SUPPORTED(is_list && !type.dictionary_encoded, what,
+                       ": pad takes a list, large_list or fixed_size_list column, got ",
+                       describe_format(chunk.schema->format));
+    const ArrowSchema& child_schema = *chunk.schema->children[0];
+    ArrowType child = parse_type(child_schema, what + " (list values)");
+    TS_CHECK_SUPPORTED(
+        (child.kind == TypeKind::kPrimitive || child.kind == TypeKind::kBool) &&
+            !child.dictionary_encoded,
+        what, ": pad takes lists of numbers or bools, got lists of ",
+        describe_format(child_schema.format));
+    storage = child.dtype;
+    chunks.push_back({&chunk, chunk.array->children[0], type.kind, type.fixed_size, child.dtype});
+  }
+  if (storage == c10::ScalarType::Undefined) {
+    // No chunks: take the value type from the schema.
+    const ArrowSchema* s = column.schema;
+    storage = s->n_children == 1 ? parse_type(*s->children[0], what).dtype : at::kLong;
+  }
+  const c10::ScalarType dtype = options.dtype.value_or(storage);
+  TS_CHECK_SUPPORTED(is_supported_dtype(dtype), what, ": dtype ", c10::toString(dtype),
+                     " is not supported; expected a real number type or bool");
+  check_fill(options.pad_value, dtype, what + " pad_value");
+
+  // Pass one: lengths (and null checks).
+  PadResult result;
+  result.lengths = at::empty({column.length}, at::TensorOptions().dtype(at::kLong));
+  int64_t* lengths = result.lengths.data_ptr<int64_t>();
+  const int64_t cap = options.max_len.value_or(std::numeric_limits<int64_t>::max());
+  int64_t width = 0;
+  for (const ListChunk& lc : chunks) {
+    const ColumnChunk& chunk = *lc.chunk;
+    if (options.nulls == NullPolicy::kError) {
+      int64_t nulls = count_nulls(*chunk.array, chunk.start, chunk.length);
+      int64_t first = first_null(*chunk.array, chunk.start, chunk.length);
+      TS_CHECK_NOT_NULL(nulls == 0, what, ": ", nulls, nulls == 1 ? " null row" : " null rows",
+                        " (first is row ", chunk.row_base + (first - chunk.start),
+                        "); pass nulls='fill' to pad null rows as empty");
+    }
+    for (int64_t r = 0; r < chunk.length; ++r) {
+      const int64_t i = chunk.start + r;
+      int64_t len = 0;
+      if (is_valid(*chunk.array, i)) {
+        auto [begin, n] = lc.row(i);
+        len = std::min(n, cap);
+        if (options.nulls == NullPolicy::kError) {
+          int64_t null_at = first_null(*lc.values, begin, len);
+          TS_CHECK_NOT_NULL(null_at < 0, what, ": ", count_nulls(*lc.values, begin, len),
+                            " null values in row ", chunk.row_base + r, " (first at position ",
+                            null_at - begin, "); pass nulls='fill' to pad them");
+        }
+      }
+      lengths[chunk.row_base + r] = len;
+      width = std::max(width, len);
+    }
+  }
+
+  // Pass two: values, then padding, row by row.
+  result.values = at::empty({column.length, width}, at::TensorOptions().dtype(dtype));
+  char* out = static_cast<char*>(result.values.data_ptr());
+  const int64_t elem_size = static_cast<int64_t>(c10::elementSize(dtype));
+  const FillFn fill = fill_fn(dtype);
+  for (const ListChunk& lc : chunks) {
+    const ColumnChunk& chunk = *lc.chunk;
+    const ConvertFn convert = convert_fn(lc.storage, dtype);
+    TS_CHECK_SUPPORTED(convert != nullptr, what, ": cannot convert ", c10::toString(lc.storage),
+                       " to ", c10::toString(dtype));
+    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(width, 1));
+    at::parallel_for(0, chunk.length, grain, [&](int64_t begin_row, int64_t end_row) {
+      for (int64_t r = begin_row; r < end_row; ++r) {
+        const int64_t row = chunk.row_base + r;
+        char* dst = out + row * width * elem_size;
+        const int64_t len = lengths[row];
+        if (len > 0) {
+          const int64_t begin = lc.row(chunk.start + r).first;
+          convert_valid_runs(*lc.values, begin, len, convert, fill, options.pad_value, dst,
+                             elem_size, 1, nullptr, 0);
+        }
+        fill(dst + len * elem_size, options.pad_value, width - len, 1);
+      }
+    });
+  }
+  return result;
+}
+
+}  // namespace torchspark

@@ -1,0 +1,30 @@
+"""The exceptions torchspark raises.
+
+Every message names the column (or model, or batch) and says what was expected
+and what was found. Besides these, argument errors are plain ``TypeError`` /
+``ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InvalidArrowError", "NullValueError", "TorchSparkError", "UnsupportedTypeError"]
+
+
+class TorchSparkError(Exception):
+    """Base class of torchspark's own errors."""
+
+
+class UnsupportedTypeError(TorchSparkError, TypeError):
+    """An Arrow type or tensor dtype that torchspark does not convert (strings,
+    decimals, timestamps with a time zone, maps, unions, complex tensors...)."""
+
+
+class InvalidArrowError(TorchSparkError, ValueError):
+    """A structurally invalid Arrow array: bad lengths, offsets, buffers or
+    children, or a struct that was already released. Raised before any value
+    is read."""
+
+
+class NullValueError(TorchSparkError, ValueError):
+    """A null value where the null policy is ``"error"``. The message gives the
+    column, the number of nulls and the first null row."""
