@@ -260,8 +260,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("TORCH_VERSION") = TORCHSPARK_TORCH_VERSION;
   py::register_local_exception_translator(&translate);
 
-  m.def("_set_error_types", &set_error_types, py::arg("unsupported_type"),
-        py::arg("invalid_arrow"), py::arg("null_value"));
+  m.def("_set_error_types", &set_error_types, py::arg("unsupported_type"), py::arg("invalid_arrow"),
+        py::arg("null_value"));
   m.def("to_tensor", &py_to_tensor, py::arg("obj"), py::arg("dtype") = py::none(),
         py::arg("nulls") = "error", py::arg("fill") = 0, py::arg("dictionary") = "indices",
         py::arg("shape") = py::none());
@@ -271,8 +271,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("gather", &py_gather, py::arg("obj"), py::arg("columns") = py::none(),
         py::arg("dtype") = at::kFloat, py::arg("nulls") = "error", py::arg("fill") = 0,
         py::arg("out") = py::none());
-  m.def("pad", &py_pad, py::arg("obj"), py::arg("max_len") = py::none(),
-        py::arg("pad_value") = 0, py::arg("dtype") = py::none(), py::arg("nulls") = "error");
+  m.def("pad", &py_pad, py::arg("obj"), py::arg("max_len") = py::none(), py::arg("pad_value") = 0,
+        py::arg("dtype") = py::none(), py::arg("nulls") = "error");
 
   py::class_<TensorExport>(m, "TensorExport")
       .def(py::init<at::Tensor, bool>(), py::arg("tensor"), py::arg("fixed_size_list") = false)

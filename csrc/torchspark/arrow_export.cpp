@@ -85,7 +85,7 @@ void make_schema(ArrowSchema* out, at::IntArrayRef sizes, size_t level, const ch
 // ---- ArrowArray ----
 
 struct ArrayPrivate {
-  at::Tensor data;     // the tensor (leaf) or the generated offsets (list levels)
+  at::Tensor data;  // the tensor (leaf) or the generated offsets (list levels)
   const void* buffers[2] = {nullptr, nullptr};
   ArrowArray child{};
   ArrowArray* child_ptr = nullptr;

@@ -43,6 +43,7 @@ bool is_struct_schema(const ArrowSchema& schema) {
 ImportedTable::ImportedTable(ImportedChunks imported, std::string label)
     : imported_(std::move(imported)), label_(std::move(label)) {
   const ArrowSchema& schema = imported_.schema->get();
+  validate_schema(schema, label_);
   is_batch_ = is_struct_schema(schema);
   for (const ChunkPtr& chunk : imported_.chunks) {
     const ArrowArray& array = chunk->array();
@@ -73,16 +74,16 @@ std::vector<std::string> ImportedTable::column_names() const {
 Column ImportedTable::column(const std::string& name) const {
   std::vector<std::string> names = column_names();
   TS_CHECK_SUPPORTED(is_batch_, label_, ": expected a record batch or table to select column '",
-                     name, "' from, got a single ",
-                     describe_format(imported_.schema->get().format), " array");
+                     name, "' from, got a single ", describe_format(imported_.schema->get().format),
+                     " array");
   auto it = std::find(names.begin(), names.end(), name);
   if (it == names.end()) {
     std::string available;
     for (const auto& n : names) {
       available += (available.empty() ? "'" : ", '") + n + "'";
     }
-    TORCH_CHECK_VALUE(false, "column '", name, "' not found; the batch has columns [",
-                      available, "]");
+    TORCH_CHECK_VALUE(false, "column '", name, "' not found; the batch has columns [", available,
+                      "]");
   }
   TORCH_CHECK_VALUE(std::count(names.begin(), names.end(), name) == 1, "column '", name,
                     "' is ambiguous: the batch has several columns with that name");
@@ -195,13 +196,12 @@ std::pair<int64_t, int64_t> child_range(const Level& level, int64_t i) {
       int64_t e = load_unaligned<int64_t>(level.array->buffers[1], i + 1);
       return {child.offset + b, e - b};
     }
-    default:
-      return {child.offset + i * level.fixed_size, level.fixed_size};
+    default: return {child.offset + i * level.fixed_size, level.fixed_size};
   }
 }
 
-[[noreturn]] void ragged_error(const std::string& what, size_t level, int64_t row,
-                               int64_t expected, int64_t got) {
+[[noreturn]] void ragged_error(const std::string& what, size_t level, int64_t row, int64_t expected,
+                               int64_t got) {
   TORCH_CHECK_VALUE(false, what, ": ", level == 0 ? "lists" : "inner lists",
                     " must all have the same length to become a tensor; expected ", expected,
                     " values (the first row's length), got ", got, " in row ", row,
@@ -227,8 +227,8 @@ bool contiguous_leaf(const Plan& plan, const ColumnChunk& chunk, const std::stri
     if (level.kind == TypeKind::kFixedSizeList) {
       child_start = level.array->children[0]->offset + start * d;
     } else {
-      auto [first_begin, first_len] = count > 0 ? child_range(level, start)
-                                                : std::pair<int64_t, int64_t>{0, 0};
+      auto [first_begin, first_len] =
+          count > 0 ? child_range(level, start) : std::pair<int64_t, int64_t>{0, 0};
       d = first_len;
       child_start = first_begin;
       for (int64_t r = 1; r < count; ++r) {
@@ -266,8 +266,7 @@ class Materializer {
  public:
   Materializer(const Plan& plan, const ColumnChunk& chunk, const std::string& what,
                const ToTensorOptions& options)
-      : plan_(plan), chunk_(chunk), what_(what), options_(options),
-        dims_(plan.levels.size(), -1) {
+      : plan_(plan), chunk_(chunk), what_(what), options_(options), dims_(plan.levels.size(), -1) {
     for (size_t k = 0; k < plan.levels.size(); ++k) {
       if (plan.levels[k].kind == TypeKind::kFixedSizeList) {
         dims_[k] = plan.levels[k].fixed_size;
@@ -439,9 +438,8 @@ ColumnTensor convert_binary(const ColumnChunk& chunk, const ArrowType& type,
     }
     int64_t b = type.kind == TypeKind::kBinary ? load_unaligned<int32_t>(array.buffers[1], i)
                                                : load_unaligned<int64_t>(array.buffers[1], i);
-    int64_t e = type.kind == TypeKind::kBinary
-                    ? load_unaligned<int32_t>(array.buffers[1], i + 1)
-                    : load_unaligned<int64_t>(array.buffers[1], i + 1);
+    int64_t e = type.kind == TypeKind::kBinary ? load_unaligned<int32_t>(array.buffers[1], i + 1)
+                                               : load_unaligned<int64_t>(array.buffers[1], i + 1);
     return {b, e - b};
   };
   const char* bytes =
@@ -472,8 +470,7 @@ ColumnTensor convert_binary(const ColumnChunk& chunk, const ArrowType& type,
     first_null_row = first < 0 ? -1 : chunk.row_base + (first - chunk.start);
   }
   TS_CHECK_NOT_NULL(nulls == 0 || options.nulls != NullPolicy::kError, what, ": ", nulls,
-                    nulls == 1 ? " null value" : " null values", " (first in row ",
-                    first_null_row,
+                    nulls == 1 ? " null value" : " null values", " (first in row ", first_null_row,
                     "); pass nulls='fill' (with fill=...) or nulls='mask' to convert them");
 
   std::vector<int64_t> row_shape;
@@ -481,8 +478,8 @@ ColumnTensor convert_binary(const ColumnChunk& chunk, const ArrowType& type,
     row_shape = *options.shape;
   } else {
     TS_CHECK_SUPPORTED(width < 0 || width % itemsize == 0, what, ": binary rows of ", width,
-                       " bytes do not hold whole ", c10::toString(dtype), " elements (",
-                       itemsize, " bytes each)");
+                       " bytes do not hold whole ", c10::toString(dtype), " elements (", itemsize,
+                       " bytes each)");
     row_shape = {width < 0 ? 0 : width / itemsize};
   }
   int64_t row_elems = 1;
@@ -490,9 +487,9 @@ ColumnTensor convert_binary(const ColumnChunk& chunk, const ArrowType& type,
     TORCH_CHECK_VALUE(d >= 0, what, ": shape dimensions must be >= 0, got ", d);
     row_elems *= d;
   }
-  TORCH_CHECK_VALUE(width < 0 || width == row_elems * itemsize, what, ": binary rows hold ",
-                    width, " bytes but shape ", c10::IntArrayRef(row_shape), " of ",
-                    c10::toString(dtype), " needs ", row_elems * itemsize, " bytes");
+  TORCH_CHECK_VALUE(width < 0 || width == row_elems * itemsize, what, ": binary rows hold ", width,
+                    " bytes but shape ", c10::IntArrayRef(row_shape), " of ", c10::toString(dtype),
+                    " needs ", row_elems * itemsize, " bytes");
   const int64_t row_bytes = row_elems * itemsize;
 
   std::vector<int64_t> sizes{chunk.length};
@@ -549,8 +546,8 @@ ColumnTensor convert_chunk(const ColumnChunk& chunk, const std::string& what,
 ColumnTensor convert_dictionary(const ColumnChunk& chunk, const std::string& what,
                                 const ToTensorOptions& options) {
   ToTensorOptions index_options;
-  index_options.nulls = options.nulls == NullPolicy::kError ? NullPolicy::kError
-                                                             : NullPolicy::kMask;
+  index_options.nulls =
+      options.nulls == NullPolicy::kError ? NullPolicy::kError : NullPolicy::kMask;
   if (options.dictionary == DictionaryPolicy::kIndices) {
     index_options.nulls = options.nulls;
     index_options.fill = options.fill;
@@ -563,11 +560,10 @@ ColumnTensor convert_dictionary(const ColumnChunk& chunk, const std::string& wha
 
   const ArrowArray& dict = *chunk.array->dictionary;
   validate(*chunk.schema->dictionary, dict, what + " (dictionary)");
-  ColumnChunk dict_chunk{chunk.schema->dictionary, &dict, dict.offset, dict.length, 0,
-                         chunk.owner};
+  ColumnChunk dict_chunk{chunk.schema->dictionary, &dict, dict.offset, dict.length, 0, chunk.owner};
   ToTensorOptions value_options = options;
-  value_options.nulls = options.nulls == NullPolicy::kError ? NullPolicy::kError
-                                                             : NullPolicy::kMask;
+  value_options.nulls =
+      options.nulls == NullPolicy::kError ? NullPolicy::kError : NullPolicy::kMask;
   ColumnTensor values = convert_chunk(dict_chunk, what + " (dictionary)", value_options);
 
   at::Tensor index = indices.values.to(at::kLong);
@@ -580,9 +576,8 @@ ColumnTensor convert_dictionary(const ColumnChunk& chunk, const std::string& wha
     if (lo < 0 || hi >= dict.length) {
       const int64_t bad = lo < 0 ? lo : hi;
       const int64_t row = (index == bad).nonzero()[0][0].item<int64_t>();
-      TORCH_CHECK_VALUE(false, what, ": dictionary index ", bad, " in row ",
-                        chunk.row_base + row, " is out of range for a dictionary of ",
-                        dict.length, " values");
+      TORCH_CHECK_VALUE(false, what, ": dictionary index ", bad, " in row ", chunk.row_base + row,
+                        " is out of range for a dictionary of ", dict.length, " values");
     }
   }
   ColumnTensor result;
@@ -644,8 +639,7 @@ ColumnTensor empty_column(const Column& column, const ToTensorOptions& options) 
         sizes.insert(sizes.end(), options.shape->begin(), options.shape->end());
       } else {
         int64_t itemsize = static_cast<int64_t>(c10::elementSize(dtype));
-        sizes.push_back(type.kind == TypeKind::kFixedSizeBinary ? type.fixed_size / itemsize
-                                                                : 0);
+        sizes.push_back(type.kind == TypeKind::kFixedSizeBinary ? type.fixed_size / itemsize : 0);
       }
       break;
     }
@@ -693,8 +687,8 @@ ColumnTensor to_tensor(const Column& column, const ToTensorOptions& options) {
     if (reference != nullptr) {
       TORCH_CHECK_VALUE(parts[c].values.sizes().slice(1) == reference->sizes().slice(1),
                         column.label, ": rows have shape ", reference->sizes().slice(1),
-                        " in an earlier chunk but ", parts[c].values.sizes().slice(1),
-                        " in chunk ", c);
+                        " in an earlier chunk but ", parts[c].values.sizes().slice(1), " in chunk ",
+                        c);
     } else {
       reference = &parts[c].values;
     }
@@ -705,9 +699,10 @@ ColumnTensor to_tensor(const Column& column, const ToTensorOptions& options) {
     return std::move(parts[0]);
   }
   ColumnTensor result;
-  result.values = values.size() == 1 ? values[0].clone() : at::cat(values, 0);
+  // A single non-empty chunk stays a view (zero-copy); several are concatenated.
+  result.values = values.size() == 1 ? values[0] : at::cat(values, 0);
   if (!masks.empty()) {
-    result.mask = masks.size() == 1 ? masks[0].clone() : at::cat(masks, 0);
+    result.mask = masks.size() == 1 ? masks[0] : at::cat(masks, 0);
   }
   return result;
 }

@@ -84,8 +84,8 @@ ImportedChunks import_stream(ArrowArrayStream* source) {
 
   ArrowSchema schema{};
   int rc = stream.get()->get_schema(stream.get(), &schema);
-  TS_CHECK_ARROW(rc == 0, "Arrow stream: get_schema failed (errno ", rc, "): ",
-                 stream.last_error());
+  TS_CHECK_ARROW(rc == 0, "Arrow stream: get_schema failed (errno ", rc,
+                 "): ", stream.last_error());
   out.schema = std::make_shared<const SchemaOwner>(&schema);
 
   for (int64_t index = 0;; ++index) {

@@ -71,18 +71,41 @@ std::string describe_format(const char* format) {
   }
   std::string_view f(format);
   static const std::pair<std::string_view, std::string_view> kNames[] = {
-      {"n", "null"},         {"b", "bool"},         {"c", "int8"},
-      {"C", "uint8"},        {"s", "int16"},        {"S", "uint16"},
-      {"i", "int32"},        {"I", "uint32"},       {"l", "int64"},
-      {"L", "uint64"},       {"e", "float16"},      {"f", "float32"},
-      {"g", "float64"},      {"z", "binary"},       {"Z", "large_binary"},
-      {"vz", "binary_view"}, {"u", "utf8 string"},  {"U", "large_utf8 string"},
-      {"vu", "string_view"}, {"tdD", "date32"},     {"tdm", "date64"},
-      {"tts", "time32[s]"},  {"ttm", "time32[ms]"}, {"ttu", "time64[us]"},
-      {"ttn", "time64[ns]"}, {"tiM", "interval"},   {"tiD", "interval"},
-      {"tin", "interval"},   {"+l", "list"},        {"+L", "large_list"},
-      {"+s", "struct"},      {"+m", "map"},         {"+vl", "list_view"},
-      {"+vL", "large_list_view"}, {"+r", "run_end_encoded"},
+      {"n", "null"},
+      {"b", "bool"},
+      {"c", "int8"},
+      {"C", "uint8"},
+      {"s", "int16"},
+      {"S", "uint16"},
+      {"i", "int32"},
+      {"I", "uint32"},
+      {"l", "int64"},
+      {"L", "uint64"},
+      {"e", "float16"},
+      {"f", "float32"},
+      {"g", "float64"},
+      {"z", "binary"},
+      {"Z", "large_binary"},
+      {"vz", "binary_view"},
+      {"u", "utf8 string"},
+      {"U", "large_utf8 string"},
+      {"vu", "string_view"},
+      {"tdD", "date32"},
+      {"tdm", "date64"},
+      {"tts", "time32[s]"},
+      {"ttm", "time32[ms]"},
+      {"ttu", "time64[us]"},
+      {"ttn", "time64[ns]"},
+      {"tiM", "interval"},
+      {"tiD", "interval"},
+      {"tin", "interval"},
+      {"+l", "list"},
+      {"+L", "large_list"},
+      {"+s", "struct"},
+      {"+m", "map"},
+      {"+vl", "list_view"},
+      {"+vL", "large_list_view"},
+      {"+r", "run_end_encoded"},
   };
   for (const auto& [code, name] : kNames) {
     if (f == code) {
@@ -162,8 +185,7 @@ ArrowType parse_type(const ArrowSchema& schema, const std::string& what) {
     TS_CHECK_ARROW(type.fixed_size >= 0, what, ": malformed format string '", f, "'");
     return type;
   }
-  TS_CHECK_SUPPORTED(false, what, ": Arrow type ", describe_format(schema.format),
-                     " (format '", f,
+  TS_CHECK_SUPPORTED(false, what, ": Arrow type ", describe_format(schema.format), " (format '", f,
                      "') is not supported; expected a number, bool, date/time/timestamp "
                      "without a time zone, list, large_list, fixed_size_list, binary or "
                      "fixed_size_binary column");
@@ -178,14 +200,11 @@ int64_t expected_buffers(const ArrowType& type) {
     case TypeKind::kBool:
     case TypeKind::kList:
     case TypeKind::kLargeList:
-    case TypeKind::kFixedSizeBinary:
-      return 2;
+    case TypeKind::kFixedSizeBinary: return 2;
     case TypeKind::kFixedSizeList:
-    case TypeKind::kStruct:
-      return 1;
+    case TypeKind::kStruct: return 1;
     case TypeKind::kBinary:
-    case TypeKind::kLargeBinary:
-      return 3;
+    case TypeKind::kLargeBinary: return 3;
   }
   return 0;
 }
@@ -196,8 +215,7 @@ template <typename Offset>
 int64_t check_offsets(const void* offsets, int64_t abs_start, int64_t count, int64_t limit,
                       const std::string& what, const char* limit_name) {
   int64_t prev = load_unaligned<Offset>(offsets, abs_start);
-  TS_CHECK_ARROW(prev >= 0, what, ": offsets must be >= 0, got offsets[", abs_start,
-                 "] = ", prev);
+  TS_CHECK_ARROW(prev >= 0, what, ": offsets must be >= 0, got offsets[", abs_start, "] = ", prev);
   for (int64_t i = abs_start + 1; i <= abs_start + count; ++i) {
     int64_t next = load_unaligned<Offset>(offsets, i);
     TS_CHECK_ARROW(next >= prev, what, ": offsets must not decrease, got offsets[", i - 1,
@@ -217,8 +235,7 @@ void validate_fields(const ArrowSchema& schema, const ArrowArray& array, const A
   TS_CHECK_ARROW(array.offset <= std::numeric_limits<int64_t>::max() - array.length, what,
                  ": offset ", array.offset, " + length ", array.length, " overflows int64");
   TS_CHECK_ARROW(array.null_count >= -1 && array.null_count <= array.length, what,
-                 ": null_count must be in [-1, length ", array.length, "], got ",
-                 array.null_count);
+                 ": null_count must be in [-1, length ", array.length, "], got ", array.null_count);
 
   int64_t want_buffers = expected_buffers(type);
   TS_CHECK_ARROW(array.n_buffers == want_buffers, what, ": expected ", want_buffers,
@@ -269,9 +286,7 @@ void validate_node(const ArrowSchema& schema, const ArrowArray& array, const std
 
   switch (type.kind) {
     case TypeKind::kPrimitive:
-    case TypeKind::kBool:
-      require_buffer(1, "data");
-      break;
+    case TypeKind::kBool: require_buffer(1, "data"); break;
     case TypeKind::kFixedSizeBinary:
       require_buffer(1, "data");
       TS_CHECK_ARROW(type.fixed_size > 0, what, ": fixed_size_binary width must be > 0, got ",
@@ -281,11 +296,10 @@ void validate_node(const ArrowSchema& schema, const ArrowArray& array, const std
     case TypeKind::kLargeBinary: {
       require_buffer(1, "offsets");
       if (has_rows) {
-        int64_t last = type.kind == TypeKind::kBinary
-                           ? check_offsets<int32_t>(array.buffers[1], begin, array.length, -1,
-                                                    what, "data")
-                           : check_offsets<int64_t>(array.buffers[1], begin, array.length, -1,
-                                                    what, "data");
+        int64_t last =
+            type.kind == TypeKind::kBinary
+                ? check_offsets<int32_t>(array.buffers[1], begin, array.length, -1, what, "data")
+                : check_offsets<int64_t>(array.buffers[1], begin, array.length, -1, what, "data");
         int64_t first = type.kind == TypeKind::kBinary
                             ? load_unaligned<int32_t>(array.buffers[1], begin)
                             : load_unaligned<int64_t>(array.buffers[1], begin);
@@ -301,11 +315,11 @@ void validate_node(const ArrowSchema& schema, const ArrowArray& array, const std
       std::string child_what = what + " (list values)";
       if (has_rows) {
         if (type.kind == TypeKind::kList) {
-          check_offsets<int32_t>(array.buffers[1], begin, array.length, child.length,
-                                 child_what, "child array");
+          check_offsets<int32_t>(array.buffers[1], begin, array.length, child.length, child_what,
+                                 "child array");
         } else {
-          check_offsets<int64_t>(array.buffers[1], begin, array.length, child.length,
-                                 child_what, "child array");
+          check_offsets<int64_t>(array.buffers[1], begin, array.length, child.length, child_what,
+                                 "child array");
         }
       }
       validate_node(*schema.children[0], child, child_what, with_dictionary, depth + 1);
@@ -317,9 +331,9 @@ void validate_node(const ArrowSchema& schema, const ArrowArray& array, const std
       int64_t needed = 0;
       TS_CHECK_ARROW(!__builtin_mul_overflow(end, type.fixed_size, &needed), what,
                      ": (offset + length) * list size overflows int64");
-      TS_CHECK_ARROW(child.length >= needed, child_what, ": a fixed_size_list[",
-                     type.fixed_size, "] of offset ", begin, " and length ", array.length,
-                     " needs ", needed, " child elements, got ", child.length);
+      TS_CHECK_ARROW(child.length >= needed, child_what, ": a fixed_size_list[", type.fixed_size,
+                     "] of offset ", begin, " and length ", array.length, " needs ", needed,
+                     " child elements, got ", child.length);
       validate_node(*schema.children[0], child, child_what, with_dictionary, depth + 1);
       break;
     }
@@ -334,12 +348,35 @@ void validate_node(const ArrowSchema& schema, const ArrowArray& array, const std
   }
 
   if (type.dictionary_encoded && with_dictionary) {
-    validate_node(*schema.dictionary, *array.dictionary, what + " (dictionary)", true,
-                  depth + 1);
+    validate_node(*schema.dictionary, *array.dictionary, what + " (dictionary)", true, depth + 1);
+  }
+}
+
+void validate_schema_node(const ArrowSchema& schema, const std::string& what, int depth) {
+  TS_CHECK_ARROW(depth < kMaxDepth, what, ": nesting deeper than ", kMaxDepth, " levels");
+  TS_CHECK_ARROW(schema.release != nullptr || depth > 0, what,
+                 ": the ArrowSchema was already released");
+  TS_CHECK_ARROW(schema.format != nullptr, what, ": the ArrowSchema has no format string");
+  TS_CHECK_ARROW(schema.n_children >= 0, what, ": schema n_children must be >= 0, got ",
+                 schema.n_children);
+  TS_CHECK_ARROW(schema.n_children == 0 || schema.children != nullptr, what, ": schema has ",
+                 schema.n_children, " children but a null children pointer");
+  for (int64_t i = 0; i < schema.n_children; ++i) {
+    TS_CHECK_ARROW(schema.children[i] != nullptr, what, ": schema child ", i, " is a null pointer");
+    validate_schema_node(*schema.children[i],
+                         field_label(*schema.children[i], what + " child " + std::to_string(i)),
+                         depth + 1);
+  }
+  if (schema.dictionary != nullptr) {
+    validate_schema_node(*schema.dictionary, what + " (dictionary)", depth + 1);
   }
 }
 
 }  // namespace
+
+void validate_schema(const ArrowSchema& schema, const std::string& what) {
+  validate_schema_node(schema, what, 0);
+}
 
 void validate(const ArrowSchema& schema, const ArrowArray& array, const std::string& what,
               bool with_dictionary) {
@@ -356,8 +393,8 @@ void validate_struct_shallow(const ArrowSchema& schema, const ArrowArray& array,
   for (int64_t i = 0; i < array.n_children; ++i) {
     const ArrowArray& child = *array.children[i];
     TS_CHECK_ARROW(child.length >= end,
-                   field_label(*schema.children[i], what + " child " + std::to_string(i)),
-                   ": has ", child.length, " rows but the batch has ", end,
+                   field_label(*schema.children[i], what + " child " + std::to_string(i)), ": has ",
+                   child.length, " rows but the batch has ", end,
                    " (column lengths differ within the batch)");
   }
 }

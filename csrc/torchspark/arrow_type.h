@@ -46,6 +46,10 @@ ArrowType parse_type(const ArrowSchema& schema, const std::string& what);
 // A readable name for a format string ("utf8", "decimal128(10, 2)", ...).
 std::string describe_format(const char* format);
 
+// Validates a schema tree's own structure (format strings present, child
+// counts and pointers consistent, bounded depth), so it can be walked safely.
+void validate_schema(const ArrowSchema& schema, const std::string& what);
+
 // Validates `array` against `schema`, recursively through list children and
 // (when `with_dictionary`) the dictionary. Throws InvalidArrowError naming
 // `what` and the offending field on the first violation.
@@ -72,7 +76,9 @@ inline T load_unaligned(const void* base, int64_t i) {
 
 // ---- validity bitmaps (LSB bit order, as Arrow defines them) ----
 
-inline bool bit_is_set(const uint8_t* bits, int64_t i) { return (bits[i >> 3] >> (i & 7)) & 1; }
+inline bool bit_is_set(const uint8_t* bits, int64_t i) {
+  return (bits[i >> 3] >> (i & 7)) & 1;
+}
 
 // Whether any of [abs_start, abs_start + count) is null. A null bitmap means no nulls.
 bool range_has_nulls(const ArrowArray& array, int64_t abs_start, int64_t count);

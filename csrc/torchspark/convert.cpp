@@ -1,9 +1,9 @@
 #include "torchspark/convert.h"
 
+#include <ATen/core/Formatting.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <c10/util/TypeCast.h>
-#include <ATen/core/Formatting.h>
 
 #include <cstring>
 #include <type_traits>
@@ -15,8 +15,7 @@ namespace torchspark {
 namespace {
 
 template <typename Dst, typename Src>
-void convert_values(const void* base, int64_t index, int64_t count, void* dst,
-                    int64_t dst_stride) {
+void convert_values(const void* base, int64_t index, int64_t count, void* dst, int64_t dst_stride) {
   const char* src = static_cast<const char*>(base) + index * static_cast<int64_t>(sizeof(Src));
   Dst* out = static_cast<Dst*>(dst);
   if constexpr (std::is_same_v<Dst, Src>) {
@@ -33,8 +32,7 @@ void convert_values(const void* base, int64_t index, int64_t count, void* dst,
 }
 
 template <typename Dst>
-void convert_bits(const void* base, int64_t index, int64_t count, void* dst,
-                  int64_t dst_stride) {
+void convert_bits(const void* base, int64_t index, int64_t count, void* dst, int64_t dst_stride) {
   const auto* bits = static_cast<const uint8_t*>(base);
   Dst* out = static_cast<Dst*>(dst);
   for (int64_t k = 0; k < count; ++k) {
@@ -96,9 +94,7 @@ auto visit_dtype(c10::ScalarType dtype, F&& f) -> decltype(f(float{})) {
 }  // namespace
 
 ConvertFn convert_fn(c10::ScalarType src, c10::ScalarType dst) {
-  return visit_dtype(dst, [&](auto tag) -> ConvertFn {
-    return convert_from<decltype(tag)>(src);
-  });
+  return visit_dtype(dst, [&](auto tag) -> ConvertFn { return convert_from<decltype(tag)>(src); });
 }
 
 FillFn fill_fn(c10::ScalarType dst) {
@@ -136,16 +132,19 @@ void convert_valid_runs(const ArrowArray& array, int64_t start, int64_t count, C
   }
 }
 
-bool is_supported_dtype(c10::ScalarType dtype) { return fill_fn(dtype) != nullptr; }
+bool is_supported_dtype(c10::ScalarType dtype) {
+  return fill_fn(dtype) != nullptr;
+}
 
-void check_fill(const c10::Scalar& value, c10::ScalarType dtype, const std::string& what) {
+void check_fill(const c10::Scalar& value, c10::ScalarType dtype, const std::string& what,
+                const char* name) {
   try {
     visit_dtype(dtype, [&](auto tag) -> int {
       (void)value.to<decltype(tag)>();
       return 0;
     });
-  } catch (const c10::Error&) {
-    TORCH_CHECK_VALUE(false, what, ": fill value ", value, " cannot be represented as ",
+  } catch (const std::exception&) {  // c10's report_overflow throws std::runtime_error
+    TORCH_CHECK_VALUE(false, what, ": ", name, " ", value, " cannot be represented as ",
                       c10::toString(dtype));
   }
 }

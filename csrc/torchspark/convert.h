@@ -29,8 +29,9 @@ using FillFn = void (*)(void* dst, const c10::Scalar& value, int64_t count, int6
 FillFn fill_fn(c10::ScalarType dst_type);
 
 // Checks that `value` converts to `dtype` without overflow; throws ValueError
-// naming `what` otherwise (e.g. fill=nan for an int64 column).
-void check_fill(const c10::Scalar& value, c10::ScalarType dtype, const std::string& what);
+// naming `what` and the argument `name` otherwise (e.g. fill=nan for int64).
+void check_fill(const c10::Scalar& value, c10::ScalarType dtype, const std::string& what,
+                const char* name = "fill");
 
 // Converts elements [start, start + count) (absolute indices) of a primitive or
 // bool Arrow array into dst, `stride` elements of `dst_size` bytes apart. Only

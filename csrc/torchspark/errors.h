@@ -31,12 +31,12 @@ class NullValueError : public c10::ValueError {
 }  // namespace torchspark
 
 // Like TORCH_CHECK, but throws one of the torchspark error types above.
-#define TS_CHECK_WITH(error_type, cond, ...)                                                  \
-  do {                                                                                        \
-    if (C10_UNLIKELY(!(cond))) {                                                              \
-      throw ::torchspark::error_type({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},   \
-                                     ::c10::str(__VA_ARGS__));                                \
-    }                                                                                         \
+#define TS_CHECK_WITH(error_type, cond, ...)                                                \
+  do {                                                                                      \
+    if (C10_UNLIKELY(!(cond))) {                                                            \
+      throw ::torchspark::error_type({__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, \
+                                     ::c10::str(__VA_ARGS__));                              \
+    }                                                                                       \
   } while (false)
 
 #define TS_CHECK_ARROW(cond, ...) TS_CHECK_WITH(InvalidArrowError, cond, __VA_ARGS__)

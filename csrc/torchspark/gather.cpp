@@ -4,6 +4,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "torchspark/arrow_type.h"
 #include "torchspark/convert.h"
@@ -15,10 +21,71 @@ namespace {
 
 struct Source {
   const ArrowArray* array;
-  int64_t start;      // absolute index of the chunk's first row
+  int64_t start;  // absolute index of the chunk's first row
   ConvertFn convert;
   bool has_nulls;
+  bool plain_32bit;  // eligible for the 8x8 register transpose
 };
+
+// A run of kBlockCols columns that all copy 4-byte elements unchanged (float32
+// -> float32, int32 -> int32, ...) with no nulls: transposed 8x8 in registers.
+constexpr int64_t kBlockCols = 8;
+
+bool is_plain_32bit(const ArrowType& type, c10::ScalarType out, bool has_nulls) {
+  return !has_nulls && type.kind == TypeKind::kPrimitive && type.dtype == out &&
+         c10::elementSize(out) == 4;
+}
+
+#if defined(__x86_64__)
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+
+// Reads rows [row, row + rows) of 8 columns of 32-bit values and writes them
+// as 8 contiguous values per output row (`stride` bytes between rows).
+__attribute__((target("avx2"))) void transpose_block_avx2(const char* const* cols, int64_t row,
+                                                          int64_t rows, char* out, int64_t stride) {
+  int64_t r = 0;
+  const int64_t s = stride / 4;
+  for (; r + 8 <= rows; r += 8) {
+    __m256 c[8];
+    for (int k = 0; k < 8; ++k) {
+      c[k] = _mm256_loadu_ps(reinterpret_cast<const float*>(cols[k] + (row + r) * 4));
+    }
+    __m256 t0 = _mm256_unpacklo_ps(c[0], c[1]);
+    __m256 t1 = _mm256_unpackhi_ps(c[0], c[1]);
+    __m256 t2 = _mm256_unpacklo_ps(c[2], c[3]);
+    __m256 t3 = _mm256_unpackhi_ps(c[2], c[3]);
+    __m256 t4 = _mm256_unpacklo_ps(c[4], c[5]);
+    __m256 t5 = _mm256_unpackhi_ps(c[4], c[5]);
+    __m256 t6 = _mm256_unpacklo_ps(c[6], c[7]);
+    __m256 t7 = _mm256_unpackhi_ps(c[6], c[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    float* o = reinterpret_cast<float*>(out + r * stride);
+    _mm256_storeu_ps(o + 0 * s, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(o + 1 * s, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(o + 2 * s, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(o + 3 * s, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(o + 4 * s, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(o + 5 * s, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(o + 6 * s, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(o + 7 * s, _mm256_permute2f128_ps(u3, u7, 0x31));
+  }
+  for (; r < rows; ++r) {
+    for (int k = 0; k < 8; ++k) {
+      std::memcpy(out + r * stride + k * 4, cols[k] + (row + r) * 4, 4);
+    }
+  }
+}
+#endif
 
 }  // namespace
 
@@ -36,9 +103,8 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
   at::Tensor result;
   if (out.has_value() && out->defined()) {
     const at::Tensor& o = *out;
-    TORCH_CHECK_VALUE(o.device().is_cpu() && o.scalar_type() == options.dtype &&
-                          o.dim() == 2 && o.size(0) == num_rows && o.size(1) == num_cols &&
-                          o.is_contiguous(),
+    TORCH_CHECK_VALUE(o.device().is_cpu() && o.scalar_type() == options.dtype && o.dim() == 2 &&
+                          o.size(0) == num_rows && o.size(1) == num_cols && o.is_contiguous(),
                       "gather: out must be a contiguous CPU ", c10::toString(options.dtype),
                       " tensor of shape [", num_rows, ", ", num_cols, "], got a ",
                       o.is_contiguous() ? "contiguous " : "non-contiguous ", o.device(), " ",
@@ -54,19 +120,19 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
   // Validate every column and resolve its kernel before writing anything.
   const size_t num_chunks = columns[0].chunks.size();
   for (const Column& column : columns) {
-    TORCH_CHECK_VALUE(column.chunks.size() == num_chunks && column.length == num_rows,
-                      column.label, ": expected ", num_rows, " rows in ", num_chunks,
+    TORCH_CHECK_VALUE(column.chunks.size() == num_chunks && column.length == num_rows, column.label,
+                      ": expected ", num_rows, " rows in ", num_chunks,
                       " chunks like the other columns, got ", column.length, " rows in ",
                       column.chunks.size());
     for (const ColumnChunk& chunk : column.chunks) {
       validate(*chunk.schema, *chunk.array, column.label, /*with_dictionary=*/false);
       ArrowType type = parse_type(*chunk.schema, column.label);
-      TS_CHECK_SUPPORTED(
-          (type.kind == TypeKind::kPrimitive || type.kind == TypeKind::kBool) &&
-              !type.dictionary_encoded,
-          column.label, ": gather takes scalar number or bool columns, got ",
-          type.dictionary_encoded ? std::string("dictionary") : describe_format(chunk.schema->format),
-          " (use to_tensor for list and binary columns)");
+      TS_CHECK_SUPPORTED((type.kind == TypeKind::kPrimitive || type.kind == TypeKind::kBool) &&
+                             !type.dictionary_encoded,
+                         column.label, ": gather takes scalar number or bool columns, got ",
+                         type.dictionary_encoded ? std::string("dictionary")
+                                                 : describe_format(chunk.schema->format),
+                         " (use to_tensor for list and binary columns)");
       if (options.nulls == NullPolicy::kError) {
         int64_t nulls = count_nulls(*chunk.array, chunk.start, chunk.length);
         if (nulls > 0) {
@@ -90,23 +156,44 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
   // Enough rows per task to amortise a thread hand-off (~32K elements).
   const int64_t grain = std::max<int64_t>(kGatherTileRows, at::internal::GRAIN_SIZE / num_cols);
 
+  static const int64_t tile_bytes =
+      std::getenv("TS_TILE") ? std::atol(std::getenv("TS_TILE")) : 65536;
+  const int64_t tile_rows = std::max<int64_t>(8, tile_bytes / (num_cols * elem_size));
   std::vector<Source> sources(num_cols);
+#if defined(__x86_64__)
+  const bool use_avx2 = cpu_has_avx2() && std::getenv("TS_NO_AVX") == nullptr;
+#endif
   for (size_t c = 0; c < num_chunks; ++c) {
     const ColumnChunk& first = columns[0].chunks[c];
     for (int64_t j = 0; j < num_cols; ++j) {
       const ColumnChunk& chunk = columns[j].chunks[c];
       ArrowType type = parse_type(*chunk.schema, columns[j].label);
-      sources[j] = {chunk.array, chunk.start, convert_fn(type.dtype, options.dtype),
-                    range_has_nulls(*chunk.array, chunk.start, chunk.length)};
+      const bool has_nulls = range_has_nulls(*chunk.array, chunk.start, chunk.length);
+      sources[j] = {chunk.array, chunk.start, convert_fn(type.dtype, options.dtype), has_nulls,
+                    is_plain_32bit(type, options.dtype, has_nulls)};
       TS_CHECK_SUPPORTED(sources[j].convert != nullptr, columns[j].label, ": cannot convert ",
                          c10::toString(type.dtype), " to ", c10::toString(options.dtype));
     }
     char* chunk_out = out_data + first.row_base * num_cols * elem_size;
     at::parallel_for(0, first.length, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; t += kGatherTileRows) {
-        const int64_t rows = std::min(kGatherTileRows, end - t);
+      for (int64_t t = begin; t < end; t += tile_rows) {
+        const int64_t rows = std::min(tile_rows, end - t);
         char* tile = chunk_out + t * num_cols * elem_size;
         for (int64_t j = 0; j < num_cols; ++j) {
+#if defined(__x86_64__)
+          if (use_avx2 && j + kBlockCols <= num_cols &&
+              std::all_of(&sources[j], &sources[j] + kBlockCols,
+                          [](const Source& s) { return s.plain_32bit; })) {
+            const char* cols[kBlockCols];
+            for (int64_t k = 0; k < kBlockCols; ++k) {
+              cols[k] = static_cast<const char*>(sources[j + k].array->buffers[1]) +
+                        sources[j + k].start * 4;
+            }
+            transpose_block_avx2(cols, t, rows, tile + j * elem_size, num_cols * elem_size);
+            j += kBlockCols - 1;
+            continue;
+          }
+#endif
           const Source& s = sources[j];
           if (s.has_nulls) {
             convert_valid_runs(*s.array, s.start + t, rows, s.convert, fill, options.fill,

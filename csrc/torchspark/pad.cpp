@@ -19,7 +19,6 @@ struct ListChunk {
   const ArrowArray* values;
   TypeKind kind;
   int64_t fixed_size;
-  c10::ScalarType storage;
 
   // Absolute child range of absolute row i.
   std::pair<int64_t, int64_t> row(int64_t i) const {
@@ -33,8 +32,7 @@ struct ListChunk {
         int64_t b = load_unaligned<int64_t>(list.buffers[1], i);
         return {values->offset + b, load_unaligned<int64_t>(list.buffers[1], i + 1) - b};
       }
-      default:
-        return {values->offset + i * fixed_size, fixed_size};
+      default: return {values->offset + i * fixed_size, fixed_size};
     }
   }
 };
@@ -45,38 +43,40 @@ PadResult pad(const Column& column, const PadOptions& options) {
   const std::string& what = column.label;
   TORCH_CHECK_VALUE(options.nulls != NullPolicy::kMask, what,
                     ": pad takes nulls='error' or 'fill', got 'mask' (the lengths are the mask)");
-  TORCH_CHECK_VALUE(!options.max_len || *options.max_len >= 0, what,
-                    ": max_len must be >= 0, got ", options.max_len.value_or(0));
+  TORCH_CHECK_VALUE(!options.max_len || *options.max_len >= 0, what, ": max_len must be >= 0, got ",
+                    options.max_len.value_or(0));
+
+  // The type, from the schema every chunk shares (children checked before use).
+  const ArrowSchema& schema = *column.schema;
+  ArrowType type = parse_type(schema, what);
+  const bool is_list = type.kind == TypeKind::kList || type.kind == TypeKind::kLargeList ||
+                       type.kind == TypeKind::kFixedSizeList;
+  TS_CHECK_SUPPORTED(is_list && !type.dictionary_encoded, what,
+                     ": pad takes a list, large_list or fixed_size_list column, got ",
+                     describe_format(schema.format));
+  TS_CHECK_ARROW(
+      schema.n_children == 1 && schema.children != nullptr && schema.children[0] != nullptr, what,
+      ": a list schema must have exactly one child, got ", schema.n_children);
+  const ArrowSchema& child_schema = *schema.children[0];
+  ArrowType child = parse_type(child_schema, what + " (list values)");
+  TS_CHECK_SUPPORTED((child.kind == TypeKind::kPrimitive || child.kind == TypeKind::kBool) &&
+                         !child.dictionary_encoded,
+                     what, ": pad takes lists of numbers or bools, got lists of ",
+                     describe_format(child_schema.format));
+  const c10::ScalarType storage = child.dtype;
 
   std::vector<ListChunk> chunks;
-  c10::ScalarType storage = c10::ScalarType::Undefined;
   for (const ColumnChunk& chunk : column.chunks) {
     validate(*chunk.schema, *chunk.array, what, /*with_dictionary=*/false);
-    ArrowType type = parse_type(*chunk.schema, what);
-    const bool is_list = type.kind == TypeKind::kList || type.kind == TypeKind::kLargeList ||
-                         type.kind == TypeKind::kFixedSizeList;
-    TS_CHECK_SUPPORTED(is_list && !type.dictionary_encoded, what,
-                       ": pad takes a list, large_list or fixed_size_list column, got ",
-                       describe_format(chunk.schema->format));
-    const ArrowSchema& child_schema = *chunk.schema->children[0];
-    ArrowType child = parse_type(child_schema, what + " (list values)");
-    TS_CHECK_SUPPORTED(
-        (child.kind == TypeKind::kPrimitive || child.kind == TypeKind::kBool) &&
-            !child.dictionary_encoded,
-        what, ": pad takes lists of numbers or bools, got lists of ",
-        describe_format(child_schema.format));
-    storage = child.dtype;
-    chunks.push_back({&chunk, chunk.array->children[0], type.kind, type.fixed_size, child.dtype});
-  }
-  if (storage == c10::ScalarType::Undefined) {
-    // No chunks: take the value type from the schema.
-    const ArrowSchema* s = column.schema;
-    storage = s->n_children == 1 ? parse_type(*s->children[0], what).dtype : at::kLong;
+    chunks.push_back({&chunk, chunk.array->children[0], type.kind, type.fixed_size});
   }
   const c10::ScalarType dtype = options.dtype.value_or(storage);
   TS_CHECK_SUPPORTED(is_supported_dtype(dtype), what, ": dtype ", c10::toString(dtype),
                      " is not supported; expected a real number type or bool");
-  check_fill(options.pad_value, dtype, what + " pad_value");
+  check_fill(options.pad_value, dtype, what, "pad_value");
+  const ConvertFn convert = convert_fn(storage, dtype);
+  TS_CHECK_SUPPORTED(convert != nullptr, what, ": cannot convert ", c10::toString(storage), " to ",
+                     c10::toString(dtype));
 
   // Pass one: lengths (and null checks).
   PadResult result;
@@ -118,10 +118,8 @@ PadResult pad(const Column& column, const PadOptions& options) {
   const FillFn fill = fill_fn(dtype);
   for (const ListChunk& lc : chunks) {
     const ColumnChunk& chunk = *lc.chunk;
-    const ConvertFn convert = convert_fn(lc.storage, dtype);
-    TS_CHECK_SUPPORTED(convert != nullptr, what, ": cannot convert ", c10::toString(lc.storage),
-                       " to ", c10::toString(dtype));
-    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(width, 1));
+    const int64_t grain =
+        std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(width, 1));
     at::parallel_for(0, chunk.length, grain, [&](int64_t begin_row, int64_t end_row) {
       for (int64_t r = begin_row; r < end_row; ++r) {
         const int64_t row = chunk.row_base + r;

@@ -12,7 +12,7 @@ tensor([[1., 3.],
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (loads LibTorch, which torchspark._C links)
+import torch  # first: loads LibTorch, which torchspark._C links
 
 from ._build_info import TORCH_VERSION as _BUILT_TORCH_VERSION
 

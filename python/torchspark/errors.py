@@ -11,7 +11,7 @@ __all__ = ["InvalidArrowError", "NullValueError", "TorchSparkError", "Unsupporte
 
 
 class TorchSparkError(Exception):
-    """Base class of torchspark's own errors."""
+    """Base class of torchspark's own errors; catch it to handle any of them."""
 
 
 class UnsupportedTypeError(TorchSparkError, TypeError):

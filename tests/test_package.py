@@ -1,0 +1,107 @@
+"""The package itself: public API, build metadata, the torch version guard, the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import torchspark
+
+
+def test_public_api_is_small_and_documented():
+    expected = {
+        "InvalidArrowError",
+        "NullValueError",
+        "TorchSparkError",
+        "UnsupportedTypeError",
+        "__version__",
+        "from_tensor",
+        "gather",
+        "pad",
+        "to_batch",
+        "to_tensor",
+        "to_tensors",
+    }
+    assert set(torchspark.__all__) == expected
+    for name in expected - {"__version__"}:
+        obj = getattr(torchspark, name)
+        assert obj.__doc__ and len(obj.__doc__) > 40, name
+
+
+def test_error_hierarchy():
+    assert issubclass(torchspark.UnsupportedTypeError, TypeError)
+    assert issubclass(torchspark.InvalidArrowError, ValueError)
+    assert issubclass(torchspark.NullValueError, ValueError)
+    for cls in (
+        torchspark.UnsupportedTypeError,
+        torchspark.InvalidArrowError,
+        torchspark.NullValueError,
+    ):
+        assert issubclass(cls, torchspark.TorchSparkError)
+
+
+def test_records_the_torch_it_was_built_against():
+    from torchspark import _build_info
+
+    assert _build_info.TORCH_VERSION == torchspark._C.TORCH_VERSION
+    assert _build_info.TORCH_VERSION.split("+")[0] == torch.__version__.split("+")[0]
+
+
+def test_refuses_another_torch_version(tmp_path):
+    # A fake `torch` earlier on sys.path reports another version: the import
+    # must stop with a clear message before the extension is loaded.
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("__version__ = '2.99.0'\n")
+    code = "import torchspark"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
+    assert "ImportError" in result.stderr
+    assert "built against torch 2.13.0" in result.stderr
+    assert "torch 2.99.0 is installed" in result.stderr
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import torchspark.arrow
+
+    failures, tried = doctest.testmod(torchspark.arrow, verbose=False)
+    assert tried >= 10 and failures == 0
+    failures, tried = doctest.testmod(torchspark, verbose=False)
+    assert tried >= 1 and failures == 0
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchspark.demo",
+            "--rows",
+            "50000",
+            "--batch-rows",
+            "8192",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: every prediction matches eager PyTorch" in result.stdout
+    import pyarrow.parquet as pq
+
+    out = pq.read_table(tmp_path / "predictions.parquet")
+    assert out.num_rows == 50000
+    assert out.column("id").to_pylist() == list(range(50000))
