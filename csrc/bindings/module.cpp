@@ -65,8 +65,15 @@ T* capsule_pointer(py::handle capsule, const char* name, const std::string& labe
 }
 
 // Takes whatever the object exports through the Arrow PyCapsule interface.
+// The stream is preferred when an object has both: it is the protocol that
+// covers chunked data (a multi-chunk nanoarrow Array refuses __arrow_c_array__).
 // Runs with the GIL held (producers may be Python code).
 ImportedTable import_arrow(py::handle obj, const std::string& label) {
+  if (py::hasattr(obj, "__arrow_c_stream__")) {
+    py::object capsule = obj.attr("__arrow_c_stream__")();
+    auto* stream = capsule_pointer<ArrowArrayStream>(capsule, "arrow_array_stream", label);
+    return ImportedTable(import_stream(stream), label);
+  }
   if (py::hasattr(obj, "__arrow_c_array__")) {
     py::object result = obj.attr("__arrow_c_array__")();
     if (!py::isinstance<py::tuple>(result) || py::len(result) != 2) {
@@ -77,11 +84,6 @@ ImportedTable import_arrow(py::handle obj, const std::string& label) {
     auto* schema = capsule_pointer<ArrowSchema>(pair[0], "arrow_schema", label);
     auto* array = capsule_pointer<ArrowArray>(pair[1], "arrow_array", label);
     return ImportedTable(import_array(schema, array), label);
-  }
-  if (py::hasattr(obj, "__arrow_c_stream__")) {
-    py::object capsule = obj.attr("__arrow_c_stream__")();
-    auto* stream = capsule_pointer<ArrowArrayStream>(capsule, "arrow_array_stream", label);
-    return ImportedTable(import_stream(stream), label);
   }
   throw py::type_error(label + ": expected an Arrow array, chunked array, record batch or " +
                        "table (an object with __arrow_c_array__ or __arrow_c_stream__), got " +
@@ -140,22 +142,14 @@ py::object py_to_tensor(py::handle obj, std::optional<at::ScalarType> dtype,
   return tensor_result(std::move(result));
 }
 
-std::vector<std::string> selected(const ImportedTable& table,
-                                  const std::optional<std::vector<std::string>>& columns) {
-  return columns ? *columns : table.column_names();
-}
-
 py::dict py_to_tensors(py::handle obj, std::optional<std::vector<std::string>> columns,
                        std::optional<at::ScalarType> dtype, const std::string& nulls,
                        py::handle fill, const std::string& dictionary,
                        std::optional<std::vector<int64_t>> shape) {
   ToTensorOptions options = tensor_options(dtype, nulls, fill, dictionary, std::move(shape));
   ImportedTable table = import_arrow(obj, "batch");
-  const std::vector<std::string> names = selected(table, columns);
-  std::vector<Column> selection;
-  for (const std::string& name : names) {
-    selection.push_back(table.column(name));
-  }
+  const std::vector<std::string> names = columns ? *columns : table.column_names();
+  std::vector<Column> selection = table.select(names, "to_tensors");
   std::vector<ColumnTensor> results(selection.size());
   {
     py::gil_scoped_release nogil;
@@ -178,10 +172,7 @@ at::Tensor py_gather(py::handle obj, std::optional<std::vector<std::string>> col
   options.nulls = parse_null_policy(nulls);
   options.fill = to_scalar(fill, "fill");
   ImportedTable table = import_arrow(obj, "batch");
-  std::vector<Column> selection;
-  for (const std::string& name : selected(table, columns)) {
-    selection.push_back(table.column(name));
-  }
+  std::vector<Column> selection = table.select(columns, "gather");
   py::gil_scoped_release nogil;
   return gather(selection, table.num_rows(), options, out);
 }

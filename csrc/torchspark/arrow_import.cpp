@@ -90,6 +90,18 @@ Column ImportedTable::column(const std::string& name) const {
   return make_column(it - names.begin(), "column '" + name + "'");
 }
 
+std::vector<Column> ImportedTable::select(const std::optional<std::vector<std::string>>& names,
+                                          const char* caller) const {
+  TS_CHECK_SUPPORTED(is_batch_, caller, ": expected a record batch or table, got a single ",
+                     describe_format(imported_.schema->get().format),
+                     " array; use to_tensor for one column");
+  std::vector<Column> columns;
+  for (const std::string& name : names ? *names : column_names()) {
+    columns.push_back(column(name));
+  }
+  return columns;
+}
+
 Column ImportedTable::as_column() const {
   if (is_batch_) {
     std::string available;
@@ -259,33 +271,64 @@ at::Tensor view_of(const void* data, at::IntArrayRef sizes, c10::ScalarType dtyp
       at::TensorOptions().dtype(dtype));
 }
 
+// What converting one chunk gives. Under NullPolicy::kError a converter does
+// not throw on nulls: it counts them (and leaves `tensor` empty) so that the
+// error can give the column's total and first null row across all chunks.
+struct ChunkResult {
+  ColumnTensor tensor;
+  int64_t null_count = 0;
+  int64_t first_null_row = -1;
+  bool shape_known = true;  // false: a list level had only null rows (its length is a guess, 0)
+};
+
 // The copy path: walks rows level by level, so nulls at any level and any
 // alignment are handled. Pass one finds the shape (and null errors), pass two
 // writes.
 class Materializer {
  public:
+  // `dims_hint` (may be null) gives the list lengths when every row of a level
+  // is null, e.g. from another chunk of the same column.
   Materializer(const Plan& plan, const ColumnChunk& chunk, const std::string& what,
-               const ToTensorOptions& options)
+               const ToTensorOptions& options, const std::vector<int64_t>* dims_hint)
       : plan_(plan), chunk_(chunk), what_(what), options_(options), dims_(plan.levels.size(), -1) {
     for (size_t k = 0; k < plan.levels.size(); ++k) {
       if (plan.levels[k].kind == TypeKind::kFixedSizeList) {
         dims_[k] = plan.levels[k].fixed_size;
+      } else if (dims_hint != nullptr && k < dims_hint->size()) {
+        dims_[k] = (*dims_hint)[k];
       }
     }
   }
 
-  ColumnTensor run(c10::ScalarType out_dtype) {
-    for (int64_t r = 0; r < chunk_.length; ++r) {
-      probe(0, chunk_.start + r, chunk_.row_base + r);
+  ChunkResult run(c10::ScalarType out_dtype) {
+    ChunkResult result;
+    if (plan_.levels.empty()) {
+      if (options_.nulls == NullPolicy::kError) {
+        // A primitive column: count its nulls in one pass over the bitmap.
+        null_count_ = count_nulls(*plan_.leaf, chunk_.start, chunk_.length);
+        const int64_t first = first_null(*plan_.leaf, chunk_.start, chunk_.length);
+        first_null_row_ = first < 0 ? -1 : chunk_.row_base + (first - chunk_.start);
+      }
+    } else {
+      for (int64_t r = 0; r < chunk_.length; ++r) {
+        probe(0, chunk_.start + r, chunk_.row_base + r);
+      }
     }
-    TS_CHECK_NOT_NULL(null_count_ == 0, what_, ": ", null_count_,
-                      null_count_ == 1 ? " null value" : " null values", " (first in row ",
-                      first_null_row_,
-                      "); pass nulls='fill' (with fill=...) or nulls='mask' to convert them");
+    if (null_count_ > 0) {  // only counted under kError: the caller raises
+      result.null_count = null_count_;
+      result.first_null_row = first_null_row_;
+      return result;
+    }
+    if (options_.nulls != NullPolicy::kError) {
+      check_fill(options_.fill, out_dtype, what_);
+    }
 
     std::vector<int64_t> sizes{chunk_.length};
     for (int64_t& d : dims_) {
-      d = std::max<int64_t>(d, 0);  // all rows null: the length is unknown, use 0
+      if (d < 0) {
+        result.shape_known = false;
+        d = 0;  // every row of this level is null: its length is unknown, use 0
+      }
       sizes.push_back(d);
     }
     strides_.assign(dims_.size() + 1, 1);
@@ -293,13 +336,13 @@ class Materializer {
       strides_[k] = strides_[k + 1] * dims_[k];
     }
 
-    ColumnTensor result;
-    result.values = at::empty(sizes, at::TensorOptions().dtype(out_dtype));
+    ColumnTensor& tensor = result.tensor;
+    tensor.values = at::empty(sizes, at::TensorOptions().dtype(out_dtype));
     if (options_.nulls == NullPolicy::kMask) {
-      result.mask = at::empty(sizes, at::TensorOptions().dtype(at::kBool));
-      mask_ = result.mask.data_ptr<bool>();
+      tensor.mask = at::empty(sizes, at::TensorOptions().dtype(at::kBool));
+      mask_ = tensor.mask.data_ptr<bool>();
     }
-    out_ = static_cast<char*>(result.values.data_ptr());
+    out_ = static_cast<char*>(tensor.values.data_ptr());
     elem_size_ = static_cast<int64_t>(c10::elementSize(out_dtype));
     convert_ = convert_fn(plan_.storage, out_dtype);
     fill_ = fill_fn(out_dtype);
@@ -346,16 +389,6 @@ class Materializer {
 
   void write_rows(size_t k, int64_t start, int64_t count, int64_t out_index) {
     if (k == plan_.levels.size()) {
-      if (k == 0 && options_.nulls == NullPolicy::kError) {
-        // A primitive column: its leaf nulls were not probed row by row.
-        int64_t nulls = count_nulls(*plan_.leaf, start, count);
-        int64_t first = first_null(*plan_.leaf, start, count);
-        TS_CHECK_NOT_NULL(nulls == 0, what_, ": ", nulls,
-                          nulls == 1 ? " null value" : " null values", " (first in row ",
-                          chunk_.row_base + (first - chunk_.start),
-                          "); pass nulls='fill' (with fill=...) or nulls='mask' to convert "
-                          "them");
-      }
       convert_valid_runs(*plan_.leaf, start, count, convert_, fill_, options_.fill,
                          out_ + out_index * elem_size_, elem_size_, 1,
                          mask_ ? mask_ + out_index : nullptr, 1);
@@ -390,8 +423,9 @@ class Materializer {
   FillFn fill_ = nullptr;
 };
 
-ColumnTensor convert_nested(const ColumnChunk& chunk, const std::string& what,
-                            const ToTensorOptions& options) {
+ChunkResult convert_nested(const ColumnChunk& chunk, const std::string& what,
+                           const ToTensorOptions& options,
+                           const std::vector<int64_t>* dims_hint = nullptr) {
   Plan plan = make_plan(*chunk.schema, *chunk.array, what);
   const c10::ScalarType out_dtype = options.dtype.value_or(plan.storage);
 
@@ -406,25 +440,26 @@ ColumnTensor convert_nested(const ColumnChunk& chunk, const std::string& what,
     int64_t numel = std::accumulate(sizes.begin(), sizes.end(), int64_t{1}, std::multiplies<>());
     const char* first = numel > 0 ? data + leaf_start * itemsize : nullptr;
     if (numel == 0 || reinterpret_cast<uintptr_t>(first) % itemsize == 0) {
-      ColumnTensor result;
-      result.values = numel == 0 ? at::empty(sizes, at::TensorOptions().dtype(plan.storage))
+      ChunkResult result;
+      ColumnTensor& tensor = result.tensor;
+      tensor.values = numel == 0 ? at::empty(sizes, at::TensorOptions().dtype(plan.storage))
                                  : view_of(first, sizes, plan.storage, chunk.owner);
       if (out_dtype != plan.storage) {
-        result.values = result.values.to(out_dtype);
+        tensor.values = tensor.values.to(out_dtype);
       }
       if (options.nulls == NullPolicy::kMask) {
-        result.mask = at::ones(sizes, at::TensorOptions().dtype(at::kBool));
+        tensor.mask = at::ones(sizes, at::TensorOptions().dtype(at::kBool));
       }
       return result;
     }
     // Misaligned: fall through to the aligned copy.
   }
-  return Materializer(plan, chunk, what, options).run(out_dtype);
+  return Materializer(plan, chunk, what, options, dims_hint).run(out_dtype);
 }
 
 // Binary / fixed_size_binary cells that hold raw tensor bytes.
-ColumnTensor convert_binary(const ColumnChunk& chunk, const ArrowType& type,
-                            const std::string& what, const ToTensorOptions& options) {
+ChunkResult convert_binary(const ColumnChunk& chunk, const ArrowType& type, const std::string& what,
+                           const ToTensorOptions& options) {
   const ArrowArray& array = *chunk.array;
   const c10::ScalarType dtype = options.dtype.value_or(at::kByte);
   TS_CHECK_SUPPORTED(is_supported_dtype(dtype), what, ": binary cells cannot hold ",
@@ -469,9 +504,12 @@ ColumnTensor convert_binary(const ColumnChunk& chunk, const ArrowType& type,
     int64_t first = first_null(array, chunk.start, chunk.length);
     first_null_row = first < 0 ? -1 : chunk.row_base + (first - chunk.start);
   }
-  TS_CHECK_NOT_NULL(nulls == 0 || options.nulls != NullPolicy::kError, what, ": ", nulls,
-                    nulls == 1 ? " null value" : " null values", " (first in row ", first_null_row,
-                    "); pass nulls='fill' (with fill=...) or nulls='mask' to convert them");
+  if (nulls > 0 && options.nulls == NullPolicy::kError) {
+    ChunkResult counted;
+    counted.null_count = nulls;
+    counted.first_null_row = first_null_row;
+    return counted;
+  }
 
   std::vector<int64_t> row_shape;
   if (options.shape) {
@@ -507,20 +545,24 @@ ColumnTensor convert_binary(const ColumnChunk& chunk, const ArrowType& type,
     }
     const char* first = bytes + base;
     if (contiguous && reinterpret_cast<uintptr_t>(first) % itemsize == 0) {
-      ColumnTensor result{view_of(first, sizes, dtype, chunk.owner), {}};
+      ChunkResult result;
+      result.tensor.values = view_of(first, sizes, dtype, chunk.owner);
       if (options.nulls == NullPolicy::kMask) {
-        result.mask = at::ones(sizes, at::TensorOptions().dtype(at::kBool));
+        result.tensor.mask = at::ones(sizes, at::TensorOptions().dtype(at::kBool));
       }
       return result;
     }
   }
 
-  ColumnTensor result;
+  if (nulls > 0) {
+    check_fill(options.fill, dtype, what);
+  }
+  ChunkResult chunk_result;
+  ColumnTensor& result = chunk_result.tensor;
   result.values = at::empty(sizes, at::TensorOptions().dtype(dtype));
   if (options.nulls == NullPolicy::kMask) {
     result.mask = at::empty(sizes, at::TensorOptions().dtype(at::kBool));
   }
-  check_fill(options.fill, dtype, what);
   FillFn fill = fill_fn(dtype);
   char* out = static_cast<char*>(result.values.data_ptr());
   for (int64_t r = 0; r < chunk.length; ++r) {
@@ -535,41 +577,35 @@ ColumnTensor convert_binary(const ColumnChunk& chunk, const ArrowType& type,
       std::fill_n(result.mask.data_ptr<bool>() + r * row_elems, row_elems, valid);
     }
   }
-  return result;
+  return chunk_result;
 }
 
-ColumnTensor convert_chunk(const ColumnChunk& chunk, const std::string& what,
-                           const ToTensorOptions& options);
+ChunkResult convert_chunk(const ColumnChunk& chunk, const std::string& what,
+                          const ToTensorOptions& options, const std::vector<int64_t>* dims_hint);
 
-// Dictionary-encoded column: indices (zero-copy), or values decoded through
-// the dictionary with the index nulls handled by the policy.
-ColumnTensor convert_dictionary(const ColumnChunk& chunk, const std::string& what,
-                                const ToTensorOptions& options) {
-  ToTensorOptions index_options;
-  index_options.nulls =
-      options.nulls == NullPolicy::kError ? NullPolicy::kError : NullPolicy::kMask;
+// Dictionary-encoded column: its indices (zero-copy), or its values decoded
+// through the dictionary. A decoded row is null when its index is null or
+// points at a null dictionary value; unused dictionary nulls do not count.
+ChunkResult convert_dictionary(const ColumnChunk& chunk, const std::string& what,
+                               const ToTensorOptions& options) {
   if (options.dictionary == DictionaryPolicy::kIndices) {
-    index_options.nulls = options.nulls;
-    index_options.fill = options.fill;
-    index_options.dtype = options.dtype;
+    return convert_nested(chunk, what, options);
   }
-  ColumnTensor indices = convert_nested(chunk, what, index_options);
-  if (options.dictionary == DictionaryPolicy::kIndices) {
-    return indices;
-  }
+  // Both sides as (values, mask) with zeros under nulls; the policy applies to the result.
+  ToTensorOptions masked;
+  masked.nulls = NullPolicy::kMask;
+  ColumnTensor indices = convert_nested(chunk, what, masked).tensor;
 
   const ArrowArray& dict = *chunk.array->dictionary;
-  validate(*chunk.schema->dictionary, dict, what + " (dictionary)");
+  const std::string dict_what = what + " (dictionary)";
+  validate(*chunk.schema->dictionary, dict, dict_what);
   ColumnChunk dict_chunk{chunk.schema->dictionary, &dict, dict.offset, dict.length, 0, chunk.owner};
   ToTensorOptions value_options = options;
-  value_options.nulls =
-      options.nulls == NullPolicy::kError ? NullPolicy::kError : NullPolicy::kMask;
-  ColumnTensor values = convert_chunk(dict_chunk, what + " (dictionary)", value_options);
+  value_options.nulls = NullPolicy::kMask;
+  value_options.fill = 0;
+  ColumnTensor values = convert_chunk(dict_chunk, dict_what, value_options, nullptr).tensor;
 
-  at::Tensor index = indices.values.to(at::kLong);
-  if (indices.mask.defined()) {
-    index = index.masked_fill(indices.mask.logical_not(), 0);
-  }
+  at::Tensor index = indices.values.to(at::kLong);  // 0 under null indices
   if (index.numel() > 0) {
     const int64_t lo = index.min().item<int64_t>();
     const int64_t hi = index.max().item<int64_t>();
@@ -580,45 +616,54 @@ ColumnTensor convert_dictionary(const ColumnChunk& chunk, const std::string& wha
                         " is out of range for a dictionary of ", dict.length, " values");
     }
   }
-  ColumnTensor result;
-  result.values = values.values.index_select(0, index);
-  at::Tensor valid;
-  if (values.mask.defined()) {
-    valid = values.mask.index_select(0, index);
+  ChunkResult result;
+  result.tensor.values = values.values.index_select(0, index);
+  at::Tensor row_valid = indices.mask;
+  for (int64_t d = 1; d < result.tensor.values.dim(); ++d) {
+    row_valid = row_valid.unsqueeze(-1);
   }
-  if (indices.mask.defined()) {
-    at::Tensor row_valid = indices.mask.reshape({-1});
-    for (int64_t d = 1; d < result.values.dim(); ++d) {
-      row_valid = row_valid.unsqueeze(-1);
-    }
-    row_valid = row_valid.expand_as(result.values);
-    valid = valid.defined() ? valid.logical_and(row_valid) : row_valid.clone();
+  at::Tensor valid =
+      values.mask.index_select(0, index).logical_and(row_valid.expand_as(result.tensor.values));
+
+  const int64_t nulls = valid.numel() - valid.sum().item<int64_t>();
+  if (nulls > 0 && options.nulls == NullPolicy::kError) {
+    result.tensor = {};
+    result.null_count = nulls;
+    at::Tensor null_rows = valid.reshape({valid.size(0), -1}).all(1).logical_not();
+    result.first_null_row = chunk.row_base + null_rows.nonzero()[0][0].item<int64_t>();
+    return result;
   }
-  if (valid.defined()) {
-    result.values.masked_fill_(valid.logical_not(), options.fill);
-    if (options.nulls == NullPolicy::kMask) {
-      result.mask = valid.contiguous();
-    }
-  } else if (options.nulls == NullPolicy::kMask) {
-    result.mask = at::ones(result.values.sizes(), at::TensorOptions().dtype(at::kBool));
+  if (nulls > 0) {
+    check_fill(options.fill, result.tensor.values.scalar_type(), what);
+    result.tensor.values.masked_fill_(valid.logical_not(), options.fill);
+  }
+  if (options.nulls == NullPolicy::kMask) {
+    result.tensor.mask = valid.contiguous();
   }
   return result;
 }
 
-ColumnTensor convert_chunk(const ColumnChunk& chunk, const std::string& what,
-                           const ToTensorOptions& options) {
+bool is_binary_kind(TypeKind kind) {
+  return kind == TypeKind::kBinary || kind == TypeKind::kLargeBinary ||
+         kind == TypeKind::kFixedSizeBinary;
+}
+
+ChunkResult convert_chunk(const ColumnChunk& chunk, const std::string& what,
+                          const ToTensorOptions& options, const std::vector<int64_t>* dims_hint) {
   validate(*chunk.schema, *chunk.array, what, /*with_dictionary=*/false);
   ArrowType type = parse_type(*chunk.schema, what);
+  TORCH_CHECK_VALUE(!options.shape || (is_binary_kind(type.kind) && !type.dictionary_encoded), what,
+                    ": shape= applies to binary and fixed_size_binary columns only, got ",
+                    describe_format(chunk.schema->format));
   if (type.dictionary_encoded) {
     return convert_dictionary(chunk, what, options);
   }
-  if (type.kind == TypeKind::kBinary || type.kind == TypeKind::kLargeBinary ||
-      type.kind == TypeKind::kFixedSizeBinary) {
+  if (is_binary_kind(type.kind)) {
     return convert_binary(chunk, type, what, options);
   }
   TS_CHECK_SUPPORTED(type.kind != TypeKind::kStruct, what,
                      ": struct columns are not supported; select their fields as columns");
-  return convert_nested(chunk, what, options);
+  return convert_nested(chunk, what, options, dims_hint);
 }
 
 // The shape and dtype of a column with no chunks at all (an empty stream).
@@ -663,40 +708,67 @@ ColumnTensor to_tensor(const Column& column, const ToTensorOptions& options) {
     TS_CHECK_SUPPORTED(is_supported_dtype(*options.dtype), column.label, ": dtype ",
                        c10::toString(*options.dtype),
                        " is not supported; expected a real number type or bool");
-    check_fill(options.fill, *options.dtype, column.label);
+    if (options.nulls != NullPolicy::kError) {
+      check_fill(options.fill, *options.dtype, column.label);
+    }
   }
   if (column.chunks.empty()) {
     return empty_column(column, options);
   }
-  std::vector<ColumnTensor> parts;
+  std::vector<ChunkResult> parts;
   parts.reserve(column.chunks.size());
+  int64_t null_count = 0;
+  int64_t first_null_row = -1;
   for (const ColumnChunk& chunk : column.chunks) {
-    parts.push_back(convert_chunk(chunk, column.label, options));
+    parts.push_back(convert_chunk(chunk, column.label, options, nullptr));
+    if (parts.back().null_count > 0 && null_count == 0) {
+      first_null_row = parts.back().first_null_row;
+    }
+    null_count += parts.back().null_count;
   }
+  TS_CHECK_NOT_NULL(null_count == 0, column.label, ": ", null_count,
+                    null_count == 1 ? " null value" : " null values", " (first in row ",
+                    first_null_row,
+                    "); pass nulls='fill' (with fill=...) or nulls='mask' to convert them");
   if (parts.size() == 1) {
-    return std::move(parts[0]);
+    return std::move(parts[0].tensor);
   }
-  // Several chunks: one copy into a single tensor. Empty chunks carry no shape.
+
+  // Several chunks. A chunk whose list rows were all null guessed its row
+  // shape: convert it again with the shape the other chunks agree on.
+  const ChunkResult* reference = nullptr;
+  for (const ChunkResult& part : parts) {
+    if (part.shape_known && part.tensor.values.size(0) > 0) {
+      reference = &part;
+      break;
+    }
+  }
+  if (reference != nullptr) {
+    std::vector<int64_t> dims = reference->tensor.values.sizes().slice(1).vec();
+    for (size_t c = 0; c < parts.size(); ++c) {
+      if (!parts[c].shape_known) {
+        parts[c] = convert_chunk(column.chunks[c], column.label, options, &dims);
+      }
+    }
+  }
+  // Empty chunks carry no shape; the rest must agree, then one copy joins them.
   std::vector<at::Tensor> values;
   std::vector<at::Tensor> masks;
-  const at::Tensor* reference = nullptr;
   for (size_t c = 0; c < parts.size(); ++c) {
-    if (parts[c].values.size(0) == 0 && parts.size() > 1) {
+    const ColumnTensor& part = parts[c].tensor;
+    if (part.values.size(0) == 0) {
       continue;
     }
-    if (reference != nullptr) {
-      TORCH_CHECK_VALUE(parts[c].values.sizes().slice(1) == reference->sizes().slice(1),
-                        column.label, ": rows have shape ", reference->sizes().slice(1),
-                        " in an earlier chunk but ", parts[c].values.sizes().slice(1), " in chunk ",
-                        c);
-    } else {
-      reference = &parts[c].values;
+    if (!values.empty()) {
+      TORCH_CHECK_VALUE(part.values.sizes().slice(1) == values[0].sizes().slice(1), column.label,
+                        ": rows have shape ", values[0].sizes().slice(1),
+                        " in an earlier chunk but ", part.values.sizes().slice(1), " in chunk ", c);
     }
-    values.push_back(parts[c].values);
-    if (parts[c].mask.defined()) masks.push_back(parts[c].mask);
+    values.push_back(part.values);
+    if (part.mask.defined()) masks.push_back(part.mask);
   }
   if (values.empty()) {
-    return std::move(parts[0]);
+    return std::move(parts[0].tensor);
   }
   ColumnTensor result;
   // A single non-empty chunk stays a view (zero-copy); several are concatenated.

@@ -91,8 +91,12 @@ class ImportedTable {
   int64_t num_chunks() const { return static_cast<int64_t>(imported_.chunks.size()); }
   std::vector<std::string> column_names() const;
 
-  // A batch's column by name; raises KeyError-like ValueError listing the names.
+  // A batch's column by name; raises ValueError listing the names.
   Column column(const std::string& name) const;
+  // The named columns of a batch, in that order (nullopt: all). A single
+  // array is not a batch: raises UnsupportedTypeError naming `caller`.
+  std::vector<Column> select(const std::optional<std::vector<std::string>>& names,
+                             const char* caller) const;
   // The import itself as one column (a plain array or chunked array).
   Column as_column() const;
 

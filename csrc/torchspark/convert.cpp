@@ -5,7 +5,9 @@
 #include <c10/util/Half.h>
 #include <c10/util/TypeCast.h>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "torchspark/arrow_type.h"
@@ -138,12 +140,33 @@ bool is_supported_dtype(c10::ScalarType dtype) {
 
 void check_fill(const c10::Scalar& value, c10::ScalarType dtype, const std::string& what,
                 const char* name) {
+  // Stricter than a C++ cast: an integer column takes only integers in its
+  // range (no silent truncation of 1.5, no wrap of -1 to 255), a bool column
+  // only 0/1, a float column anything its range holds (inf and nan included).
+  bool representable = true;
   try {
     visit_dtype(dtype, [&](auto tag) -> int {
-      (void)value.to<decltype(tag)>();
+      using T = decltype(tag);
+      if constexpr (std::is_same_v<T, bool>) {
+        representable = value.isBoolean() || value.toDouble() == 0 || value.toDouble() == 1;
+      } else if constexpr (std::is_integral_v<T>) {
+        long double v = value.isFloatingPoint() ? static_cast<long double>(value.toDouble())
+                        : value.isBoolean()     ? static_cast<long double>(value.toBool())
+                        : value.type() == c10::ScalarType::UInt64
+                            ? static_cast<long double>(value.toUInt64())
+                            : static_cast<long double>(value.toLong());
+        representable = std::isfinite(v) && v == std::trunc(v) &&
+                        v >= static_cast<long double>(std::numeric_limits<T>::min()) &&
+                        v <= static_cast<long double>(std::numeric_limits<T>::max());
+      } else {
+        (void)value.to<T>();  // throws on overflow (e.g. 1e6 for float16)
+      }
       return 0;
     });
   } catch (const std::exception&) {  // c10's report_overflow throws std::runtime_error
+    representable = false;
+  }
+  if (!representable) {
     TORCH_CHECK_VALUE(false, what, ": ", name, " ", value, " cannot be represented as ",
                       c10::toString(dtype));
   }
