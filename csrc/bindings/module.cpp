@@ -72,7 +72,7 @@ ImportedTable import_arrow(py::handle obj, const std::string& label) {
   if (py::hasattr(obj, "__arrow_c_stream__")) {
     py::object capsule = obj.attr("__arrow_c_stream__")();
     auto* stream = capsule_pointer<ArrowArrayStream>(capsule, "arrow_array_stream", label);
-    return ImportedTable(import_stream(stream), label);
+    return ImportedTable(import_stream(stream, label), label);
   }
   if (py::hasattr(obj, "__arrow_c_array__")) {
     py::object result = obj.attr("__arrow_c_array__")();
@@ -83,7 +83,7 @@ ImportedTable import_arrow(py::handle obj, const std::string& label) {
     py::tuple pair = result;
     auto* schema = capsule_pointer<ArrowSchema>(pair[0], "arrow_schema", label);
     auto* array = capsule_pointer<ArrowArray>(pair[1], "arrow_array", label);
-    return ImportedTable(import_array(schema, array), label);
+    return ImportedTable(import_array(schema, array, label), label);
   }
   throw py::type_error(label + ": expected an Arrow array, chunked array, record batch or " +
                        "table (an object with __arrow_c_array__ or __arrow_c_stream__), got " +

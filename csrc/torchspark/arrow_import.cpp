@@ -606,15 +606,19 @@ ChunkResult convert_dictionary(const ColumnChunk& chunk, const std::string& what
   ColumnTensor values = convert_chunk(dict_chunk, dict_what, value_options, nullptr).tensor;
 
   at::Tensor index = indices.values.to(at::kLong);  // 0 under null indices
-  if (index.numel() > 0) {
-    const int64_t lo = index.min().item<int64_t>();
-    const int64_t hi = index.max().item<int64_t>();
-    if (lo < 0 || hi >= dict.length) {
-      const int64_t bad = lo < 0 ? lo : hi;
-      const int64_t row = (index == bad).nonzero()[0][0].item<int64_t>();
-      TORCH_CHECK_VALUE(false, what, ": dictionary index ", bad, " in row ", chunk.row_base + row,
-                        " is out of range for a dictionary of ", dict.length, " values");
-    }
+  at::Tensor out_of_range = index.lt(0).logical_or(index.ge(dict.length)).logical_and(indices.mask);
+  if (out_of_range.any().item<bool>()) {
+    const int64_t row = out_of_range.nonzero()[0][0].item<int64_t>();
+    TORCH_CHECK_VALUE(false, what, ": dictionary index ", index[row].item<int64_t>(), " in row ",
+                      chunk.row_base + row, " is out of range for a dictionary of ", dict.length,
+                      " values");
+  }
+  if (values.values.size(0) == 0) {
+    // An empty dictionary: every index is null. Give the null slots a row to point at.
+    std::vector<int64_t> one_row = values.values.sizes().vec();
+    one_row[0] = 1;
+    values.values = at::zeros(one_row, values.values.options());
+    values.mask = at::zeros(one_row, values.mask.options());
   }
   ChunkResult result;
   result.tensor.values = values.values.index_select(0, index);

@@ -8,10 +8,10 @@
 
 namespace torchspark {
 
-SchemaOwner::SchemaOwner(ArrowSchema* source) {
-  TS_CHECK_ARROW(source != nullptr, "expected an ArrowSchema, got a null pointer");
-  TS_CHECK_ARROW(source->release != nullptr,
-                 "expected a live ArrowSchema, got one that was already released");
+SchemaOwner::SchemaOwner(ArrowSchema* source, const std::string& what) {
+  TS_CHECK_ARROW(source != nullptr, what, ": expected an ArrowSchema, got a null pointer");
+  TS_CHECK_ARROW(source->release != nullptr, what,
+                 ": expected a live ArrowSchema, got one that was already released");
   std::memcpy(&schema_, source, sizeof(ArrowSchema));
   source->release = nullptr;
 }
@@ -22,11 +22,12 @@ SchemaOwner::~SchemaOwner() {
   }
 }
 
-ArrayOwner::ArrayOwner(std::shared_ptr<const SchemaOwner> schema, ArrowArray* source)
+ArrayOwner::ArrayOwner(std::shared_ptr<const SchemaOwner> schema, ArrowArray* source,
+                       const std::string& what)
     : schema_(std::move(schema)) {
-  TS_CHECK_ARROW(source != nullptr, "expected an ArrowArray, got a null pointer");
-  TS_CHECK_ARROW(source->release != nullptr,
-                 "expected a live ArrowArray, got one that was already released");
+  TS_CHECK_ARROW(source != nullptr, what, ": expected an ArrowArray, got a null pointer");
+  TS_CHECK_ARROW(source->release != nullptr, what,
+                 ": expected a live ArrowArray, got one that was already released");
   std::memcpy(&array_, source, sizeof(ArrowArray));
   source->release = nullptr;
 }
@@ -37,12 +38,12 @@ ArrayOwner::~ArrayOwner() {
   }
 }
 
-ImportedChunks import_array(ArrowSchema* schema, ArrowArray* array) {
+ImportedChunks import_array(ArrowSchema* schema, ArrowArray* array, const std::string& what) {
   // Take the schema first, then the array: if the array is unusable the schema
   // is still released (by its owner) and vice versa.
   ImportedChunks out;
-  out.schema = std::make_shared<const SchemaOwner>(schema);
-  out.chunks.push_back(std::make_shared<const ArrayOwner>(out.schema, array));
+  out.schema = std::make_shared<const SchemaOwner>(schema, what);
+  out.chunks.push_back(std::make_shared<const ArrayOwner>(out.schema, array, what));
   return out;
 }
 
@@ -50,10 +51,10 @@ namespace {
 
 class StreamOwner {
  public:
-  explicit StreamOwner(ArrowArrayStream* source) {
-    TS_CHECK_ARROW(source != nullptr, "expected an ArrowArrayStream, got a null pointer");
-    TS_CHECK_ARROW(source->release != nullptr,
-                   "expected a live ArrowArrayStream, got one that was already released");
+  StreamOwner(ArrowArrayStream* source, const std::string& what) {
+    TS_CHECK_ARROW(source != nullptr, what, ": expected an ArrowArrayStream, got a null pointer");
+    TS_CHECK_ARROW(source->release != nullptr, what,
+                   ": expected a live ArrowArrayStream, got one that was already released");
     std::memcpy(&stream_, source, sizeof(ArrowArrayStream));
     source->release = nullptr;
   }
@@ -78,25 +79,25 @@ class StreamOwner {
 
 }  // namespace
 
-ImportedChunks import_stream(ArrowArrayStream* source) {
-  StreamOwner stream(source);
+ImportedChunks import_stream(ArrowArrayStream* source, const std::string& what) {
+  StreamOwner stream(source, what);
   ImportedChunks out;
 
   ArrowSchema schema{};
   int rc = stream.get()->get_schema(stream.get(), &schema);
-  TS_CHECK_ARROW(rc == 0, "Arrow stream: get_schema failed (errno ", rc,
+  TS_CHECK_ARROW(rc == 0, what, ": Arrow stream get_schema failed (errno ", rc,
                  "): ", stream.last_error());
-  out.schema = std::make_shared<const SchemaOwner>(&schema);
+  out.schema = std::make_shared<const SchemaOwner>(&schema, what);
 
   for (int64_t index = 0;; ++index) {
     ArrowArray array{};
     rc = stream.get()->get_next(stream.get(), &array);
-    TS_CHECK_ARROW(rc == 0, "Arrow stream: get_next failed on chunk ", index, " (errno ", rc,
+    TS_CHECK_ARROW(rc == 0, what, ": Arrow stream get_next failed on chunk ", index, " (errno ", rc,
                    "): ", stream.last_error());
     if (array.release == nullptr) {
       break;  // end of stream
     }
-    out.chunks.push_back(std::make_shared<const ArrayOwner>(out.schema, &array));
+    out.chunks.push_back(std::make_shared<const ArrayOwner>(out.schema, &array, what));
   }
   return out;
 }

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "torchspark/arrow_c_abi.h"
@@ -26,8 +27,8 @@ namespace torchspark {
 
 class SchemaOwner {
  public:
-  // Moves *source in; source->release is set to nullptr.
-  explicit SchemaOwner(ArrowSchema* source);
+  // Moves *source in; source->release is set to nullptr. `what` names it in errors.
+  SchemaOwner(ArrowSchema* source, const std::string& what);
   ~SchemaOwner();
   SchemaOwner(const SchemaOwner&) = delete;
   SchemaOwner& operator=(const SchemaOwner&) = delete;
@@ -41,7 +42,8 @@ class SchemaOwner {
 class ArrayOwner {
  public:
   // Moves *source in; source->release is set to nullptr. `schema` describes it.
-  ArrayOwner(std::shared_ptr<const SchemaOwner> schema, ArrowArray* source);
+  ArrayOwner(std::shared_ptr<const SchemaOwner> schema, ArrowArray* source,
+             const std::string& what);
   ~ArrayOwner();
   ArrayOwner(const ArrayOwner&) = delete;
   ArrayOwner& operator=(const ArrayOwner&) = delete;
@@ -63,11 +65,11 @@ struct ImportedChunks {
 };
 
 // Takes one array (from __arrow_c_array__).
-ImportedChunks import_array(ArrowSchema* schema, ArrowArray* array);
+ImportedChunks import_array(ArrowSchema* schema, ArrowArray* array, const std::string& what);
 
 // Takes a stream (from __arrow_c_stream__), reads it to the end and releases it.
 // A failing get_schema/get_next raises InvalidArrowError with the producer's
 // message; arrays read before the failure are released.
-ImportedChunks import_stream(ArrowArrayStream* stream);
+ImportedChunks import_stream(ArrowArrayStream* stream, const std::string& what);
 
 }  // namespace torchspark

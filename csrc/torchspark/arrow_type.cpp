@@ -361,6 +361,13 @@ void validate_schema_node(const ArrowSchema& schema, const std::string& what, in
                  schema.n_children);
   TS_CHECK_ARROW(schema.n_children == 0 || schema.children != nullptr, what, ": schema has ",
                  schema.n_children, " children but a null children pointer");
+  const std::string_view format(schema.format);
+  TS_CHECK_ARROW(!(starts_with(format, "+w:") || starts_with(format, "w:")) ||
+                     parse_size(format.substr(format.find(':') + 1)) >= 0,
+                 what, ": malformed format string '", format, "'");
+  const bool is_list = format == "+l" || format == "+L" || starts_with(format, "+w:");
+  TS_CHECK_ARROW(!is_list || schema.n_children == 1, what, ": expected 1 schema children for ",
+                 describe_format(schema.format), ", got ", schema.n_children);
   for (int64_t i = 0; i < schema.n_children; ++i) {
     TS_CHECK_ARROW(schema.children[i] != nullptr, what, ": schema child ", i, " is a null pointer");
     validate_schema_node(*schema.children[i],
