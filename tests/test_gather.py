@@ -215,3 +215,37 @@ def test_unaligned_column_buffer():
 def test_zero_columns(rng):
     batch = random_batch(rng, 5, [pa.float32()])
     assert torchspark.gather(batch, []).shape == (5, 0)
+
+
+@pytest.mark.parametrize(
+    "types",
+    [
+        [pa.float32()] * 32,  # streamed from registers, 16 columns per cache line
+        [pa.float32()] * 6 + [pa.float64()],  # streamed through a scratch tile
+        [pa.int32()] * 16 + [pa.float32()] * 3,  # register blocks + scalar tail, scratch
+    ],
+    ids=["direct", "scratch", "mixed"],
+)
+def test_large_outputs_use_streaming_paths(rng, types):
+    # >= 8 MiB of output: the non-temporal store paths.
+    n = 400_000
+    batch = random_batch(rng, n, types)
+    got = torchspark.gather(batch)
+    assert got.nbytes >= 8 << 20
+    np.testing.assert_array_equal(got.numpy(), reference(batch, batch.schema.names, np.float32))
+    sliced = batch.slice(3, n - 10)  # unaligned starts in every column
+    np.testing.assert_array_equal(
+        torchspark.gather(sliced).numpy(), reference(sliced, sliced.schema.names, np.float32)
+    )
+
+
+def test_large_output_with_nulls_filled(rng):
+    n = 300_000
+    values = rng.standard_normal((n, 16)).astype(np.float32)
+    mask = rng.random(n) < 0.1
+    arrays = {f"c{j}": pa.array(values[:, j]) for j in range(16)}
+    arrays["c5"] = pa.array(values[:, 5], mask=mask)
+    got = torchspark.gather(pa.record_batch(arrays), nulls="fill", fill=-1.0)
+    expected = values.copy()
+    expected[mask, 5] = -1.0
+    np.testing.assert_array_equal(got.numpy(), expected)

@@ -4,8 +4,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -42,50 +43,107 @@ bool cpu_has_avx2() {
   return has;
 }
 
-// Reads rows [row, row + rows) of 8 columns of 32-bit values and writes them
-// as 8 contiguous values per output row (`stride` bytes between rows).
+// Transposes 8 rows of 8 columns (c[k] = 8 consecutive rows of column k)
+// into o[r] = the 8 column values of row r.
+__attribute__((target("avx2"))) inline void transpose8x8(const __m256* c, __m256* o) {
+  __m256 t0 = _mm256_unpacklo_ps(c[0], c[1]);
+  __m256 t1 = _mm256_unpackhi_ps(c[0], c[1]);
+  __m256 t2 = _mm256_unpacklo_ps(c[2], c[3]);
+  __m256 t3 = _mm256_unpackhi_ps(c[2], c[3]);
+  __m256 t4 = _mm256_unpacklo_ps(c[4], c[5]);
+  __m256 t5 = _mm256_unpackhi_ps(c[4], c[5]);
+  __m256 t6 = _mm256_unpacklo_ps(c[6], c[7]);
+  __m256 t7 = _mm256_unpackhi_ps(c[6], c[7]);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  o[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  o[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  o[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  o[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  o[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  o[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  o[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  o[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Reads rows [row, row + rows) of `width` (8 or 16) columns of 32-bit values
+// and writes them as `width` contiguous values per output row (`stride`
+// bytes apart). With `stream`, each output row segment is a whole 64-byte
+// line (width 16, 64-byte aligned) written with non-temporal stores.
+template <int width, bool stream>
 __attribute__((target("avx2"))) void transpose_block_avx2(const char* const* cols, int64_t row,
                                                           int64_t rows, char* out, int64_t stride) {
   int64_t r = 0;
-  const int64_t s = stride / 4;
   for (; r + 8 <= rows; r += 8) {
-    __m256 c[8];
-    for (int k = 0; k < 8; ++k) {
-      c[k] = _mm256_loadu_ps(reinterpret_cast<const float*>(cols[k] + (row + r) * 4));
+    __m256 o[width / 8][8];
+    for (int h = 0; h < width / 8; ++h) {
+      __m256 c[8];
+      for (int k = 0; k < 8; ++k) {
+        c[k] = _mm256_loadu_ps(reinterpret_cast<const float*>(cols[h * 8 + k] + (row + r) * 4));
+      }
+      transpose8x8(c, o[h]);
     }
-    __m256 t0 = _mm256_unpacklo_ps(c[0], c[1]);
-    __m256 t1 = _mm256_unpackhi_ps(c[0], c[1]);
-    __m256 t2 = _mm256_unpacklo_ps(c[2], c[3]);
-    __m256 t3 = _mm256_unpackhi_ps(c[2], c[3]);
-    __m256 t4 = _mm256_unpacklo_ps(c[4], c[5]);
-    __m256 t5 = _mm256_unpackhi_ps(c[4], c[5]);
-    __m256 t6 = _mm256_unpacklo_ps(c[6], c[7]);
-    __m256 t7 = _mm256_unpackhi_ps(c[6], c[7]);
-    __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    float* o = reinterpret_cast<float*>(out + r * stride);
-    _mm256_storeu_ps(o + 0 * s, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_storeu_ps(o + 1 * s, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_storeu_ps(o + 2 * s, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_storeu_ps(o + 3 * s, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_storeu_ps(o + 4 * s, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_storeu_ps(o + 5 * s, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_storeu_ps(o + 6 * s, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_storeu_ps(o + 7 * s, _mm256_permute2f128_ps(u3, u7, 0x31));
+    for (int q = 0; q < 8; ++q) {
+      float* dst = reinterpret_cast<float*>(out + (r + q) * stride);
+      for (int h = 0; h < width / 8; ++h) {
+        if constexpr (stream) {
+          _mm256_stream_ps(dst + h * 8, o[h][q]);
+        } else {
+          _mm256_storeu_ps(dst + h * 8, o[h][q]);
+        }
+      }
+    }
   }
   for (; r < rows; ++r) {
-    for (int k = 0; k < 8; ++k) {
+    for (int k = 0; k < width; ++k) {
       std::memcpy(out + r * stride + k * 4, cols[k] + (row + r) * 4, 4);
     }
   }
 }
 #endif
+
+// Outputs at least this large (bigger than a typical L2 + share of L3) are
+// written with non-temporal stores; smaller ones stay in cache for the model
+// that reads them next. See benchmarks/RESULTS.md (gather).
+constexpr int64_t kStreamingThresholdBytes = 8 << 20;
+
+bool use_streaming_stores(int64_t bytes) {
+#if defined(__x86_64__)
+  return bytes >= kStreamingThresholdBytes;
+#else
+  return false;
+#endif
+}
+
+// Copies `bytes` from an (L1-resident) scratch to dst with non-temporal
+// stores where dst is 16-byte aligned; plain copies for the unaligned edges.
+void stream_copy(char* dst, const char* src, int64_t bytes) {
+#if defined(__x86_64__)
+  const int64_t head = std::min<int64_t>(bytes, (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16);
+  std::memcpy(dst, src, head);
+  int64_t i = head;
+  for (; i + 16 <= bytes; i += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+  }
+  std::memcpy(dst + i, src + i, bytes - i);
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+// Orders the non-temporal stores before anything that follows.
+void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
 
 }  // namespace
 
@@ -151,18 +209,18 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
   }
 
   const int64_t elem_size = static_cast<int64_t>(c10::elementSize(options.dtype));
+  const int64_t row_bytes = num_cols * elem_size;
   const FillFn fill = fill_fn(options.dtype);
   char* out_data = static_cast<char*>(result.data_ptr());
+  const int64_t tile_rows = std::max<int64_t>(8, kGatherTileBytes / row_bytes);
   // Enough rows per task to amortise a thread hand-off (~32K elements).
-  const int64_t grain = std::max<int64_t>(kGatherTileRows, at::internal::GRAIN_SIZE / num_cols);
-
-  static const int64_t tile_bytes =
-      std::getenv("TS_TILE") ? std::atol(std::getenv("TS_TILE")) : 65536;
-  const int64_t tile_rows = std::max<int64_t>(8, tile_bytes / (num_cols * elem_size));
-  std::vector<Source> sources(num_cols);
+  const int64_t grain = std::max<int64_t>(tile_rows, at::internal::GRAIN_SIZE / num_cols);
+  const bool stream = use_streaming_stores(num_rows * row_bytes);
 #if defined(__x86_64__)
-  const bool use_avx2 = cpu_has_avx2() && std::getenv("TS_NO_AVX") == nullptr;
+  const bool use_avx2 = cpu_has_avx2();
 #endif
+
+  std::vector<Source> sources(num_cols);
   for (size_t c = 0; c < num_chunks; ++c) {
     const ColumnChunk& first = columns[0].chunks[c];
     for (int64_t j = 0; j < num_cols; ++j) {
@@ -174,35 +232,77 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
       TS_CHECK_SUPPORTED(sources[j].convert != nullptr, columns[j].label, ": cannot convert ",
                          c10::toString(type.dtype), " to ", c10::toString(options.dtype));
     }
-    char* chunk_out = out_data + first.row_base * num_cols * elem_size;
-    at::parallel_for(0, first.length, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; t += tile_rows) {
-        const int64_t rows = std::min(tile_rows, end - t);
-        char* tile = chunk_out + t * num_cols * elem_size;
-        for (int64_t j = 0; j < num_cols; ++j) {
+
+    // Writes rows [t, t + rows) of this chunk, row-major, at `dst`.
+    auto gather_tile = [&](int64_t t, int64_t rows, char* dst) {
+      for (int64_t j = 0; j < num_cols; ++j) {
 #if defined(__x86_64__)
-          if (use_avx2 && j + kBlockCols <= num_cols &&
-              std::all_of(&sources[j], &sources[j] + kBlockCols,
-                          [](const Source& s) { return s.plain_32bit; })) {
-            const char* cols[kBlockCols];
-            for (int64_t k = 0; k < kBlockCols; ++k) {
+        if (use_avx2 && j + kBlockCols <= num_cols &&
+            std::all_of(&sources[j], &sources[j] + kBlockCols,
+                        [](const Source& s) { return s.plain_32bit; })) {
+          const char* cols[kBlockCols];
+          for (int64_t k = 0; k < kBlockCols; ++k) {
+            cols[k] = static_cast<const char*>(sources[j + k].array->buffers[1]) +
+                      sources[j + k].start * 4;
+          }
+          transpose_block_avx2<8, false>(cols, t, rows, dst + j * elem_size, row_bytes);
+          j += kBlockCols - 1;
+          continue;
+        }
+#endif
+        const Source& s = sources[j];
+        if (s.has_nulls) {
+          convert_valid_runs(*s.array, s.start + t, rows, s.convert, fill, options.fill,
+                             dst + j * elem_size, elem_size, num_cols, nullptr, 0);
+        } else {
+          s.convert(s.array->buffers[1], s.start + t, rows, dst + j * elem_size, num_cols);
+        }
+      }
+    };
+
+    char* chunk_out = out_data + first.row_base * row_bytes;
+#if defined(__x86_64__)
+    // All columns plain 32-bit, rows whole 64-byte lines: transpose 16 columns
+    // at a time straight into the output with non-temporal stores.
+    const bool direct =
+        stream && use_avx2 && num_cols % 16 == 0 &&
+        reinterpret_cast<uintptr_t>(chunk_out) % 64 == 0 &&
+        std::all_of(sources.begin(), sources.end(), [](const Source& s) { return s.plain_32bit; });
+    if (direct) {
+      at::parallel_for(0, first.length, grain, [&](int64_t begin, int64_t end) {
+        const char* cols[16];
+        for (int64_t t = begin; t < end; t += tile_rows) {
+          const int64_t rows = std::min(tile_rows, end - t);
+          for (int64_t j = 0; j < num_cols; j += 16) {
+            for (int64_t k = 0; k < 16; ++k) {
               cols[k] = static_cast<const char*>(sources[j + k].array->buffers[1]) +
                         sources[j + k].start * 4;
             }
-            transpose_block_avx2(cols, t, rows, tile + j * elem_size, num_cols * elem_size);
-            j += kBlockCols - 1;
-            continue;
-          }
-#endif
-          const Source& s = sources[j];
-          if (s.has_nulls) {
-            convert_valid_runs(*s.array, s.start + t, rows, s.convert, fill, options.fill,
-                               tile + j * elem_size, elem_size, num_cols, nullptr, 0);
-          } else {
-            s.convert(s.array->buffers[1], s.start + t, rows, tile + j * elem_size, num_cols);
+            transpose_block_avx2<16, true>(cols, t, rows, chunk_out + t * row_bytes + j * 4,
+                                           row_bytes);
           }
         }
+        stream_fence();
+      });
+      continue;
+    }
+#endif
+    at::parallel_for(0, first.length, grain, [&](int64_t begin, int64_t end) {
+      if (!stream) {
+        for (int64_t t = begin; t < end; t += tile_rows) {
+          gather_tile(t, std::min(tile_rows, end - t), chunk_out + t * row_bytes);
+        }
+        return;
       }
+      // Large outputs: build each tile in an L1-resident scratch, then stream
+      // it out in whole cache lines, so the output is never read for ownership.
+      std::unique_ptr<char[]> scratch(new (std::align_val_t(64)) char[tile_rows * row_bytes]);
+      for (int64_t t = begin; t < end; t += tile_rows) {
+        const int64_t rows = std::min(tile_rows, end - t);
+        gather_tile(t, rows, scratch.get());
+        stream_copy(chunk_out + t * row_bytes, scratch.get(), rows * row_bytes);
+      }
+      stream_fence();
     });
   }
   return result;

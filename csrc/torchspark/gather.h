@@ -1,10 +1,15 @@
 // Scalar columns -> one row-major [N, F] tensor: the input of every tabular
 // model, and the one copy that the Arrow layout (one buffer per column) forces.
 //
-// One native pass over the data, cache-blocked: a tile of kGatherTileRows
-// rows x F columns is written while the tile stays in L1, each column read
-// sequentially; the cast to the output dtype is fused into that pass. Large N
-// is split across torch's intra-op threads (at::parallel_for).
+// One native pass over the data, cache-blocked: a tile of rows x F columns
+// (kGatherTileBytes) is written while it stays in L1, each column read
+// sequentially; runs of 8 plain 32-bit columns are transposed 8x8 in AVX2
+// registers, others go through a per-column conversion kernel with the cast
+// fused. Outputs of 8 MiB and more are written with non-temporal stores (the
+// output is never read for ownership): straight from registers, 16 columns =
+// one 64-byte line per row, when every column is plain 32-bit and F % 16 == 0;
+// through a scratch tile otherwise. Large N is split across torch's intra-op
+// threads (at::parallel_for).
 //
 // `out`, when given, is written in place (the executor's staging buffers);
 // it must be a contiguous CPU tensor of shape [N, F] and the requested dtype.
@@ -30,9 +35,11 @@ struct GatherOptions {
   c10::Scalar fill = 0;
 };
 
-// Rows per cache tile. Chosen with benchmarks/gather_bench.py (see
-// benchmarks/RESULTS.md): 64 rows x 64 float32 columns = 16 KiB fits L1.
-constexpr int64_t kGatherTileRows = 64;
+// Bytes of output per tile (rows = this / row bytes, at least 8). Larger
+// tiles mean longer sequential runs per column, which the hardware prefetcher
+// needs when F streams are read at once; 64 KiB measured best between 16 KiB
+// and 2 MiB for 64 float32 columns x 1e6 rows (benchmarks/RESULTS.md, gather).
+constexpr int64_t kGatherTileBytes = 64 << 10;
 
 // Gathers `columns` (all from one ImportedTable, so identically chunked) into
 // [N, F]. Throws UnsupportedTypeError for a non-scalar column, NullValueError
