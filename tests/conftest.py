@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -9,3 +12,14 @@ import pytest
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def fast_gc() -> Iterator[None]:
+    """For modules that call gc.collect() in most tests: freezing what exists
+    before them (torch, pyarrow, ...) makes it cheap. Objects the tests create
+    are still collected."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()

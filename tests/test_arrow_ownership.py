@@ -28,15 +28,8 @@ import torch
 import torchspark
 from torchspark import InvalidArrowError, NullValueError, UnsupportedTypeError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_gc() -> Iterator[None]:
-    """gc.collect() runs in most tests; freezing what exists before them (torch,
-    pyarrow, ...) makes it cheap. Objects the tests create are still collected."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
+# gc.collect() runs in most tests: make it cheap (see conftest.fast_gc).
+pytestmark = pytest.mark.usefixtures("fast_gc")
 
 
 def collect() -> None:

@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import arrow_ctypes as ac
@@ -36,14 +36,8 @@ from torchspark import InvalidArrowError, TorchSparkError, UnsupportedTypeError
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_gc() -> Iterator[None]:
-    """gc.collect() runs in most tests; freezing what exists before them (torch,
-    pyarrow, ...) makes it cheap. Objects the tests create are still collected."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
+# gc.collect() runs in most tests: make it cheap (see conftest.fast_gc).
+pytestmark = pytest.mark.usefixtures("fast_gc")
 
 
 # ---------------------------------------------------------------------------
