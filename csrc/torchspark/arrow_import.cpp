@@ -569,7 +569,7 @@ ChunkResult convert_binary(const ColumnChunk& chunk, const ArrowType& type, cons
     const int64_t i = chunk.start + r;
     const bool valid = is_valid(array, i);
     if (valid) {
-      std::memcpy(out + r * row_bytes, bytes + row_range(i).first, row_bytes);
+      if (row_bytes > 0) std::memcpy(out + r * row_bytes, bytes + row_range(i).first, row_bytes);
     } else {
       fill(out + r * row_bytes, options.fill, row_elems, 1);
     }

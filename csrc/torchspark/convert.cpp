@@ -18,6 +18,9 @@ namespace {
 
 template <typename Dst, typename Src>
 void convert_values(const void* base, int64_t index, int64_t count, void* dst, int64_t dst_stride) {
+  if (count <= 0) {
+    return;  // an empty output may have a null data pointer
+  }
   const char* src = static_cast<const char*>(base) + index * static_cast<int64_t>(sizeof(Src));
   Dst* out = static_cast<Dst*>(dst);
   if constexpr (std::is_same_v<Dst, Src>) {

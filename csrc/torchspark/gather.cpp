@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
-#include <new>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -296,11 +294,14 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
       }
       // Large outputs: build each tile in an L1-resident scratch, then stream
       // it out in whole cache lines, so the output is never read for ownership.
-      std::unique_ptr<char[]> scratch(new (std::align_val_t(64)) char[tile_rows * row_bytes]);
+      // torch's CPU allocator aligns to 64 bytes (a cache line).
+      at::Tensor scratch_buffer =
+          at::empty({tile_rows * row_bytes}, at::TensorOptions().dtype(at::kByte));
+      char* scratch = static_cast<char*>(scratch_buffer.data_ptr());
       for (int64_t t = begin; t < end; t += tile_rows) {
         const int64_t rows = std::min(tile_rows, end - t);
-        gather_tile(t, rows, scratch.get());
-        stream_copy(chunk_out + t * row_bytes, scratch.get(), rows * row_bytes);
+        gather_tile(t, rows, scratch);
+        stream_copy(chunk_out + t * row_bytes, scratch, rows * row_bytes);
       }
       stream_fence();
     });
