@@ -14,11 +14,17 @@ import torchspark
 
 def test_public_api_is_small_and_documented():
     expected = {
+        "Executor",
+        "ExecutorClosedError",
+        "Future",
+        "Input",
         "InvalidArrowError",
+        "ModelError",
         "NullValueError",
         "TorchSparkError",
         "UnsupportedTypeError",
         "__version__",
+        "export",
         "from_tensor",
         "gather",
         "pad",
@@ -36,10 +42,14 @@ def test_error_hierarchy():
     assert issubclass(torchspark.UnsupportedTypeError, TypeError)
     assert issubclass(torchspark.InvalidArrowError, ValueError)
     assert issubclass(torchspark.NullValueError, ValueError)
+    assert issubclass(torchspark.ModelError, RuntimeError)
+    assert issubclass(torchspark.ExecutorClosedError, RuntimeError)
     for cls in (
         torchspark.UnsupportedTypeError,
         torchspark.InvalidArrowError,
         torchspark.NullValueError,
+        torchspark.ModelError,
+        torchspark.ExecutorClosedError,
     ):
         assert issubclass(cls, torchspark.TorchSparkError)
 
@@ -77,6 +87,10 @@ def test_docstring_examples_run():
     assert tried >= 10 and failures == 0
     failures, tried = doctest.testmod(torchspark, verbose=False)
     assert tried >= 1 and failures == 0
+    for name in ("torchspark.executor", "torchspark.export"):
+        module = sys.modules[name]  # torchspark.export is also the function's name
+        failures, tried = doctest.testmod(module, verbose=False)
+        assert tried >= 1 and failures == 0, name
 
 
 @pytest.mark.slow

@@ -12,7 +12,9 @@
 #include "torchspark/arrow_import.h"
 #include "torchspark/arrow_owner.h"
 #include "torchspark/errors.h"
+#include "torchspark/executor.h"
 #include "torchspark/gather.h"
+#include "torchspark/model.h"
 #include "torchspark/pad.h"
 
 namespace py = pybind11;
@@ -25,11 +27,16 @@ namespace {
 PyObject* g_unsupported_type_error = PyExc_TypeError;
 PyObject* g_invalid_arrow_error = PyExc_ValueError;
 PyObject* g_null_value_error = PyExc_ValueError;
+PyObject* g_model_error = PyExc_RuntimeError;
+PyObject* g_executor_closed_error = PyExc_RuntimeError;
 
-void set_error_types(py::object unsupported, py::object invalid, py::object null_value) {
+void set_error_types(py::object unsupported, py::object invalid, py::object null_value,
+                     py::object model, py::object executor_closed) {
   g_unsupported_type_error = unsupported.release().ptr();
   g_invalid_arrow_error = invalid.release().ptr();
   g_null_value_error = null_value.release().ptr();
+  g_model_error = model.release().ptr();
+  g_executor_closed_error = executor_closed.release().ptr();
 }
 
 void translate(std::exception_ptr error) {
@@ -41,6 +48,10 @@ void translate(std::exception_ptr error) {
     PyErr_SetString(g_invalid_arrow_error, e.what_without_backtrace());
   } catch (const NullValueError& e) {
     PyErr_SetString(g_null_value_error, e.what_without_backtrace());
+  } catch (const ModelError& e) {
+    PyErr_SetString(g_model_error, e.what_without_backtrace());
+  } catch (const ExecutorClosedError& e) {
+    PyErr_SetString(g_executor_closed_error, e.what_without_backtrace());
   } catch (const c10::TypeError& e) {
     PyErr_SetString(PyExc_TypeError, e.what_without_backtrace());
   } catch (const c10::ValueError& e) {
@@ -242,6 +253,212 @@ class TensorExport {
   ExportOptions options_;
 };
 
+// ---- models and the executor ----
+
+std::vector<std::string> string_list(py::handle value, const char* what) {
+  if (py::isinstance<py::str>(value)) {
+    return {value.cast<std::string>()};
+  }
+  try {
+    return value.cast<std::vector<std::string>>();
+  } catch (const py::cast_error&) {
+    throw py::type_error(std::string(what) + ": expected a column name or a list of names");
+  }
+}
+
+std::optional<at::ScalarType> optional_dtype(py::handle value) {
+  if (value.is_none()) return std::nullopt;
+  return value.cast<at::ScalarType>();
+}
+
+// One Input spec from the Python layer's dict (torchspark.executor.Input).
+InputSpec parse_spec(py::handle item, size_t index) {
+  py::dict spec = py::reinterpret_borrow<py::dict>(item);
+  InputSpec out;
+  out.kind = parse_input_kind(spec["kind"].cast<std::string>());
+  out.columns = string_list(spec["columns"], "Input.columns");
+  const auto dtype = optional_dtype(spec["dtype"]);
+  const NullPolicy nulls = parse_null_policy(spec["nulls"].cast<std::string>());
+  const c10::Scalar fill = to_scalar(spec["fill"], "Input.fill");
+  out.tensor.dtype = dtype;
+  out.tensor.nulls = nulls;
+  out.tensor.fill = fill;
+  out.gather.dtype = dtype.value_or(at::kFloat);
+  out.gather.nulls = nulls;
+  out.gather.fill = fill;
+  out.pad.dtype = dtype;
+  out.pad.nulls = nulls;
+  out.pad.pad_value = to_scalar(spec["pad_value"], "Input.pad_value");
+  if (!spec["max_len"].is_none()) out.pad.max_len = spec["max_len"].cast<int64_t>();
+  (void)index;
+  return out;
+}
+
+py::dict latency_dict(const LatencySummary& s) {
+  py::dict d;
+  d["count"] = s.count;
+  d["mean_ms"] = s.mean_s * 1e3;
+  d["p50_ms"] = s.p50_s * 1e3;
+  d["p90_ms"] = s.p90_s * 1e3;
+  d["p99_ms"] = s.p99_s * 1e3;
+  d["max_ms"] = s.max_s * 1e3;
+  return d;
+}
+
+// The executor as Python sees it: every call that may hand back finished
+// requests' Arrow data destroys it here, on the calling (GIL-holding) thread.
+class PyExecutor {
+ public:
+  PyExecutor(std::shared_ptr<const Model> model, ExecutorOptions options, py::object specs)
+      : executor_(std::make_shared<Executor>(std::move(model), std::move(options))) {
+    if (!specs.is_none()) {
+      size_t i = 0;
+      for (py::handle item : specs) specs_.push_back(parse_spec(item, i++));
+    }
+  }
+
+  std::shared_ptr<Request> submit_tensors(std::vector<at::Tensor> tensors,
+                                          std::optional<at::Tensor> lengths, int64_t token_input) {
+    collect_garbage();
+    Inputs inputs;
+    for (at::Tensor& t : tensors) {
+      InputSource source;
+      source.tensor = std::move(t);
+      inputs.sources.push_back(std::move(source));
+    }
+    if (lengths) inputs.lengths = *lengths;
+    inputs.token_input = token_input;
+    return executor_->submit(std::move(inputs));
+  }
+
+  std::shared_ptr<Request> submit_arrow(py::handle obj) {
+    collect_garbage();
+    if (specs_.empty()) {
+      throw py::value_error(executor_->model().label() +
+                            ": Arrow input needs inputs=[Input(...), ...] on the Executor");
+    }
+    auto table = std::make_shared<ImportedTable>(import_arrow(obj, "batch"));
+    Inputs inputs;
+    {
+      py::gil_scoped_release nogil;
+      inputs = make_inputs(*table, specs_);
+    }
+    // The table (the Arrow data) is the keepalive: destroyed here, never on a worker.
+    return executor_->submit(std::move(inputs), std::static_pointer_cast<void>(table));
+  }
+
+  void flush() { executor_->flush(); }
+
+  void close(bool drain) {
+    {
+      py::gil_scoped_release nogil;
+      executor_->close(drain);
+    }
+    collect_garbage();
+  }
+
+  bool closed() const { return executor_->closed(); }
+
+  py::dict stats() {
+    collect_garbage();
+    ExecutorStats s = executor_->stats();
+    py::dict d;
+    d["requests"] = s.requests;
+    d["rows"] = s.rows;
+    d["batches"] = s.batches;
+    d["mean_batch_rows"] = s.mean_batch_rows;
+    d["padding_ratio"] = s.padding_ratio;
+    d["errors"] = s.errors;
+    d["retries"] = s.retries;
+    d["queue"] = latency_dict(s.queue);
+    d["stage"] = latency_dict(s.stage);
+    d["compute"] = latency_dict(s.compute);
+    d["end_to_end"] = latency_dict(s.end_to_end);
+    return d;
+  }
+
+  void collect_garbage() { executor_->take_garbage(); }
+
+ private:
+  std::shared_ptr<Executor> executor_;
+  std::vector<InputSpec> specs_;
+};
+
+py::tuple request_result(Request& request) {
+  ModelOutputs outputs;
+  {
+    py::gil_scoped_release nogil;
+    outputs = request.take_result();
+  }
+  return py::make_tuple(outputs.names, outputs.tensors);
+}
+
+void bind_executor(py::module_& m) {
+  py::class_<Model, std::shared_ptr<Model>>(m, "Model")
+      .def_property_readonly("format",
+                             [](const Model& model) { return format_name(model.format()); })
+      .def_property_readonly("path", &Model::path)
+      .def_property_readonly("input_names", &Model::input_names)
+      .def("__repr__", [](const Model& model) { return "<torchspark " + model.label() + ">"; });
+
+  m.def(
+      "load_model",
+      [](const std::string& path, const at::Device& device, int64_t num_runners) {
+        ModelOptions options;
+        options.device = device;
+        options.num_runners = num_runners;
+        py::gil_scoped_release nogil;
+        return std::const_pointer_cast<Model>(load_model(path, options));
+      },
+      py::arg("path"), py::arg("device"), py::arg("num_runners") = 1);
+  m.def("detect_format", [](const std::string& path) { return format_name(detect_format(path)); });
+
+  py::class_<Request, std::shared_ptr<Request>>(m, "Request")
+      .def_property_readonly("id", &Request::id)
+      .def_property_readonly("rows", &Request::rows)
+      .def("done", &Request::done)
+      .def(
+          "wait",
+          [](const Request& request, double timeout) {
+            py::gil_scoped_release nogil;
+            return request.wait(timeout);
+          },
+          py::arg("timeout") = -1.0)
+      .def("result", &request_result);
+
+  py::class_<PyExecutor>(m, "Executor")
+      .def(py::init([](std::shared_ptr<Model> model, const at::Device& device, int64_t batch_size,
+                       int64_t max_tokens, double max_delay_ms, const std::string& precision,
+                       int64_t threads, int64_t inflight, bool static_batch, int64_t sort_window,
+                       int64_t inject_oom_above_rows, py::object specs) {
+             ExecutorOptions options;
+             options.device = device;
+             options.batch_size = batch_size;
+             options.max_tokens = max_tokens;
+             options.max_delay_ms = max_delay_ms;
+             options.precision = parse_precision(precision);
+             options.threads = threads;
+             options.inflight = inflight;
+             options.static_batch = static_batch;
+             options.sort_window = sort_window;
+             options.inject_oom_above_rows = inject_oom_above_rows;
+             return std::make_unique<PyExecutor>(std::move(model), std::move(options),
+                                                 std::move(specs));
+           }),
+           py::arg("model"), py::arg("device"), py::arg("batch_size"), py::arg("max_tokens"),
+           py::arg("max_delay_ms"), py::arg("precision"), py::arg("threads"), py::arg("inflight"),
+           py::arg("static_batch"), py::arg("sort_window"), py::arg("inject_oom_above_rows"),
+           py::arg("specs"))
+      .def("submit_tensors", &PyExecutor::submit_tensors, py::arg("tensors"),
+           py::arg("lengths") = py::none(), py::arg("token_input") = 0)
+      .def("submit_arrow", &PyExecutor::submit_arrow, py::arg("batch"))
+      .def("flush", &PyExecutor::flush)
+      .def("close", &PyExecutor::close, py::arg("drain") = true)
+      .def_property_readonly("closed", &PyExecutor::closed)
+      .def("stats", &PyExecutor::stats)
+      .def("collect_garbage", &PyExecutor::collect_garbage);
+}
+
 }  // namespace
 }  // namespace torchspark
 
@@ -252,7 +469,8 @@ PYBIND11_MODULE(_C, m) {
   py::register_local_exception_translator(&translate);
 
   m.def("_set_error_types", &set_error_types, py::arg("unsupported_type"), py::arg("invalid_arrow"),
-        py::arg("null_value"));
+        py::arg("null_value"), py::arg("model"), py::arg("executor_closed"));
+  bind_executor(m);
   m.def("to_tensor", &py_to_tensor, py::arg("obj"), py::arg("dtype") = py::none(),
         py::arg("nulls") = "error", py::arg("fill") = 0, py::arg("dictionary") = "indices",
         py::arg("shape") = py::none());

@@ -28,6 +28,20 @@ class NullValueError : public c10::ValueError {
   using c10::ValueError::ValueError;
 };
 
+// A model call failed (it raised, or returned outputs of the wrong shape). The
+// message names the model, the batch and its rows. Python: RuntimeError.
+class ModelError : public c10::Error {
+ public:
+  using c10::Error::Error;
+};
+
+// A request still queued when its executor was closed without draining.
+// Python: RuntimeError.
+class ExecutorClosedError : public c10::Error {
+ public:
+  using c10::Error::Error;
+};
+
 }  // namespace torchspark
 
 // Like TORCH_CHECK, but throws one of the torchspark error types above.

@@ -148,6 +148,21 @@ void stream_fence() {
 at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
                   const GatherOptions& options, const std::optional<at::Tensor>& out) {
   const int64_t num_cols = static_cast<int64_t>(columns.size());
+  at::Tensor result;
+  if (out.has_value() && out->defined()) {
+    result = *out;
+  } else {
+    TS_CHECK_SUPPORTED(is_supported_dtype(options.dtype), "gather: dtype ",
+                       c10::toString(options.dtype),
+                       " is not supported; expected a real number type or bool");
+    result = at::empty({num_rows, num_cols}, at::TensorOptions().dtype(options.dtype));
+  }
+  gather_rows(columns, 0, num_rows, options, result);
+  return result;
+}
+
+void check_gather(const std::vector<Column>& columns, int64_t begin, int64_t count,
+                  const GatherOptions& options) {
   TORCH_CHECK_VALUE(options.nulls != NullPolicy::kMask,
                     "gather: nulls must be 'error' or 'fill', got 'mask' (use to_tensor for a "
                     "mask per column)");
@@ -155,31 +170,22 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
                      c10::toString(options.dtype),
                      " is not supported; expected a real number type or bool");
   check_fill(options.fill, options.dtype, "gather");
-
-  at::Tensor result;
-  if (out.has_value() && out->defined()) {
-    const at::Tensor& o = *out;
-    TORCH_CHECK_VALUE(o.device().is_cpu() && o.scalar_type() == options.dtype && o.dim() == 2 &&
-                          o.size(0) == num_rows && o.size(1) == num_cols && o.is_contiguous(),
-                      "gather: out must be a contiguous CPU ", c10::toString(options.dtype),
-                      " tensor of shape [", num_rows, ", ", num_cols, "], got a ",
-                      o.is_contiguous() ? "contiguous " : "non-contiguous ", o.device(), " ",
-                      c10::toString(o.scalar_type()), " tensor of shape ", o.sizes());
-    result = o;
-  } else {
-    result = at::empty({num_rows, num_cols}, at::TensorOptions().dtype(options.dtype));
+  if (columns.empty()) {
+    return;
   }
-  if (num_rows == 0 || num_cols == 0) {
-    return result;
-  }
+  const int64_t end_row = begin + count;
 
-  // Validate every column and resolve its kernel before writing anything.
+  // Every column, before anything is written.
   const size_t num_chunks = columns[0].chunks.size();
   for (const Column& column : columns) {
-    TORCH_CHECK_VALUE(column.chunks.size() == num_chunks && column.length == num_rows, column.label,
-                      ": expected ", num_rows, " rows in ", num_chunks,
+    TORCH_CHECK_VALUE(column.chunks.size() == num_chunks && column.length == columns[0].length,
+                      column.label, ": expected ", columns[0].length, " rows in ", num_chunks,
                       " chunks like the other columns, got ", column.length, " rows in ",
                       column.chunks.size());
+    TORCH_CHECK_VALUE(begin >= 0 && end_row <= column.length, column.label, ": rows [", begin, ", ",
+                      end_row, ") are out of range for ", column.length, " rows");
+    int64_t nulls = 0;
+    int64_t first_null_row = -1;
     for (const ColumnChunk& chunk : column.chunks) {
       validate(*chunk.schema, *chunk.array, column.label, /*with_dictionary=*/false);
       ArrowType type = parse_type(*chunk.schema, column.label);
@@ -189,31 +195,50 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
                          type.dictionary_encoded ? std::string("dictionary")
                                                  : describe_format(chunk.schema->format),
                          " (use to_tensor for list and binary columns)");
-      if (options.nulls == NullPolicy::kError) {
-        int64_t nulls = count_nulls(*chunk.array, chunk.start, chunk.length);
-        if (nulls > 0) {
-          int64_t total = 0;
-          for (const ColumnChunk& c : column.chunks) {
-            total += count_nulls(*c.array, c.start, c.length);
-          }
-          int64_t first = first_null(*chunk.array, chunk.start, chunk.length);
-          TS_CHECK_NOT_NULL(false, column.label, ": ", total,
-                            total == 1 ? " null value" : " null values", " (first in row ",
-                            chunk.row_base + (first - chunk.start),
-                            "); pass nulls='fill' (with fill=...) to gather them");
+      const int64_t lo = std::max(begin, chunk.row_base);
+      const int64_t hi = std::min(end_row, chunk.row_base + chunk.length);
+      if (options.nulls == NullPolicy::kError && lo < hi) {
+        const int64_t start = chunk.start + (lo - chunk.row_base);
+        const int64_t n = count_nulls(*chunk.array, start, hi - lo);
+        if (n > 0 && nulls == 0) {
+          first_null_row = lo + (first_null(*chunk.array, start, hi - lo) - start);
         }
+        nulls += n;
       }
     }
+    TS_CHECK_NOT_NULL(nulls == 0, column.label, ": ", nulls,
+                      nulls == 1 ? " null value" : " null values", " (first in row ",
+                      first_null_row, "); pass nulls='fill' (with fill=...) to gather them");
   }
+}
 
+void gather_rows(const std::vector<Column>& columns, int64_t begin, int64_t count,
+                 const GatherOptions& options, const at::Tensor& out) {
+  const int64_t num_cols = static_cast<int64_t>(columns.size());
+  TORCH_CHECK_VALUE(
+      out.defined() && out.device().is_cpu() && out.scalar_type() == options.dtype &&
+          out.dim() == 2 && out.size(0) == count && out.size(1) == num_cols && out.is_contiguous(),
+      "gather: out must be a contiguous CPU ", c10::toString(options.dtype), " tensor of shape [",
+      count, ", ", num_cols, "], got ",
+      out.defined()
+          ? c10::str(out.is_contiguous() ? "a contiguous " : "a non-contiguous ", out.device(), " ",
+                     c10::toString(out.scalar_type()), " tensor of shape ", out.sizes())
+          : std::string("an undefined tensor"));
+  if (count == 0 || num_cols == 0) {
+    check_gather(columns, begin, count, options);
+    return;
+  }
+  check_gather(columns, begin, count, options);
+  const int64_t end_row = begin + count;
+  const size_t num_chunks = columns[0].chunks.size();
   const int64_t elem_size = static_cast<int64_t>(c10::elementSize(options.dtype));
   const int64_t row_bytes = num_cols * elem_size;
   const FillFn fill = fill_fn(options.dtype);
-  char* out_data = static_cast<char*>(result.data_ptr());
+  char* out_data = static_cast<char*>(out.data_ptr());
   const int64_t tile_rows = std::max<int64_t>(8, kGatherTileBytes / row_bytes);
   // Enough rows per task to amortise a thread hand-off (~32K elements).
   const int64_t grain = std::max<int64_t>(tile_rows, at::internal::GRAIN_SIZE / num_cols);
-  const bool stream = use_streaming_stores(num_rows * row_bytes);
+  const bool stream = use_streaming_stores(count * row_bytes);
 #if defined(__x86_64__)
   const bool use_avx2 = cpu_has_avx2();
 #endif
@@ -221,11 +246,19 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
   std::vector<Source> sources(num_cols);
   for (size_t c = 0; c < num_chunks; ++c) {
     const ColumnChunk& first = columns[0].chunks[c];
+    const int64_t lo = std::max(begin, first.row_base);
+    const int64_t hi = std::min(end_row, first.row_base + first.length);
+    if (lo >= hi) {
+      continue;
+    }
+    const int64_t local = lo - first.row_base;  // first row of the window in this chunk
+    const int64_t rows_here = hi - lo;
     for (int64_t j = 0; j < num_cols; ++j) {
       const ColumnChunk& chunk = columns[j].chunks[c];
       ArrowType type = parse_type(*chunk.schema, columns[j].label);
-      const bool has_nulls = range_has_nulls(*chunk.array, chunk.start, chunk.length);
-      sources[j] = {chunk.array, chunk.start, convert_fn(type.dtype, options.dtype), has_nulls,
+      const int64_t start = chunk.start + local;
+      const bool has_nulls = range_has_nulls(*chunk.array, start, rows_here);
+      sources[j] = {chunk.array, start, convert_fn(type.dtype, options.dtype), has_nulls,
                     is_plain_32bit(type, options.dtype, has_nulls)};
       TS_CHECK_SUPPORTED(sources[j].convert != nullptr, columns[j].label, ": cannot convert ",
                          c10::toString(type.dtype), " to ", c10::toString(options.dtype));
@@ -258,7 +291,7 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
       }
     };
 
-    char* chunk_out = out_data + first.row_base * row_bytes;
+    char* chunk_out = out_data + (lo - begin) * row_bytes;
 #if defined(__x86_64__)
     // All columns plain 32-bit, rows whole 64-byte lines: transpose 16 columns
     // at a time straight into the output with non-temporal stores.
@@ -267,7 +300,7 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
         reinterpret_cast<uintptr_t>(chunk_out) % 64 == 0 &&
         std::all_of(sources.begin(), sources.end(), [](const Source& s) { return s.plain_32bit; });
     if (direct) {
-      at::parallel_for(0, first.length, grain, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, rows_here, grain, [&](int64_t begin, int64_t end) {
         const char* cols[16];
         for (int64_t t = begin; t < end; t += tile_rows) {
           const int64_t rows = std::min(tile_rows, end - t);
@@ -285,7 +318,7 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
       continue;
     }
 #endif
-    at::parallel_for(0, first.length, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows_here, grain, [&](int64_t begin, int64_t end) {
       if (!stream) {
         for (int64_t t = begin; t < end; t += tile_rows) {
           gather_tile(t, std::min(tile_rows, end - t), chunk_out + t * row_bytes);
@@ -306,7 +339,6 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
       stream_fence();
     });
   }
-  return result;
 }
 
 }  // namespace torchspark

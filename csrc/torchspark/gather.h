@@ -47,4 +47,14 @@ constexpr int64_t kGatherTileBytes = 64 << 10;
 at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
                   const GatherOptions& options, const std::optional<at::Tensor>& out);
 
+// Checks what gather_rows would (types, lengths, nulls under kError) without
+// writing: the executor calls it when a batch is submitted.
+void check_gather(const std::vector<Column>& columns, int64_t begin, int64_t count,
+                  const GatherOptions& options);
+
+// Gathers rows [begin, begin + count) of `columns` into `out` ([count, F],
+// contiguous, CPU, options.dtype): what the executor stages a batch with.
+void gather_rows(const std::vector<Column>& columns, int64_t begin, int64_t count,
+                 const GatherOptions& options, const at::Tensor& out);
+
 }  // namespace torchspark

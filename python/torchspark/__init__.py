@@ -32,22 +32,34 @@ if _public_version(torch.__version__) != _public_version(_BUILT_TORCH_VERSION):
 from . import _C  # noqa: E402
 from .arrow import from_tensor, gather, pad, to_batch, to_tensor, to_tensors  # noqa: E402
 from .errors import (  # noqa: E402
+    ExecutorClosedError,
     InvalidArrowError,
+    ModelError,
     NullValueError,
     TorchSparkError,
     UnsupportedTypeError,
 )
+from .executor import Executor, Future, Input  # noqa: E402
+from .export import export  # noqa: E402
 
-_C._set_error_types(UnsupportedTypeError, InvalidArrowError, NullValueError)
+_C._set_error_types(
+    UnsupportedTypeError, InvalidArrowError, NullValueError, ModelError, ExecutorClosedError
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Executor",
+    "ExecutorClosedError",
+    "Future",
+    "Input",
     "InvalidArrowError",
+    "ModelError",
     "NullValueError",
     "TorchSparkError",
     "UnsupportedTypeError",
     "__version__",
+    "export",
     "from_tensor",
     "gather",
     "pad",

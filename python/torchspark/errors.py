@@ -7,7 +7,14 @@ and what was found. Besides these, argument errors are plain ``TypeError`` /
 
 from __future__ import annotations
 
-__all__ = ["InvalidArrowError", "NullValueError", "TorchSparkError", "UnsupportedTypeError"]
+__all__ = [
+    "ExecutorClosedError",
+    "InvalidArrowError",
+    "ModelError",
+    "NullValueError",
+    "TorchSparkError",
+    "UnsupportedTypeError",
+]
 
 
 class TorchSparkError(Exception):
@@ -28,3 +35,13 @@ class InvalidArrowError(TorchSparkError, ValueError):
 class NullValueError(TorchSparkError, ValueError):
     """A null value where the null policy is ``"error"``. The message gives the
     column, the number of nulls and the first null row."""
+
+
+class ModelError(TorchSparkError, RuntimeError):
+    """A model call failed: the model raised, ran out of memory on a single row,
+    or returned outputs of the wrong shape. The message names the model, the
+    batch and the rows of each request in it; other batches are unaffected."""
+
+
+class ExecutorClosedError(TorchSparkError, RuntimeError):
+    """A request was still queued when its executor was closed without draining."""

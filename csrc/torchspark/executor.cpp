@@ -1,0 +1,749 @@
+#include "torchspark/executor.h"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "torchspark/errors.h"
+#include "torchspark/gather.h"
+
+namespace torchspark {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+c10::ScalarType autocast_dtype(Precision precision) {
+  return precision == Precision::kBFloat16 ? at::kBFloat16 : at::kHalf;
+}
+
+// Autocast for one model call on this thread (the state is thread-local).
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType device, Precision precision, bool enabled)
+      : device_(device), enabled_(enabled && precision != Precision::kFloat32) {
+    if (!enabled_) return;
+    was_enabled_ = at::autocast::is_autocast_enabled(device_);
+    was_dtype_ = at::autocast::get_autocast_dtype(device_);
+    at::autocast::set_autocast_enabled(device_, true);
+    at::autocast::set_autocast_dtype(device_, autocast_dtype(precision));
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    at::autocast::set_autocast_enabled(device_, was_enabled_);
+    at::autocast::set_autocast_dtype(device_, was_dtype_);
+    at::autocast::clear_cache();
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool enabled_;
+  bool was_enabled_ = false;
+  c10::ScalarType was_dtype_ = at::kFloat;
+};
+
+bool is_out_of_memory(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const c10::OutOfMemoryError&) {
+    return true;
+  } catch (const std::bad_alloc&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+std::string describe(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown error";
+  }
+}
+
+}  // namespace
+
+InputKind parse_input_kind(std::string_view name) {
+  if (name == "tensor") return InputKind::kTensor;
+  if (name == "gather") return InputKind::kGather;
+  if (name == "pad") return InputKind::kPad;
+  TORCH_CHECK_VALUE(false, "input kind: expected one of 'tensor', 'gather', 'pad', got '", name,
+                    "'");
+  return InputKind::kTensor;
+}
+
+Inputs make_inputs(const ImportedTable& table, const std::vector<InputSpec>& specs) {
+  Inputs inputs;
+  bool have_pad = false;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const InputSpec& spec = specs[i];
+    InputSource source;
+    if (spec.kind == InputKind::kGather) {
+      source.gather_columns = table.select(spec.columns, "gather input");
+      source.gather = spec.gather;
+      source.gather_rows = table.num_rows();
+      // Types and nulls are checked now, on the caller's thread, not in a batch.
+      check_gather(source.gather_columns, 0, table.num_rows(), spec.gather);
+    } else {
+      TORCH_CHECK_VALUE(spec.columns.size() == 1, "input ", i, " (",
+                        spec.kind == InputKind::kPad ? "pad" : "tensor",
+                        "): expected exactly one column, got ", spec.columns.size());
+      Column column = table.column(spec.columns[0]);
+      if (spec.kind == InputKind::kTensor) {
+        ColumnTensor converted = to_tensor(column, spec.tensor);
+        TORCH_CHECK_VALUE(spec.tensor.nulls != NullPolicy::kMask, column.label,
+                          ": nulls='mask' is not available for model inputs; use 'fill'");
+        source.tensor = converted.values;
+      } else {
+        TORCH_CHECK_VALUE(!have_pad, "input ", i, ": only one input may be padded (kind 'pad')");
+        have_pad = true;
+        PadResult padded = pad(column, spec.pad);
+        source.tensor = padded.values;
+        inputs.lengths = padded.lengths;
+        inputs.token_input = static_cast<int64_t>(i);
+      }
+    }
+    inputs.sources.push_back(std::move(source));
+  }
+  return inputs;
+}
+
+Precision parse_precision(std::string_view name) {
+  if (name == "fp32") return Precision::kFloat32;
+  if (name == "bf16") return Precision::kBFloat16;
+  if (name == "fp16") return Precision::kFloat16;
+  TORCH_CHECK_VALUE(false, "precision: expected one of 'fp32', 'bf16', 'fp16', got '", name, "'");
+  return Precision::kFloat32;
+}
+
+// ---------------------------------------------------------------------------
+// Request
+
+bool Request::done() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return done_;
+}
+
+bool Request::wait(double seconds) const {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (seconds < 0) {
+    cv_.wait(lock, [&] { return done_; });
+    return true;
+  }
+  return cv_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return done_; });
+}
+
+ModelOutputs Request::take_result() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  cv_.wait(lock, [&] { return done_; });
+  if (error_) {
+    std::rethrow_exception(error_);
+  }
+  TORCH_CHECK(!taken_, "request ", id_, ": its result was already taken");
+  taken_ = true;
+  return std::move(outputs_);
+}
+
+// ---------------------------------------------------------------------------
+// Executor
+
+Executor::Executor(std::shared_ptr<const Model> model, ExecutorOptions options)
+    : model_(std::move(model)), options_(std::move(options)) {
+  TORCH_CHECK_VALUE(model_ != nullptr, "Executor: expected a model, got none");
+  TORCH_CHECK_VALUE(options_.batch_size >= 1, "batch_size must be >= 1, got ", options_.batch_size);
+  TORCH_CHECK_VALUE(options_.max_tokens >= 0, "max_tokens must be >= 0, got ", options_.max_tokens);
+  TORCH_CHECK_VALUE(options_.max_delay_ms >= 0, "max_delay_ms must be >= 0, got ",
+                    options_.max_delay_ms);
+  TORCH_CHECK_VALUE(options_.threads >= 1, "threads must be >= 1, got ", options_.threads);
+  TORCH_CHECK_VALUE(options_.inflight >= 1, "inflight must be >= 1, got ", options_.inflight);
+  TORCH_CHECK_VALUE(options_.sort_window >= 0, "sort_window must be >= 0, got ",
+                    options_.sort_window);
+  batcher_ = std::thread([this] { batch_loop(); });
+  for (int64_t i = 0; i < options_.threads; ++i) {
+    workers_.emplace_back([this] { worker_loop(); });
+  }
+}
+
+Executor::~Executor() {
+  close(/*drain=*/false);
+}
+
+bool Executor::closed() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return closing_;
+}
+
+RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
+  auto request = std::make_shared<Request>();
+  int64_t rows = -1;
+  for (size_t i = 0; i < inputs.sources.size(); ++i) {
+    const InputSource& source = inputs.sources[i];
+    int64_t n = 0;
+    if (source.tensor.defined()) {
+      TORCH_CHECK_VALUE(source.tensor.dim() >= 1, model_->label(), ": input ", i,
+                        " must have a batch dimension, got a 0-d tensor");
+      n = source.tensor.size(0);
+    } else {
+      n = source.gather_rows;
+    }
+    TORCH_CHECK_VALUE(rows < 0 || n == rows, model_->label(), ": input ", i, " has ", n,
+                      " rows but input 0 has ", rows);
+    rows = n;
+  }
+  TORCH_CHECK_VALUE(!inputs.sources.empty(), model_->label(), ": expected at least one input");
+  TORCH_CHECK_VALUE(!inputs.lengths.defined() ||
+                        (inputs.token_input >= 0 &&
+                         inputs.token_input < static_cast<int64_t>(inputs.sources.size())),
+                    model_->label(), ": token_input ", inputs.token_input, " is not one of the ",
+                    inputs.sources.size(), " inputs");
+  if (inputs.lengths.defined()) {
+    const at::Tensor& first = inputs.sources[inputs.token_input].tensor;
+    TORCH_CHECK_VALUE(first.defined() && first.dim() >= 2, model_->label(), ": lengths need input ",
+                      inputs.token_input, " to be a padded [rows, length, ...] tensor");
+    TORCH_CHECK_VALUE(inputs.lengths.dim() == 1 && inputs.lengths.size(0) == rows, model_->label(),
+                      ": lengths must be a 1-d tensor of ", rows, " values, got shape ",
+                      inputs.lengths.sizes());
+    inputs.lengths = inputs.lengths.to(at::kLong).contiguous();
+    if (rows > 0) {
+      const int64_t lo = inputs.lengths.min().item<int64_t>();
+      const int64_t hi = inputs.lengths.max().item<int64_t>();
+      TORCH_CHECK_VALUE(lo >= 0 && hi <= first.size(1), model_->label(),
+                        ": lengths must be in [0, ", first.size(1), "], got [", lo, ", ", hi, "]");
+    }
+    if (options_.sort_window > 0 && rows > 1) {
+      // Stable sort by length inside each window: similar lengths share batches.
+      std::vector<int64_t> order(rows);
+      std::iota(order.begin(), order.end(), 0);
+      const int64_t* len = inputs.lengths.data_ptr<int64_t>();
+      for (int64_t w = 0; w < rows; w += options_.sort_window) {
+        const int64_t e = std::min(rows, w + options_.sort_window);
+        std::stable_sort(order.begin() + w, order.begin() + e,
+                         [&](int64_t a, int64_t b) { return len[a] < len[b]; });
+      }
+      request->order_ = at::tensor(order, at::TensorOptions().dtype(at::kLong));
+    }
+  }
+  request->rows_ = rows;
+  request->inputs_ = std::move(inputs);
+  request->keepalive_ = std::move(keepalive);
+  request->submitted_ = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    TORCH_CHECK(!closing_, model_->label(), ": the executor is closed");
+    // Every submission must feed the model the same way (batches mix them).
+    const auto arity = static_cast<int64_t>(request->inputs_.sources.size());
+    const bool has_lengths = request->inputs_.lengths.defined();
+    if (arity_ < 0) {
+      arity_ = arity;
+      has_lengths_ = has_lengths;
+    }
+    TORCH_CHECK_VALUE(arity == arity_ && has_lengths == has_lengths_, model_->label(),
+                      ": every submission must have the same inputs; the first had ", arity_,
+                      has_lengths_ ? " (with lengths)" : "", ", this one has ", arity,
+                      has_lengths ? " (with lengths)" : "");
+    request->id_ = next_id_++;
+    queue_.push_back(request);
+  }
+  stat_requests_ += 1;
+  stat_rows_ += rows;
+  intake_cv_.notify_one();
+  return request;
+}
+
+void Executor::flush() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    flush_ = true;
+  }
+  intake_cv_.notify_all();
+}
+
+void Executor::close(bool drain) {
+  std::deque<RequestPtr> cancelled;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!closing_) {
+      closing_ = true;
+      draining_ = drain;
+    }
+    if (!draining_) {
+      cancelled.swap(queue_);
+      queue_front_taken_ = 0;
+    }
+  }
+  intake_cv_.notify_all();
+  slots_cv_.notify_all();
+  ready_cv_.notify_all();
+  for (const RequestPtr& request : cancelled) {
+    auto error = std::make_exception_ptr(
+        ExecutorClosedError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                            c10::str(model_->label(), ": the executor was closed before request ",
+                                     request->id_, " ran")));
+    std::lock_guard<std::mutex> lock(request->mutex_);
+    if (!request->done_) {
+      request->error_ = error;
+      request->done_ = true;
+      request->cv_.notify_all();
+    }
+  }
+  for (const RequestPtr& request : cancelled) {
+    finish(request);
+  }
+  if (batcher_.joinable()) {
+    batcher_.join();
+  }
+  for (std::thread& worker : workers_) {
+    if (worker.joinable()) {
+      worker.join();
+    }
+  }
+}
+
+std::vector<std::shared_ptr<void>> Executor::take_garbage() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<std::shared_ptr<void>> out;
+  out.swap(garbage_);
+  return out;
+}
+
+ExecutorStats Executor::stats() const {
+  ExecutorStats s;
+  s.requests = stat_requests_;
+  s.rows = stat_rows_;
+  s.batches = stat_batches_;
+  s.errors = stat_errors_;
+  s.retries = stat_retries_;
+  s.mean_batch_rows = s.batches > 0 ? static_cast<double>(s.rows) / s.batches : 0.0;
+  const int64_t slots = stat_token_slots_;
+  s.padding_ratio = slots > 0 ? static_cast<double>(stat_token_padding_) / slots : 0.0;
+  s.queue = queue_latency_.summary();
+  s.stage = stage_latency_.summary();
+  s.compute = compute_latency_.summary();
+  s.end_to_end = end_to_end_latency_.summary();
+  return s;
+}
+
+// ---- batching ----
+
+bool Executor::next_batch(Batch& batch) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  intake_cv_.wait(lock, [&] { return !queue_.empty() || closing_; });
+  if (queue_.empty() || (closing_ && !draining_)) {
+    return false;
+  }
+  const auto deadline =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double, std::milli>(options_.max_delay_ms));
+  int64_t max_len = 0;
+  const bool tokens = queue_.front()->inputs_.lengths.defined();
+  for (;;) {
+    if (queue_.empty()) {
+      if (flush_ || closing_ || batch.rows >= options_.batch_size) break;
+      if (intake_cv_.wait_until(lock, deadline) == std::cv_status::timeout && queue_.empty()) {
+        break;
+      }
+      continue;
+    }
+    const RequestPtr request = queue_.front();
+    const int64_t begin = queue_front_taken_;
+    const int64_t remaining = request->rows_ - begin;
+    int64_t take = std::min(remaining, options_.batch_size - batch.rows);
+    if (tokens && options_.max_tokens > 0 && request->inputs_.lengths.defined()) {
+      // Rows of this request, in staging order, while the padded batch fits.
+      const int64_t* len = request->inputs_.lengths.data_ptr<int64_t>();
+      const int64_t* order =
+          request->order_.defined() ? request->order_.data_ptr<int64_t>() : nullptr;
+      int64_t fit = 0;
+      int64_t longest = max_len;
+      for (; fit < take; ++fit) {
+        const int64_t row = order ? order[begin + fit] : begin + fit;
+        const int64_t candidate = std::max(longest, std::max<int64_t>(len[row], 1));
+        if ((batch.rows + fit + 1) * candidate > options_.max_tokens && batch.rows + fit > 0) {
+          break;
+        }
+        longest = candidate;
+      }
+      take = fit;
+      max_len = longest;
+    }
+    if (take == 0 && remaining > 0) {
+      break;  // the batch is full
+    }
+    batch.pieces.push_back({request, begin, take});
+    batch.rows += take;
+    queue_front_taken_ += take;
+    if (queue_front_taken_ == request->rows_) {
+      queue_.pop_front();
+      queue_front_taken_ = 0;
+    }
+    if (batch.rows >= options_.batch_size || (take < remaining)) {
+      break;
+    }
+  }
+  if (queue_.empty()) {
+    flush_ = false;
+  }
+  if (tokens) {
+    batch.padded_len = max_len;
+  }
+  batch.index = next_batch_++;
+  return !batch.pieces.empty();
+}
+
+at::Tensor Executor::acquire_buffer(c10::ScalarType dtype, at::IntArrayRef sizes) {
+  const int64_t numel = c10::multiply_integers(sizes);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < free_buffers_.size(); ++i) {
+      if (free_buffers_[i].scalar_type() == dtype && free_buffers_[i].numel() >= numel) {
+        at::Tensor buffer = std::move(free_buffers_[i]);
+        free_buffers_.erase(free_buffers_.begin() + static_cast<int64_t>(i));
+        return buffer;
+      }
+    }
+  }
+  // Pinned host memory only when the model runs on an accelerator.
+  at::TensorOptions buffer_options = at::TensorOptions().dtype(dtype);
+  if (!options_.device.is_cpu()) {
+    buffer_options = buffer_options.pinned_memory(true);
+  }
+  return at::empty({std::max<int64_t>(numel, 1)}, buffer_options);
+}
+
+void Executor::release_buffers(Batch& batch) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (at::Tensor& buffer : batch.buffers) {
+    free_buffers_.push_back(std::move(buffer));
+  }
+  batch.buffers.clear();
+  // Bounded: buffers in use never exceed inflight per input.
+  const size_t cap = static_cast<size_t>(options_.inflight) * 8;
+  while (free_buffers_.size() > cap) {
+    free_buffers_.erase(free_buffers_.begin());
+  }
+}
+
+void Executor::stage(Batch& batch) {
+  const auto start = Clock::now();
+  for (const Piece& piece : batch.pieces) {
+    queue_latency_.record(std::chrono::duration<double>(start - piece.request->submitted_).count());
+  }
+  const Inputs& first = batch.pieces.front().request->inputs_;
+  const size_t num_inputs = first.sources.size();
+  const int64_t staged_rows = options_.static_batch ? options_.batch_size : batch.rows;
+  batch.inputs.assign(num_inputs, at::Tensor());
+
+  for (size_t i = 0; i < num_inputs; ++i) {
+    const bool token_input = static_cast<int64_t>(i) == first.token_input && batch.padded_len >= 0;
+    const Piece& only = batch.pieces.front();
+    const InputSource& only_source = only.request->inputs_.sources.at(i);
+    const bool whole_view = batch.pieces.size() == 1 && only_source.tensor.defined() &&
+                            !only.request->order_.defined() && staged_rows == batch.rows &&
+                            (!token_input || batch.padded_len == only_source.tensor.size(1));
+    if (whole_view) {
+      // One submission covers the batch: a view, no copy.
+      batch.inputs[i] = only_source.tensor.narrow(0, only.begin, only.count);
+    } else {
+      std::vector<int64_t> sizes{staged_rows};
+      c10::ScalarType dtype;
+      if (only_source.tensor.defined()) {
+        auto row = only_source.tensor.sizes().slice(1).vec();
+        if (token_input) row[0] = batch.padded_len;
+        sizes.insert(sizes.end(), row.begin(), row.end());
+        dtype = only_source.tensor.scalar_type();
+      } else {
+        sizes.push_back(static_cast<int64_t>(only_source.gather_columns.size()));
+        dtype = only_source.gather.dtype;
+      }
+      at::Tensor buffer = acquire_buffer(dtype, sizes);
+      at::Tensor staged = buffer.narrow(0, 0, c10::multiply_integers(sizes)).view(sizes);
+      batch.buffers.push_back(std::move(buffer));
+      int64_t offset = 0;
+      for (const Piece& piece : batch.pieces) {
+        const InputSource& source = piece.request->inputs_.sources.at(i);
+        at::Tensor dst = staged.narrow(0, offset, piece.count);
+        if (source.tensor.defined()) {
+          TORCH_CHECK_VALUE(source.tensor.sizes().slice(1) == only_source.tensor.sizes().slice(1) &&
+                                source.tensor.scalar_type() == dtype,
+                            model_->label(), ": input ", i, " of request ", piece.request->id_,
+                            " has rows of shape ", source.tensor.sizes().slice(1), " (",
+                            source.tensor.scalar_type(), "), but request ", only.request->id_,
+                            " in the same batch has ", only_source.tensor.sizes().slice(1), " (",
+                            dtype, ")");
+          at::Tensor src =
+              token_input ? source.tensor.narrow(1, 0, batch.padded_len) : source.tensor;
+          if (piece.request->order_.defined()) {
+            at::index_select_out(dst, src, 0,
+                                 piece.request->order_.narrow(0, piece.begin, piece.count));
+          } else {
+            dst.copy_(src.narrow(0, piece.begin, piece.count));
+          }
+        } else {
+          gather_rows(source.gather_columns, piece.begin, piece.count, source.gather, dst);
+        }
+        offset += piece.count;
+      }
+      if (staged_rows > offset) {
+        staged.narrow(0, offset, staged_rows - offset).zero_();
+      }
+      batch.inputs[i] = staged;
+    }
+    if (!options_.device.is_cpu()) {
+      batch.inputs[i] = batch.inputs[i].to(options_.device, /*non_blocking=*/true);
+    }
+  }
+  if (batch.padded_len >= 0) {
+    int64_t real = 0;
+    for (const Piece& piece : batch.pieces) {
+      const at::Tensor& lengths = piece.request->inputs_.lengths;
+      at::Tensor rows =
+          piece.request->order_.defined()
+              ? lengths.index_select(0, piece.request->order_.narrow(0, piece.begin, piece.count))
+              : lengths.narrow(0, piece.begin, piece.count);
+      real += rows.clamp_max(batch.padded_len).sum().item<int64_t>();
+    }
+    stat_token_slots_ += staged_rows * batch.padded_len;
+    stat_token_padding_ += staged_rows * batch.padded_len - real;
+  }
+  stage_latency_.record(seconds_since(start));
+}
+
+ModelOutputs Executor::run_model(const std::vector<at::Tensor>& inputs, const Batch& batch) {
+  const int64_t rows = inputs.empty() ? 0 : inputs[0].size(0);
+  try {
+    if (options_.inject_oom_above_rows > 0 && rows > options_.inject_oom_above_rows) {
+      throw c10::OutOfMemoryError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                                  c10::str("injected out of memory for ", rows, " rows"));
+    }
+    c10::InferenceMode inference;
+    AutocastScope autocast(options_.device.type(), options_.precision,
+                           model_->format() == ModelFormat::kTorchScript);
+    return model_->forward(inputs);
+  } catch (...) {
+    std::exception_ptr error = std::current_exception();
+    if (!is_out_of_memory(error) || rows <= 1) {
+      if (is_out_of_memory(error)) {
+        TORCH_CHECK(false, model_->label(), ": out of memory on a single row of batch ",
+                    batch.index, ": ", describe(error));
+      }
+      std::rethrow_exception(error);
+    }
+  }
+  // Out of memory: what the failed attempt held is released (its stack is
+  // gone); run the halves and join them, which gives the unsplit result.
+  stat_retries_ += 1;
+  const int64_t half = rows / 2;
+  std::vector<at::Tensor> low, high;
+  for (const at::Tensor& input : inputs) {
+    low.push_back(input.narrow(0, 0, half));
+    high.push_back(input.narrow(0, half, rows - half));
+  }
+  ModelOutputs first = run_model(low, batch);
+  ModelOutputs second = run_model(high, batch);
+  TORCH_CHECK(first.tensors.size() == second.tensors.size(), model_->label(),
+              ": the halves of split batch ", batch.index, " returned ", first.tensors.size(),
+              " and ", second.tensors.size(), " outputs");
+  for (size_t j = 0; j < first.tensors.size(); ++j) {
+    c10::InferenceMode inference;
+    first.tensors[j] = at::cat({first.tensors[j], second.tensors[j]}, 0);
+  }
+  return first;
+}
+
+void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
+  const int64_t staged_rows = batch.inputs.empty() ? batch.rows : batch.inputs[0].size(0);
+  for (size_t j = 0; j < outputs.tensors.size(); ++j) {
+    at::Tensor& out = outputs.tensors[j];
+    TORCH_CHECK_VALUE(out.defined() && out.dim() >= 1 && out.size(0) == staged_rows,
+                      model_->label(), ": output ", j, " of batch ", batch.index, " has shape ",
+                      out.defined() ? c10::str(out.sizes()) : std::string("(undefined)"),
+                      "; expected ", staged_rows, " rows (dim 0), one per input row");
+    if (!out.device().is_cpu()) {
+      out = out.to(at::kCPU);
+    }
+  }
+  int64_t offset = 0;
+  for (Piece& piece : batch.pieces) {
+    Request& request = *piece.request;
+    bool complete = false;
+    {
+      std::lock_guard<std::mutex> lock(request.mutex_);
+      if (!request.done_) {
+        try {
+          if (request.outputs_.tensors.empty()) {
+            for (size_t j = 0; j < outputs.tensors.size(); ++j) {
+              std::vector<int64_t> sizes = outputs.tensors[j].sizes().vec();
+              sizes[0] = request.rows_;
+              // Allocated outside InferenceMode: users may modify them.
+              request.outputs_.tensors.push_back(
+                  at::empty(sizes, outputs.tensors[j].options().device(at::kCPU)));
+            }
+            request.outputs_.names = outputs.names;
+          }
+          for (size_t j = 0; j < outputs.tensors.size(); ++j) {
+            at::Tensor& dst = request.outputs_.tensors[j];
+            const at::Tensor src = outputs.tensors[j].narrow(0, offset, piece.count);
+            TORCH_CHECK_VALUE(dst.sizes().slice(1) == src.sizes().slice(1) &&
+                                  dst.scalar_type() == src.scalar_type(),
+                              model_->label(), ": output ", j, " of batch ", batch.index,
+                              " has rows of shape ", src.sizes().slice(1), " (", src.scalar_type(),
+                              ") but an earlier batch of request ", request.id_, " gave ",
+                              dst.sizes().slice(1), " (", dst.scalar_type(), ")");
+            if (request.order_.defined()) {
+              dst.index_copy_(0, request.order_.narrow(0, piece.begin, piece.count), src);
+            } else {
+              dst.narrow(0, piece.begin, piece.count).copy_(src);
+            }
+          }
+          request.delivered_ += piece.count;
+          complete = request.delivered_ == request.rows_;
+          if (complete) {
+            request.done_ = true;
+          }
+        } catch (...) {
+          request.error_ = std::current_exception();
+          request.done_ = true;
+          complete = true;
+        }
+      }
+    }
+    if (complete) {
+      request.cv_.notify_all();
+      finish(piece.request);
+    }
+    offset += piece.count;
+  }
+}
+
+void Executor::fail(Batch& batch, std::exception_ptr error) {
+  stat_errors_ += 1;
+  std::string rows;
+  int64_t offset = 0;
+  for (const Piece& piece : batch.pieces) {
+    rows += c10::str(rows.empty() ? "" : ", ", "request ", piece.request->id_, " rows [",
+                     piece.begin, ", ", piece.begin + piece.count, ")");
+    offset += piece.count;
+  }
+  auto wrapped = std::make_exception_ptr(
+      ModelError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                 c10::str(model_->label(), ": batch ", batch.index, " (", offset, " rows: ", rows,
+                          ") failed: ", describe(error))));
+  for (const Piece& piece : batch.pieces) {
+    Request& request = *piece.request;
+    bool newly = false;
+    {
+      std::lock_guard<std::mutex> lock(request.mutex_);
+      if (!request.done_) {
+        request.error_ = wrapped;
+        request.done_ = true;
+        newly = true;
+      }
+    }
+    if (newly) {
+      request.cv_.notify_all();
+      finish(piece.request);
+    }
+  }
+}
+
+void Executor::finish(const RequestPtr& request) {
+  end_to_end_latency_.record(seconds_since(request->submitted_));
+  // The caller's tensors (which may have Python objects attached) and Arrow
+  // data are only ever dropped on the caller's thread: see take_garbage().
+  auto inputs = std::make_shared<Inputs>(std::move(request->inputs_));
+  request->inputs_ = Inputs();
+  std::lock_guard<std::mutex> lock(mutex_);
+  garbage_.push_back(std::move(inputs));
+  if (request->keepalive_) {
+    garbage_.push_back(std::move(request->keepalive_));
+  }
+}
+
+void Executor::batch_loop() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      slots_cv_.wait(lock, [&] { return inflight_ < options_.inflight || closing_; });
+      if (closing_ && !draining_) break;
+    }
+    Batch batch;
+    if (!next_batch(batch)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (closing_) break;
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++inflight_;
+    }
+    try {
+      stage(batch);
+    } catch (...) {
+      fail(batch, std::current_exception());
+      batch.inputs.clear();
+      release_buffers(batch);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --inflight_;
+      }
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ready_.push_back(std::move(batch));
+    }
+    ready_cv_.notify_one();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopped_ = true;
+  }
+  ready_cv_.notify_all();
+}
+
+void Executor::worker_loop() {
+  for (;;) {
+    Batch batch;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      ready_cv_.wait(lock, [&] { return !ready_.empty() || stopped_; });
+      if (ready_.empty()) break;
+      batch = std::move(ready_.front());
+      ready_.pop_front();
+    }
+    const auto start = Clock::now();
+    try {
+      ModelOutputs outputs = run_model(batch.inputs, batch);
+      compute_latency_.record(seconds_since(start));
+      stat_batches_ += 1;
+      deliver(batch, outputs);
+    } catch (...) {
+      fail(batch, std::current_exception());
+    }
+    batch.inputs.clear();
+    release_buffers(batch);
+    batch.pieces.clear();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      --inflight_;
+    }
+    slots_cv_.notify_one();
+  }
+}
+
+}  // namespace torchspark

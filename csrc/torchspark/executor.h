@@ -1,0 +1,245 @@
+// The batched executor: turns a stream of submissions into model calls.
+//
+// Threads and their work:
+//   caller      submit() queues a Request (rows of inputs) and returns at once.
+//   batcher     coalesces queued rows into batches of up to batch_size rows
+//               (or max_tokens padded tokens), waiting at most max_delay_ms
+//               for a partial batch; large submissions are split. It then
+//               stages each batch (copies, gathers, pads into a reusable
+//               buffer; a zero-copy view when one submission covers it) and
+//               hands it to the workers. At most `inflight` batches are staged
+//               or computing at once, so staging batch k+1 overlaps compute of
+//               batch k.
+//   workers     (`threads` of them) run the model under InferenceMode (and
+//               autocast for reduced precision), check the outputs, and
+//               deliver each piece back to its Request, in submission order.
+// On an accelerator, staging buffers are pinned and copies run on a copy
+// stream (device-generic c10 APIs only); on the CPU nothing is copied twice.
+//
+// Failure: a model error fails the requests of that batch only (the message
+// names the model, the batch and its rows); out-of-memory splits the batch in
+// halves and retries, down to one row. The executor keeps serving.
+//
+// Ownership: a submission's inputs and its `keepalive` (the Arrow data behind
+// them) are never destroyed on an executor thread: when a request finishes
+// they move to a garbage list that the caller empties with take_garbage() on
+// its own thread. (Dropping a tensor that has a Python object, or pyarrow's
+// release, takes the GIL; a worker that did so while the caller waits on the
+// executor with the GIL held would deadlock.) Outputs leave by take_result().
+// No Python here.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "torchspark/arrow_import.h"
+#include "torchspark/errors.h"
+#include "torchspark/gather.h"
+#include "torchspark/model.h"
+#include "torchspark/pad.h"
+#include "torchspark/stats.h"
+
+namespace torchspark {
+
+enum class Precision { kFloat32, kBFloat16, kFloat16 };
+// "fp32" | "bf16" | "fp16".
+Precision parse_precision(std::string_view name);
+
+struct ExecutorOptions {
+  // Where the model runs; inputs are moved there.
+  c10::Device device = c10::Device(c10::kCPU);
+  // Most rows per model call.
+  int64_t batch_size = 4096;
+  // > 0: a batch of a token input (one with lengths) holds at most this many
+  // padded tokens (rows x longest row); 0 = rows only.
+  int64_t max_tokens = 0;
+  // How long a partial batch waits for more rows before it runs.
+  double max_delay_ms = 2.0;
+  // Autocast precision for TorchScript models (AOTInductor bakes it in at export).
+  Precision precision = Precision::kFloat32;
+  // Worker threads calling the model (AOTInductor: one runner each).
+  int64_t threads = 1;
+  // Batches staged or computing at once (>= 2 overlaps staging with compute).
+  int64_t inflight = 2;
+  // Pad every batch to batch_size rows (models that need static shapes).
+  bool static_batch = false;
+  // Token inputs: sort rows by length within windows of this many rows to cut
+  // padding (outputs keep the submission order); 0 = off.
+  int64_t sort_window = 0;
+  // Tests: a model call with more rows than this fails as out of memory; 0 = off.
+  int64_t inject_oom_above_rows = 0;
+};
+
+// One model input of one submission: a tensor (rows along dim 0), or scalar
+// Arrow columns gathered straight into the staging buffer as [rows, F].
+struct InputSource {
+  at::Tensor tensor;
+  std::vector<Column> gather_columns;
+  GatherOptions gather;     // dtype, nulls and fill of the gather
+  int64_t gather_rows = 0;  // rows of the gather source
+};
+
+struct Inputs {
+  std::vector<InputSource> sources;
+  // Optional int64 [rows]: input `token_input` is right-padded tokens; row i
+  // holds lengths[i] values. Batches are cut to their longest row.
+  at::Tensor lengths;
+  int64_t token_input = 0;
+};
+
+// How one model input is made from an Arrow batch.
+enum class InputKind {
+  kTensor,  // one column -> to_tensor (zero-copy where the layout allows)
+  kGather,  // scalar columns -> [rows, F], gathered straight into the staging buffer
+  kPad,     // one ragged list column -> padded [rows, L] + lengths (token batching)
+};
+InputKind parse_input_kind(std::string_view name);  // "tensor" | "gather" | "pad"
+
+struct InputSpec {
+  InputKind kind = InputKind::kTensor;
+  std::vector<std::string> columns;  // kTensor/kPad: exactly one
+  ToTensorOptions tensor;            // kTensor
+  GatherOptions gather;              // kGather
+  PadOptions pad;                    // kPad
+};
+
+// The executor inputs of one Arrow batch, per `specs` (at most one kPad).
+// Throws the conversion errors, naming the column.
+Inputs make_inputs(const ImportedTable& table, const std::vector<InputSpec>& specs);
+
+class Request {
+ public:
+  int64_t id() const { return id_; }
+  int64_t rows() const { return rows_; }
+  bool done() const;
+  // Waits up to `seconds` (< 0: forever); returns done().
+  bool wait(double seconds) const;
+  // Waits, then hands over the outputs (rows in submission order); once only,
+  // so that no reference to them stays behind on an executor thread. Throws
+  // the error that failed the request.
+  ModelOutputs take_result();
+
+ private:
+  friend class Executor;
+  int64_t id_ = 0;
+  int64_t rows_ = 0;
+  Inputs inputs_;
+  at::Tensor order_;  // int64 [rows]: staging order (sorted by length), or undefined
+  std::shared_ptr<void> keepalive_;
+  std::chrono::steady_clock::time_point submitted_;
+
+  mutable std::mutex mutex_;
+  mutable std::condition_variable cv_;
+  int64_t delivered_ = 0;
+  bool done_ = false;
+  bool taken_ = false;
+  std::exception_ptr error_;
+  ModelOutputs outputs_;
+};
+using RequestPtr = std::shared_ptr<Request>;
+
+struct ExecutorStats {
+  int64_t requests = 0;
+  int64_t rows = 0;
+  int64_t batches = 0;
+  int64_t errors = 0;   // failed batches
+  int64_t retries = 0;  // out-of-memory splits
+  double mean_batch_rows = 0;
+  double padding_ratio = 0;   // padded slots / all slots in token inputs
+  LatencySummary queue;       // submit -> its batch starts staging
+  LatencySummary stage;       // staging one batch
+  LatencySummary compute;     // one model call (with device copies)
+  LatencySummary end_to_end;  // submit -> request done
+};
+
+class Executor {
+ public:
+  Executor(std::shared_ptr<const Model> model, ExecutorOptions options);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // Queues one submission. Throws ValueError for inputs that do not fit the
+  // model's arity or disagree on rows, and after close().
+  RequestPtr submit(Inputs inputs, std::shared_ptr<void> keepalive = nullptr);
+  // Runs what is queued now instead of waiting for max_delay_ms.
+  void flush();
+  // Stops taking submissions. drain: finish what is queued; else fail it
+  // (ExecutorClosed). Joins the threads; idempotent.
+  void close(bool drain);
+  bool closed() const;
+
+  ExecutorStats stats() const;
+  // Keepalives of finished requests, to destroy on the caller's thread.
+  std::vector<std::shared_ptr<void>> take_garbage();
+  const ExecutorOptions& options() const { return options_; }
+  const Model& model() const { return *model_; }
+
+ private:
+  struct Piece {
+    RequestPtr request;
+    int64_t begin;  // in the request's staging order
+    int64_t count;
+  };
+  struct Batch {
+    int64_t index = 0;
+    std::vector<Piece> pieces;
+    int64_t rows = 0;
+    int64_t padded_len = -1;  // token inputs: the longest row
+    std::vector<at::Tensor> inputs;
+    std::vector<at::Tensor> buffers;  // staging buffers to give back
+  };
+
+  void batch_loop();
+  void worker_loop();
+  bool next_batch(Batch& batch);
+  void stage(Batch& batch);
+  ModelOutputs run_model(const std::vector<at::Tensor>& inputs, const Batch& batch);
+  void deliver(Batch& batch, ModelOutputs& outputs);
+  void fail(Batch& batch, std::exception_ptr error);
+  void finish(const RequestPtr& request);
+  at::Tensor acquire_buffer(c10::ScalarType dtype, at::IntArrayRef sizes);
+  void release_buffers(Batch& batch);
+
+  std::shared_ptr<const Model> model_;
+  ExecutorOptions options_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable intake_cv_;  // new submissions, flush, close
+  std::condition_variable ready_cv_;   // staged batches, close
+  std::condition_variable slots_cv_;   // an inflight slot freed
+  std::deque<RequestPtr> queue_;       // submissions with rows not yet batched
+  int64_t queue_front_taken_ = 0;      // rows of queue_.front() already batched
+  std::deque<Batch> ready_;            // staged, waiting for a worker
+  int64_t inflight_ = 0;               // batches staged or computing
+  bool flush_ = false;
+  bool closing_ = false;
+  bool draining_ = false;
+  bool stopped_ = false;
+  int64_t next_id_ = 0;
+  int64_t arity_ = -1;        // inputs per submission, fixed by the first one
+  bool has_lengths_ = false;  // token input, fixed by the first submission
+  int64_t next_batch_ = 0;
+  std::vector<at::Tensor> free_buffers_;
+  std::vector<std::shared_ptr<void>> garbage_;
+
+  std::atomic<int64_t> stat_requests_{0}, stat_rows_{0}, stat_batches_{0}, stat_errors_{0},
+      stat_retries_{0}, stat_token_slots_{0}, stat_token_padding_{0};
+  LatencyRecorder queue_latency_, stage_latency_, compute_latency_, end_to_end_latency_;
+
+  std::thread batcher_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace torchspark

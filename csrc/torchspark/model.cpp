@@ -1,0 +1,163 @@
+#include "torchspark/model.h"
+
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <fstream>
+#include <mutex>
+
+#include "torchspark/errors.h"
+
+namespace torchspark {
+
+const char* format_name(ModelFormat format) {
+  return format == ModelFormat::kTorchScript ? "TorchScript" : "AOTInductor";
+}
+
+std::string Model::label() const {
+  return c10::str("model '", path_, "' (", format_name(format_), ")");
+}
+
+namespace {
+
+bool has_suffix(const std::string& name, const std::string& suffix) {
+  return name.size() >= suffix.size() &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+void flatten(const c10::IValue& value, ModelOutputs& out, const std::string& label) {
+  if (value.isTensor()) {
+    out.tensors.push_back(value.toTensor());
+    out.names.emplace_back();
+  } else if (value.isTuple() || value.isList()) {
+    const auto elements =
+        value.isTuple() ? value.toTupleRef().elements().vec() : value.toList().vec();
+    for (const c10::IValue& element : elements) {
+      TS_CHECK_SUPPORTED(element.isTensor(), label,
+                         ": a tuple/list output must hold tensors, got an element of type ",
+                         element.tagKind());
+      out.tensors.push_back(element.toTensor());
+      out.names.emplace_back();
+    }
+  } else if (value.isGenericDict()) {
+    for (const auto& item : value.toGenericDict()) {
+      TS_CHECK_SUPPORTED(item.key().isString() && item.value().isTensor(), label,
+                         ": a dict output must map str to tensors, got ", item.key().tagKind(),
+                         " -> ", item.value().tagKind());
+      out.names.push_back(item.key().toStringRef());
+      out.tensors.push_back(item.value().toTensor());
+    }
+  } else {
+    TS_CHECK_SUPPORTED(false, label,
+                       ": expected the model to return a tensor, a tuple/list of tensors or a "
+                       "dict of tensors, got ",
+                       value.tagKind());
+  }
+}
+
+class TorchScriptModel final : public Model {
+ public:
+  TorchScriptModel(const std::string& path, const ModelOptions& options)
+      : Model(ModelFormat::kTorchScript, path), module_(torch::jit::load(path, options.device)) {
+    module_.eval();
+    const auto& schema = module_.get_method("forward").function().getSchema();
+    for (size_t i = 1; i < schema.arguments().size(); ++i) {  // 0 is self
+      input_names_.push_back(schema.arguments()[i].name());
+    }
+  }
+
+  ModelOutputs forward(const std::vector<at::Tensor>& inputs) const override {
+    std::vector<c10::IValue> args(inputs.begin(), inputs.end());
+    // Module::forward is logically const for an inference module; the JIT's
+    // method call takes a non-const stack.
+    c10::IValue result = const_cast<torch::jit::Module&>(module_).forward(std::move(args));
+    ModelOutputs out;
+    flatten(result, out, label());
+    return out;
+  }
+
+ private:
+  torch::jit::Module module_;
+};
+
+class AOTIModel final : public Model {
+ public:
+  AOTIModel(const std::string& path, const ModelOptions& options)
+      : Model(ModelFormat::kAOTInductor, path),
+        loader_(path, "model", /*run_single_threaded=*/false,
+                static_cast<size_t>(std::max<int64_t>(1, options.num_runners)),
+                options.device.has_index() ? options.device.index() : -1) {}
+
+  ModelOutputs forward(const std::vector<at::Tensor>& inputs) const override {
+    ModelOutputs out;
+    out.tensors = const_cast<torch::inductor::AOTIModelPackageLoader&>(loader_).run(inputs);
+    out.names.assign(out.tensors.size(), std::string());
+    return out;
+  }
+
+ private:
+  torch::inductor::AOTIModelPackageLoader loader_;
+};
+
+}  // namespace
+
+ModelFormat detect_format(const std::string& path) {
+  {
+    std::ifstream file(path, std::ios::binary);
+    TORCH_CHECK_VALUE(file.good(), "model '", path, "': cannot open the file");
+    char magic[4] = {0, 0, 0, 0};
+    file.read(magic, 4);
+    TORCH_CHECK_VALUE(file.gcount() == 4 && magic[0] == 'P' && magic[1] == 'K', "model '", path,
+                      "': expected a TorchScript archive or an AOTInductor package (.pt2), both "
+                      "zip files; got a file that is not a zip archive");
+  }
+  std::vector<std::string> records;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    records = reader.getAllRecords();
+  } catch (const c10::Error& e) {
+    TORCH_CHECK_VALUE(
+        false, "model '", path,
+        "': not a PyTorch archive (TorchScript or AOTInductor): ", e.what_without_backtrace());
+  }
+  const bool aoti = std::any_of(records.begin(), records.end(), [](const std::string& r) {
+    return r.rfind("data/aotinductor/", 0) == 0;
+  });
+  const bool torchscript =
+      std::find(records.begin(), records.end(), "constants.pkl") != records.end() &&
+      std::any_of(records.begin(), records.end(),
+                  [](const std::string& r) { return r.rfind("code/", 0) == 0; });
+  if (aoti) return ModelFormat::kAOTInductor;
+  if (torchscript) return ModelFormat::kTorchScript;
+  std::string found;
+  for (size_t i = 0; i < records.size() && i < 8; ++i) {
+    found += (i ? ", " : "") + records[i];
+  }
+  const bool eager = std::find(records.begin(), records.end(), "data.pkl") != records.end();
+  TORCH_CHECK_VALUE(false, "model '", path,
+                    "': expected a TorchScript archive (torch.jit.save) or an AOTInductor "
+                    "package (.pt2), found a zip with records [",
+                    found, records.size() > 8 ? ", ..." : "", "]",
+                    eager ? ": this looks like torch.save of eager weights; export the model "
+                            "with torchspark.export"
+                          : "");
+  return ModelFormat::kTorchScript;
+}
+
+std::shared_ptr<const Model> load_model(const std::string& path, const ModelOptions& options) {
+  const ModelFormat format = detect_format(path);
+  try {
+    if (format == ModelFormat::kTorchScript) {
+      return std::make_shared<TorchScriptModel>(path, options);
+    }
+    return std::make_shared<AOTIModel>(path, options);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK_VALUE(false, "model '", path, "' (", format_name(format),
+                      "): failed to load: ", e.what_without_backtrace());
+  }
+  return nullptr;
+}
+
+}  // namespace torchspark

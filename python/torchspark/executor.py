@@ -1,0 +1,391 @@
+"""The batched executor: run a TorchScript or AOTInductor model over a stream of inputs.
+
+The engine is native: batching, staging, the model call and the splitting of
+outputs back to each submission all run in C++ threads with the GIL released;
+Python only submits and collects.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import hashlib
+import os
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import _C
+
+__all__ = ["Executor", "Future", "Input"]
+
+_KINDS = ("auto", "tensor", "gather", "pad")
+_NULLS = ("error", "fill")
+_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Input:
+    """How one model input is made from an Arrow batch.
+
+    ``kind="tensor"``: one column through :func:`torchspark.to_tensor` (zero-copy
+    for numbers and uniform lists). ``kind="gather"``: several scalar columns as
+    ``[rows, F]``, gathered straight into the executor's staging buffer.
+    ``kind="pad"``: one ragged list column (token ids) right-padded; its lengths
+    drive token-budget batching (``max_tokens``). ``"auto"`` picks ``"tensor"``
+    for one column and ``"gather"`` for several.
+
+    >>> from torchspark import Input
+    >>> Input(["age", "amount"]).resolved_kind
+    'gather'
+    """
+
+    columns: str | Sequence[str]
+    kind: str = "auto"
+    dtype: torch.dtype | None = None
+    nulls: str = "error"
+    fill: float | int | bool = 0
+    max_len: int | None = None
+    pad_value: int | float = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"Input.kind: expected one of {_KINDS}, got {self.kind!r}")
+        if self.nulls not in _NULLS:
+            raise ValueError(f"Input.nulls: expected one of {_NULLS}, got {self.nulls!r}")
+        names = self.column_list
+        if not names or not all(isinstance(c, str) for c in names):
+            raise TypeError(f"Input.columns: expected column names, got {self.columns!r}")
+        if self.resolved_kind in ("tensor", "pad") and len(names) != 1:
+            raise ValueError(
+                f"Input(kind={self.resolved_kind!r}) takes exactly one column, got {names}"
+            )
+        if self.max_len is not None and self.max_len < 0:
+            raise ValueError(f"Input.max_len must be >= 0, got {self.max_len}")
+
+    @property
+    def column_list(self) -> list[str]:
+        return [self.columns] if isinstance(self.columns, str) else list(self.columns)
+
+    @property
+    def resolved_kind(self) -> str:
+        if self.kind != "auto":
+            return self.kind
+        return "tensor" if len(self.column_list) == 1 else "gather"
+
+    def _native(self) -> dict[str, Any]:
+        return {
+            "kind": self.resolved_kind,
+            "columns": self.column_list,
+            "dtype": self.dtype,
+            "nulls": self.nulls,
+            "fill": self.fill,
+            "max_len": self.max_len,
+            "pad_value": self.pad_value,
+        }
+
+
+def _is_arrow(obj: Any) -> bool:
+    return hasattr(obj, "__arrow_c_array__") or hasattr(obj, "__arrow_c_stream__")
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, str) and device == "auto":
+        if torch.accelerator.is_available() and torch.accelerator.device_count() > 0:
+            accelerator = torch.accelerator.current_accelerator()
+            return torch.device(accelerator.type, torch.accelerator.current_device_index())
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Future:
+    """The outputs of one submission, once the engine has them.
+
+    ``result()`` mirrors the model's return: a tensor, a tuple of tensors, or a
+    dict of named tensors, with one row per submitted row in submission order.
+    """
+
+    __slots__ = ("_executor", "_outputs", "_request")
+
+    def __init__(self, request: Any, executor: Executor) -> None:
+        self._request = request
+        self._executor = executor
+        self._outputs: tuple[list[str], list[torch.Tensor]] | None = None
+
+    @property
+    def rows(self) -> int:
+        return self._request.rows
+
+    def done(self) -> bool:
+        return self._request.done()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: until done); return whether it is done."""
+        return self._request.wait(-1.0 if timeout is None else float(timeout))
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The outputs; raises :class:`torchspark.ModelError` if its batch failed,
+        ``TimeoutError`` if not done within ``timeout`` seconds."""
+        if timeout is not None and not self.wait(timeout):
+            raise TimeoutError(f"request {self._request.id} not done after {timeout} s")
+        if self._outputs is None:
+            try:
+                self._outputs = self._request.result()
+            finally:
+                self._executor._collect()
+        names, tensors = self._outputs
+        if any(names):
+            return dict(zip(names, tensors, strict=True))
+        return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _close_all() -> None:
+    # Join the native threads before the interpreter goes away.
+    with _live_lock:
+        executors = list(_live)
+    for executor in executors:
+        executor.close(drain=False)
+
+
+class Executor:
+    """Runs a TorchScript or AOTInductor model over a stream of batches.
+
+    Small submissions are coalesced into batches of up to ``batch_size`` rows
+    (waiting at most ``max_delay_ms`` for more), large ones are split; each
+    submission gets its own outputs back, in order, exactly once per row. With
+    ``max_tokens``, batches of a padded token input hold at most that many
+    padded tokens; ``sort_window`` sorts rows by length within windows to cut
+    padding (outputs keep the submission order). ``inflight`` batches are staged
+    or computing at once, so staging overlaps compute. A model error fails only
+    its batch; out of memory splits the batch in halves and retries.
+
+    Model files are code: load only files you trust. ``sha256`` checks the
+    file's digest before it is parsed.
+
+    On the CPU the default is one worker thread, whose model calls use torch's
+    intra-op threads; with ``threads > 1`` keep ``threads * torch.get_num_threads()``
+    at or below the cores you have (the executor warns otherwise).
+
+    Args:
+        model: path of a TorchScript archive (``torch.jit.save``) or an
+            AOTInductor package (``.pt2``), e.g. from :func:`torchspark.export`.
+        device: ``"auto"`` (the accelerator if one has a device, else CPU), or a
+            torch device.
+        batch_size: most rows per model call.
+        max_tokens: token budget per batch for a ``kind="pad"`` input.
+        max_delay_ms: how long a partial batch waits for more rows.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; TorchScript only:
+            AOTInductor bakes precision in at export).
+        threads: worker threads calling the model (default 1 on CPU, 2 otherwise).
+        inflight: batches staged or computing at once (>= 2 overlaps them).
+        static_batch: pad every batch to ``batch_size`` rows.
+        sort_window: with a padded input, sort rows by length within windows of
+            this many rows.
+        inputs: how Arrow batches feed the model, one :class:`Input` per model input.
+        sha256: expected hex digest of the model file.
+
+    >>> import torch, torchspark, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "double.pt")
+    >>> _ = torchspark.export(torch.nn.Linear(2, 1, bias=False), (torch.ones(4, 2),), path)
+    >>> with torchspark.Executor(path, batch_size=8) as ex:
+    ...     ex.run(torch.ones(3, 2)).shape
+    torch.Size([3, 1])
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = 4096,
+        max_tokens: int | None = None,
+        max_delay_ms: float = 2.0,
+        precision: str = "fp32",
+        threads: int | None = None,
+        inflight: int = 2,
+        static_batch: bool = False,
+        sort_window: int = 0,
+        inputs: Sequence[Input] | None = None,
+        sha256: str | None = None,
+        _inject_oom_above_rows: int = 0,
+    ) -> None:
+        path = os.fspath(model)
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision: expected one of {_PRECISIONS}, got {precision!r}")
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("inflight", inflight, 1),
+            ("sort_window", sort_window, 0),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
+        if max_delay_ms < 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
+        if inputs is not None:
+            inputs = list(inputs)
+            if not all(isinstance(i, Input) for i in inputs):
+                raise TypeError("inputs: expected a list of torchspark.Input")
+            if sum(i.resolved_kind == "pad" for i in inputs) > 1:
+                raise ValueError("inputs: at most one Input may have kind='pad'")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model '{path}': no such file")
+        if sha256 is not None:
+            actual = _sha256(path)
+            if actual != sha256.lower():
+                raise ValueError(f"model '{path}': sha256 is {actual}, expected {sha256}")
+
+        self.device = _resolve_device(device)
+        if threads is None:
+            threads = 1 if self.device.type == "cpu" else 2
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        cores = os.cpu_count() or 1
+        if self.device.type == "cpu" and threads * torch.get_num_threads() > cores:
+            import warnings
+
+            warnings.warn(
+                f"Executor: {threads} worker threads x {torch.get_num_threads()} intra-op "
+                f"threads exceed the {cores} cores; set torch.set_num_threads("
+                f"{max(1, cores // threads)}) to avoid oversubscription",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.batch_size = batch_size
+        self.inflight = inflight
+        self.inputs = inputs
+        self.model = _C.load_model(path, self.device, threads)
+        self._native = _C.Executor(
+            self.model,
+            self.device,
+            batch_size,
+            max_tokens or 0,
+            float(max_delay_ms),
+            precision,
+            threads,
+            inflight,
+            bool(static_batch),
+            sort_window,
+            int(_inject_oom_above_rows),
+            None if inputs is None else [i._native() for i in inputs],
+        )
+        with _live_lock:
+            _live.add(self)
+
+    # -- submitting --
+
+    def submit(self, inputs: Any) -> Future:
+        """Queue one submission and return its :class:`Future` at once.
+
+        ``inputs``: a tensor, a tuple/list of tensors (positional model inputs),
+        a dict of tensors (by the model's argument names), or an Arrow batch
+        when the executor was built with ``inputs=[Input(...), ...]``.
+        """
+        if _is_arrow(inputs) and not isinstance(inputs, torch.Tensor):
+            request = self._native.submit_arrow(inputs)
+        else:
+            request = self._native.submit_tensors(self._positional(inputs))
+        return Future(request, self)
+
+    def run(self, inputs: Any) -> Any:
+        """Submit and wait: the outputs of ``inputs``."""
+        future = self.submit(inputs)
+        self._native.flush()
+        return future.result()
+
+    def map(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """Outputs of each item of ``iterable``, in order.
+
+        Keeps about ``inflight * batch_size`` rows in the engine while the caller
+        produces the next item, so producing, staging and compute overlap.
+        Closing the generator early is safe: pending work finishes and is dropped.
+        """
+        pending: collections.deque[Future] = collections.deque()
+        pending_rows = 0
+        window = self.inflight * self.batch_size
+        for item in iterable:
+            future = self.submit(item)
+            pending.append(future)
+            pending_rows += future.rows
+            while pending and pending_rows - pending[0].rows >= window:
+                done = pending.popleft()
+                pending_rows -= done.rows
+                yield done.result()
+        self._native.flush()
+        while pending:
+            yield pending.popleft().result()
+
+    def _positional(self, inputs: Any) -> list[torch.Tensor]:
+        if isinstance(inputs, torch.Tensor):
+            return [inputs]
+        if isinstance(inputs, Mapping):
+            names = list(self.model.input_names)
+            if names:
+                missing = [n for n in names if n not in inputs]
+                extra = [k for k in inputs if k not in names]
+                if missing or extra:
+                    raise ValueError(
+                        f"{self.model!r}: inputs by name must match the model's arguments "
+                        f"{names}; missing {missing}, unexpected {extra}"
+                    )
+                return [inputs[n] for n in names]
+            return list(inputs.values())
+        if isinstance(inputs, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in inputs):
+            return list(inputs)
+        raise TypeError(
+            "Executor.submit: expected a tensor, a tuple/list/dict of tensors or an Arrow "
+            f"batch, got {type(inputs).__name__}"
+        )
+
+    # -- the rest --
+
+    def stats(self) -> dict[str, Any]:
+        """Rows, batches, mean batch rows, padding ratio, errors, retries, and
+        latency summaries (count, mean, p50/p90/p99, max in ms) of queue wait,
+        staging, compute and end to end."""
+        return self._native.stats()
+
+    def flush(self) -> None:
+        """Run what is queued now instead of waiting for ``max_delay_ms``."""
+        self._native.flush()
+
+    def close(self, drain: bool = True) -> None:
+        """Stop: with ``drain``, finish queued work first; else fail it with
+        :class:`torchspark.ExecutorClosedError`. Idempotent."""
+        self._native.close(drain)
+        with _live_lock:
+            _live.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    def _collect(self) -> None:
+        self._native.collect_garbage()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(drain=exc[0] is None)
+
+    def __repr__(self) -> str:
+        return f"<torchspark.Executor {self.model!r} on {self.device}>"
