@@ -16,6 +16,7 @@
 #include "torchspark/gather.h"
 #include "torchspark/model.h"
 #include "torchspark/pad.h"
+#include "torchspark/simulated_device.h"
 
 namespace py = pybind11;
 
@@ -467,6 +468,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "torchspark native core (private: use the torchspark package)";
   m.attr("TORCH_VERSION") = TORCHSPARK_TORCH_VERSION;
   py::register_local_exception_translator(&translate);
+  register_simulated_device();  // torch.ops.torchspark.simulated_kernel
 
   m.def("_set_error_types", &set_error_types, py::arg("unsupported_type"), py::arg("invalid_arrow"),
         py::arg("null_value"), py::arg("model"), py::arg("executor_closed"));

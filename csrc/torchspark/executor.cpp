@@ -363,8 +363,9 @@ bool Executor::next_batch(Batch& batch) {
     const int64_t begin = queue_front_taken_;
     const int64_t remaining = request->rows_ - begin;
     int64_t take = std::min(remaining, options_.batch_size - batch.rows);
-    if (tokens && options_.max_tokens > 0 && request->inputs_.lengths.defined()) {
-      // Rows of this request, in staging order, while the padded batch fits.
+    if (tokens) {
+      // Rows of this request, in staging order, while the padded batch fits
+      // the token budget (if any); the batch is cut to its longest row.
       const int64_t* len = request->inputs_.lengths.data_ptr<int64_t>();
       const int64_t* order =
           request->order_.defined() ? request->order_.data_ptr<int64_t>() : nullptr;
@@ -373,7 +374,8 @@ bool Executor::next_batch(Batch& batch) {
       for (; fit < take; ++fit) {
         const int64_t row = order ? order[begin + fit] : begin + fit;
         const int64_t candidate = std::max(longest, std::max<int64_t>(len[row], 1));
-        if ((batch.rows + fit + 1) * candidate > options_.max_tokens && batch.rows + fit > 0) {
+        if (options_.max_tokens > 0 && (batch.rows + fit + 1) * candidate > options_.max_tokens &&
+            batch.rows + fit > 0) {
           break;
         }
         longest = candidate;
@@ -530,7 +532,9 @@ ModelOutputs Executor::run_model(const std::vector<at::Tensor>& inputs, const Ba
       throw c10::OutOfMemoryError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
                                   c10::str("injected out of memory for ", rows, " rows"));
     }
-    c10::InferenceMode inference;
+    // No grad, not InferenceMode: outputs go to the caller as they are, and
+    // inference tensors could not be modified in place outside inference mode.
+    c10::AutoGradMode no_grad(false);
     AutocastScope autocast(options_.device.type(), options_.precision,
                            model_->format() == ModelFormat::kTorchScript);
     return model_->forward(inputs);
@@ -559,7 +563,6 @@ ModelOutputs Executor::run_model(const std::vector<at::Tensor>& inputs, const Ba
               ": the halves of split batch ", batch.index, " returned ", first.tensors.size(),
               " and ", second.tensors.size(), " outputs");
   for (size_t j = 0; j < first.tensors.size(); ++j) {
-    c10::InferenceMode inference;
     first.tensors[j] = at::cat({first.tensors[j], second.tensors[j]}, 0);
   }
   return first;
@@ -576,6 +579,14 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
     if (!out.device().is_cpu()) {
       out = out.to(at::kCPU);
     }
+    // An output that aliases a staging buffer (an identity model) must not be
+    // handed out: the buffer is reused by the next batch.
+    for (const at::Tensor& buffer : batch.buffers) {
+      if (out.storage().is_alias_of(buffer.storage())) {
+        out = out.clone();
+        break;
+      }
+    }
   }
   int64_t offset = 0;
   for (Piece& piece : batch.pieces) {
@@ -585,17 +596,25 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
       std::lock_guard<std::mutex> lock(request.mutex_);
       if (!request.done_) {
         try {
-          if (request.outputs_.tensors.empty()) {
+          const bool whole = piece.begin == 0 && piece.count == request.rows_ &&
+                             !request.order_.defined() && request.outputs_.tensors.empty();
+          if (whole) {
+            // The request is this one piece: its outputs are views of the batch's.
+            for (const at::Tensor& out : outputs.tensors) {
+              request.outputs_.tensors.push_back(out.narrow(0, offset, piece.count));
+            }
+            request.outputs_.names = outputs.names;
+          } else if (request.outputs_.tensors.empty()) {
             for (size_t j = 0; j < outputs.tensors.size(); ++j) {
               std::vector<int64_t> sizes = outputs.tensors[j].sizes().vec();
               sizes[0] = request.rows_;
-              // Allocated outside InferenceMode: users may modify them.
+              // Assembled from several batches (or reordered): one copy.
               request.outputs_.tensors.push_back(
                   at::empty(sizes, outputs.tensors[j].options().device(at::kCPU)));
             }
             request.outputs_.names = outputs.names;
           }
-          for (size_t j = 0; j < outputs.tensors.size(); ++j) {
+          for (size_t j = 0; j < outputs.tensors.size() && !whole; ++j) {
             at::Tensor& dst = request.outputs_.tensors[j];
             const at::Tensor src = outputs.tensors[j].narrow(0, offset, piece.count);
             TORCH_CHECK_VALUE(dst.sizes().slice(1) == src.sizes().slice(1) &&
