@@ -116,11 +116,56 @@ Inputs make_inputs(const ImportedTable& table, const std::vector<InputSpec>& spe
         source.tensor = padded.values;
         inputs.lengths = padded.lengths;
         inputs.token_input = static_cast<int64_t>(i);
+        inputs.pad_value = spec.pad.pad_value;
       }
     }
     inputs.sources.push_back(std::move(source));
   }
   return inputs;
+}
+
+namespace {
+
+std::string describe_input(const InputSource& source) {
+  if (source.tensor.defined()) {
+    return c10::str(c10::toString(source.tensor.scalar_type()), " rows of shape ",
+                    source.tensor.sizes().slice(1));
+  }
+  return c10::str(c10::toString(source.gather.dtype), " rows of ", source.gather_columns.size(),
+                  " gathered columns");
+}
+
+}  // namespace
+
+void check_compatible(const Inputs& first, const Inputs& next, const std::string& label) {
+  const bool same_arity = first.sources.size() == next.sources.size() &&
+                          first.lengths.defined() == next.lengths.defined() &&
+                          (!first.lengths.defined() || first.token_input == next.token_input);
+  TORCH_CHECK_VALUE(
+      same_arity, label, ": every submission must have the same inputs; the first had ",
+      first.sources.size(), first.lengths.defined() ? " (with lengths)" : "", ", this one has ",
+      next.sources.size(), next.lengths.defined() ? " (with lengths)" : "");
+  for (size_t i = 0; i < first.sources.size(); ++i) {
+    const InputSource& a = first.sources[i];
+    const InputSource& b = next.sources[i];
+    const bool a_columns = !a.tensor.defined();
+    const bool b_columns = !b.tensor.defined();
+    bool same = a_columns == b_columns;
+    if (same && a_columns) {
+      same = a.gather.dtype == b.gather.dtype && a.gather_columns.size() == b.gather_columns.size();
+    } else if (same) {
+      auto a_row = a.tensor.sizes().slice(1).vec();
+      auto b_row = b.tensor.sizes().slice(1).vec();
+      if (first.lengths.defined() && static_cast<int64_t>(i) == first.token_input &&
+          !a_row.empty() && !b_row.empty()) {
+        a_row[0] = b_row[0] = 0;  // token widths may differ: batches re-pad
+      }
+      same = a.tensor.scalar_type() == b.tensor.scalar_type() && a_row == b_row;
+    }
+    TORCH_CHECK_VALUE(same, label, ": input ", i, " has ", describe_input(b),
+                      " but the first submission had ", describe_input(a),
+                      "; submissions to one executor must match");
+  }
 }
 
 Precision parse_precision(std::string_view name) {
@@ -238,24 +283,47 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
       request->order_ = at::tensor(order, at::TensorOptions().dtype(at::kLong));
     }
   }
+  if (request->order_.defined()) {
+    // Rows are staged in sorted order: gathered inputs become tensors now so
+    // they can be index-selected like the others.
+    for (InputSource& source : inputs.sources) {
+      if (!source.tensor.defined()) {
+        source.tensor =
+            gather(source.gather_columns, source.gather_rows, source.gather, std::nullopt);
+        source.gather_columns.clear();
+      }
+    }
+  }
   request->rows_ = rows;
-  request->inputs_ = std::move(inputs);
+  request->inputs_ = std::make_shared<const Inputs>(std::move(inputs));
   request->keepalive_ = std::move(keepalive);
   request->submitted_ = Clock::now();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     TORCH_CHECK(!closing_, model_->label(), ": the executor is closed");
     // Every submission must feed the model the same way (batches mix them).
-    const auto arity = static_cast<int64_t>(request->inputs_.sources.size());
-    const bool has_lengths = request->inputs_.lengths.defined();
-    if (arity_ < 0) {
-      arity_ = arity;
-      has_lengths_ = has_lengths;
+    if (!first_) {
+      // What the first submission looked like, without holding its data.
+      auto shape = std::make_shared<Inputs>();
+      for (const InputSource& source : request->inputs_->sources) {
+        InputSource meta;
+        if (source.tensor.defined()) {
+          std::vector<int64_t> sizes = source.tensor.sizes().vec();
+          sizes[0] = 0;
+          meta.tensor = at::empty(sizes, source.tensor.options());
+        } else {
+          meta.gather_columns.resize(source.gather_columns.size());
+          meta.gather = source.gather;
+        }
+        shape->sources.push_back(std::move(meta));
+      }
+      if (request->inputs_->lengths.defined()) {
+        shape->lengths = at::empty({0}, at::TensorOptions().dtype(at::kLong));
+      }
+      shape->token_input = request->inputs_->token_input;
+      first_ = std::move(shape);
     }
-    TORCH_CHECK_VALUE(arity == arity_ && has_lengths == has_lengths_, model_->label(),
-                      ": every submission must have the same inputs; the first had ", arity_,
-                      has_lengths_ ? " (with lengths)" : "", ", this one has ", arity,
-                      has_lengths ? " (with lengths)" : "");
+    check_compatible(*first_, *request->inputs_, model_->label());
     request->id_ = next_id_++;
     queue_.push_back(request);
   }
@@ -271,6 +339,12 @@ void Executor::flush() {
     flush_ = true;
   }
   intake_cv_.notify_all();
+}
+
+std::exception_ptr Executor::closed_error(int64_t request_id) const {
+  return std::make_exception_ptr(ExecutorClosedError(
+      {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+      c10::str(model_->label(), ": the executor was closed before request ", request_id, " ran")));
 }
 
 void Executor::close(bool drain) {
@@ -290,19 +364,15 @@ void Executor::close(bool drain) {
   slots_cv_.notify_all();
   ready_cv_.notify_all();
   for (const RequestPtr& request : cancelled) {
-    auto error = std::make_exception_ptr(
-        ExecutorClosedError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                            c10::str(model_->label(), ": the executor was closed before request ",
-                                     request->id_, " ran")));
-    std::lock_guard<std::mutex> lock(request->mutex_);
-    if (!request->done_) {
-      request->error_ = error;
-      request->done_ = true;
-      request->cv_.notify_all();
+    bool newly = false;
+    {
+      std::lock_guard<std::mutex> lock(request->mutex_);
+      newly = !request->done_ && !request->finishing_;
+      if (newly) request->finishing_ = true;
     }
-  }
-  for (const RequestPtr& request : cancelled) {
-    finish(request);
+    if (newly) {
+      complete(request, closed_error(request->id_));
+    }
   }
   if (batcher_.joinable()) {
     batcher_.join();
@@ -314,9 +384,9 @@ void Executor::close(bool drain) {
   }
 }
 
-std::vector<std::shared_ptr<void>> Executor::take_garbage() {
+std::vector<std::shared_ptr<const void>> Executor::take_garbage() {
   std::lock_guard<std::mutex> lock(mutex_);
-  std::vector<std::shared_ptr<void>> out;
+  std::vector<std::shared_ptr<const void>> out;
   out.swap(garbage_);
   return out;
 }
@@ -350,7 +420,7 @@ bool Executor::next_batch(Batch& batch) {
       Clock::now() + std::chrono::duration_cast<Clock::duration>(
                          std::chrono::duration<double, std::milli>(options_.max_delay_ms));
   int64_t max_len = 0;
-  const bool tokens = queue_.front()->inputs_.lengths.defined();
+  const bool tokens = first_ && first_->lengths.defined();  // same for every submission
   for (;;) {
     if (queue_.empty()) {
       if (flush_ || closing_ || batch.rows >= options_.batch_size) break;
@@ -360,13 +430,22 @@ bool Executor::next_batch(Batch& batch) {
       continue;
     }
     const RequestPtr request = queue_.front();
+    {
+      std::lock_guard<std::mutex> request_lock(request->mutex_);
+      if (request->done_ || request->finishing_) {
+        // Failed by an earlier batch: its remaining rows are not run.
+        queue_.pop_front();
+        queue_front_taken_ = 0;
+        continue;
+      }
+    }
     const int64_t begin = queue_front_taken_;
     const int64_t remaining = request->rows_ - begin;
     int64_t take = std::min(remaining, options_.batch_size - batch.rows);
     if (tokens) {
       // Rows of this request, in staging order, while the padded batch fits
       // the token budget (if any); the batch is cut to its longest row.
-      const int64_t* len = request->inputs_.lengths.data_ptr<int64_t>();
+      const int64_t* len = request->inputs_->lengths.data_ptr<int64_t>();
       const int64_t* order =
           request->order_.defined() ? request->order_.data_ptr<int64_t>() : nullptr;
       int64_t fit = 0;
@@ -386,7 +465,7 @@ bool Executor::next_batch(Batch& batch) {
     if (take == 0 && remaining > 0) {
       break;  // the batch is full
     }
-    batch.pieces.push_back({request, begin, take});
+    batch.pieces.push_back({request, request->inputs_, begin, take});
     batch.rows += take;
     queue_front_taken_ += take;
     if (queue_front_taken_ == request->rows_) {
@@ -445,7 +524,7 @@ void Executor::stage(Batch& batch) {
   for (const Piece& piece : batch.pieces) {
     queue_latency_.record(std::chrono::duration<double>(start - piece.request->submitted_).count());
   }
-  const Inputs& first = batch.pieces.front().request->inputs_;
+  const Inputs& first = *batch.pieces.front().inputs;
   const size_t num_inputs = first.sources.size();
   const int64_t staged_rows = options_.static_batch ? options_.batch_size : batch.rows;
   batch.inputs.assign(num_inputs, at::Tensor());
@@ -453,7 +532,7 @@ void Executor::stage(Batch& batch) {
   for (size_t i = 0; i < num_inputs; ++i) {
     const bool token_input = static_cast<int64_t>(i) == first.token_input && batch.padded_len >= 0;
     const Piece& only = batch.pieces.front();
-    const InputSource& only_source = only.request->inputs_.sources.at(i);
+    const InputSource& only_source = only.inputs->sources.at(i);
     const bool whole_view = batch.pieces.size() == 1 && only_source.tensor.defined() &&
                             !only.request->order_.defined() && staged_rows == batch.rows &&
                             (!token_input || batch.padded_len == only_source.tensor.size(1));
@@ -477,21 +556,22 @@ void Executor::stage(Batch& batch) {
       batch.buffers.push_back(std::move(buffer));
       int64_t offset = 0;
       for (const Piece& piece : batch.pieces) {
-        const InputSource& source = piece.request->inputs_.sources.at(i);
+        const InputSource& source = piece.inputs->sources.at(i);
         at::Tensor dst = staged.narrow(0, offset, piece.count);
         if (source.tensor.defined()) {
-          TORCH_CHECK_VALUE(source.tensor.sizes().slice(1) == only_source.tensor.sizes().slice(1) &&
-                                source.tensor.scalar_type() == dtype,
-                            model_->label(), ": input ", i, " of request ", piece.request->id_,
-                            " has rows of shape ", source.tensor.sizes().slice(1), " (",
-                            source.tensor.scalar_type(), "), but request ", only.request->id_,
-                            " in the same batch has ", only_source.tensor.sizes().slice(1), " (",
-                            dtype, ")");
-          at::Tensor src =
-              token_input ? source.tensor.narrow(1, 0, batch.padded_len) : source.tensor;
+          at::Tensor src = source.tensor;
+          if (token_input) {
+            // Submissions padded to other widths: cut to, or pad up to, the batch's.
+            const int64_t width = std::min(batch.padded_len, src.size(1));
+            src = src.narrow(1, 0, width);
+            if (width < batch.padded_len) {
+              dst.narrow(1, width, batch.padded_len - width).fill_(piece.inputs->pad_value);
+              dst = dst.narrow(1, 0, width);
+            }
+          }
           if (piece.request->order_.defined()) {
-            at::index_select_out(dst, src, 0,
-                                 piece.request->order_.narrow(0, piece.begin, piece.count));
+            dst.copy_(
+                src.index_select(0, piece.request->order_.narrow(0, piece.begin, piece.count)));
           } else {
             dst.copy_(src.narrow(0, piece.begin, piece.count));
           }
@@ -512,7 +592,7 @@ void Executor::stage(Batch& batch) {
   if (batch.padded_len >= 0) {
     int64_t real = 0;
     for (const Piece& piece : batch.pieces) {
-      const at::Tensor& lengths = piece.request->inputs_.lengths;
+      const at::Tensor& lengths = piece.inputs->lengths;
       at::Tensor rows =
           piece.request->order_.defined()
               ? lengths.index_select(0, piece.request->order_.narrow(0, piece.begin, piece.count))
@@ -592,9 +672,10 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
   for (Piece& piece : batch.pieces) {
     Request& request = *piece.request;
     bool complete = false;
+    std::exception_ptr error;
     {
       std::lock_guard<std::mutex> lock(request.mutex_);
-      if (!request.done_) {
+      if (!request.done_ && !request.finishing_) {
         try {
           const bool whole = piece.begin == 0 && piece.count == request.rows_ &&
                              !request.order_.defined() && request.outputs_.tensors.empty();
@@ -630,67 +711,76 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
             }
           }
           request.delivered_ += piece.count;
-          complete = request.delivered_ == request.rows_;
-          if (complete) {
-            request.done_ = true;
-          }
+          complete = request.delivered_ == request.rows_ && !request.finishing_;
         } catch (...) {
-          request.error_ = std::current_exception();
-          request.done_ = true;
-          complete = true;
+          error = std::current_exception();
+          complete = !request.finishing_;
         }
+        if (complete) request.finishing_ = true;
       }
     }
     if (complete) {
-      request.cv_.notify_all();
-      finish(piece.request);
+      this->complete(piece.request, error);
     }
     offset += piece.count;
   }
 }
 
-void Executor::fail(Batch& batch, std::exception_ptr error) {
-  stat_errors_ += 1;
-  std::string rows;
-  int64_t offset = 0;
-  for (const Piece& piece : batch.pieces) {
-    rows += c10::str(rows.empty() ? "" : ", ", "request ", piece.request->id_, " rows [",
-                     piece.begin, ", ", piece.begin + piece.count, ")");
-    offset += piece.count;
+void Executor::fail(Batch& batch, std::exception_ptr error, bool wrap) {
+  std::exception_ptr final_error = error;
+  if (wrap) {
+    stat_errors_ += 1;
+    std::string rows;
+    int64_t total = 0;
+    for (const Piece& piece : batch.pieces) {
+      rows += c10::str(rows.empty() ? "" : ", ", "request ", piece.request->id_, " rows [",
+                       piece.begin, ", ", piece.begin + piece.count, ")");
+      total += piece.count;
+    }
+    final_error = std::make_exception_ptr(
+        ModelError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                   c10::str(model_->label(), ": batch ", batch.index, " (", total, " rows: ", rows,
+                            ") failed: ", describe(error))));
   }
-  auto wrapped = std::make_exception_ptr(
-      ModelError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                 c10::str(model_->label(), ": batch ", batch.index, " (", offset, " rows: ", rows,
-                          ") failed: ", describe(error))));
   for (const Piece& piece : batch.pieces) {
-    Request& request = *piece.request;
     bool newly = false;
     {
-      std::lock_guard<std::mutex> lock(request.mutex_);
-      if (!request.done_) {
-        request.error_ = wrapped;
-        request.done_ = true;
-        newly = true;
-      }
+      std::lock_guard<std::mutex> lock(piece.request->mutex_);
+      newly = !piece.request->done_ && !piece.request->finishing_;
+      if (newly) piece.request->finishing_ = true;
     }
     if (newly) {
-      request.cv_.notify_all();
-      finish(piece.request);
+      complete(piece.request, final_error);
     }
   }
 }
 
-void Executor::finish(const RequestPtr& request) {
+void Executor::complete(const RequestPtr& request, std::exception_ptr error) {
+  // Bookkeeping first, so a waiter woken below sees it (stats, freed inputs).
   end_to_end_latency_.record(seconds_since(request->submitted_));
-  // The caller's tensors (which may have Python objects attached) and Arrow
-  // data are only ever dropped on the caller's thread: see take_garbage().
-  auto inputs = std::make_shared<Inputs>(std::move(request->inputs_));
-  request->inputs_ = Inputs();
-  std::lock_guard<std::mutex> lock(mutex_);
-  garbage_.push_back(std::move(inputs));
-  if (request->keepalive_) {
-    garbage_.push_back(std::move(request->keepalive_));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // The caller's tensors (which may have Python objects attached) and Arrow
+    // data are only ever dropped on the caller's thread: see take_garbage().
+    if (request->inputs_) garbage_.push_back(std::move(request->inputs_));
+    if (request->keepalive_) garbage_.push_back(std::move(request->keepalive_));
   }
+  {
+    std::lock_guard<std::mutex> lock(request->mutex_);
+    request->error_ = error;
+    request->done_ = true;
+  }
+  request->cv_.notify_all();
+}
+
+void Executor::retire(Batch& batch) {
+  batch.inputs.clear();
+  release_buffers(batch);
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (Piece& piece : batch.pieces) {
+    if (piece.inputs) garbage_.push_back(std::move(piece.inputs));
+  }
+  batch.pieces.clear();
 }
 
 void Executor::batch_loop() {
@@ -710,16 +800,29 @@ void Executor::batch_loop() {
       std::lock_guard<std::mutex> lock(mutex_);
       ++inflight_;
     }
+    bool cancel = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      cancel = closing_ && !draining_;  // closed while this batch waited for rows
+    }
     try {
+      if (cancel) {
+        for (const Piece& piece : batch.pieces) {
+          Batch one;
+          one.pieces.push_back(piece);
+          fail(one, closed_error(piece.request->id_), /*wrap=*/false);
+        }
+        throw std::runtime_error("cancelled");
+      }
       stage(batch);
     } catch (...) {
-      fail(batch, std::current_exception());
-      batch.inputs.clear();
-      release_buffers(batch);
+      if (!cancel) fail(batch, std::current_exception());
+      retire(batch);
       {
         std::lock_guard<std::mutex> lock(mutex_);
         --inflight_;
       }
+      slots_cv_.notify_one();
       continue;
     }
     {
@@ -754,9 +857,7 @@ void Executor::worker_loop() {
     } catch (...) {
       fail(batch, std::current_exception());
     }
-    batch.inputs.clear();
-    release_buffers(batch);
-    batch.pieces.clear();
+    retire(batch);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       --inflight_;

@@ -93,9 +93,11 @@ struct InputSource {
 struct Inputs {
   std::vector<InputSource> sources;
   // Optional int64 [rows]: input `token_input` is right-padded tokens; row i
-  // holds lengths[i] values. Batches are cut to their longest row.
+  // holds lengths[i] values. Batches are cut to (or padded to, with
+  // pad_value) their longest row, so submissions of different widths mix.
   at::Tensor lengths;
   int64_t token_input = 0;
+  c10::Scalar pad_value = 0;
 };
 
 // How one model input is made from an Arrow batch.
@@ -113,6 +115,10 @@ struct InputSpec {
   GatherOptions gather;              // kGather
   PadOptions pad;                    // kPad
 };
+
+// Throws ValueError (naming `label`) unless `next` feeds the model like `first`:
+// same inputs, dtypes and row shapes (a token input's width may differ).
+void check_compatible(const Inputs& first, const Inputs& next, const std::string& label);
 
 // The executor inputs of one Arrow batch, per `specs` (at most one kPad).
 // Throws the conversion errors, naming the column.
@@ -134,7 +140,9 @@ class Request {
   friend class Executor;
   int64_t id_ = 0;
   int64_t rows_ = 0;
-  Inputs inputs_;
+  // Shared with the pieces being staged; every reference ends in the
+  // executor's garbage list, never dropped on an executor thread.
+  std::shared_ptr<const Inputs> inputs_;
   at::Tensor order_;  // int64 [rows]: staging order (sorted by length), or undefined
   std::shared_ptr<void> keepalive_;
   std::chrono::steady_clock::time_point submitted_;
@@ -143,6 +151,7 @@ class Request {
   mutable std::condition_variable cv_;
   int64_t delivered_ = 0;
   bool done_ = false;
+  bool finishing_ = false;  // done decided (under mutex_), finish() pending
   bool taken_ = false;
   std::exception_ptr error_;
   ModelOutputs outputs_;
@@ -182,14 +191,15 @@ class Executor {
 
   ExecutorStats stats() const;
   // Keepalives of finished requests, to destroy on the caller's thread.
-  std::vector<std::shared_ptr<void>> take_garbage();
+  std::vector<std::shared_ptr<const void>> take_garbage();
   const ExecutorOptions& options() const { return options_; }
   const Model& model() const { return *model_; }
 
  private:
   struct Piece {
     RequestPtr request;
-    int64_t begin;  // in the request's staging order
+    std::shared_ptr<const Inputs> inputs;  // the request's, for staging
+    int64_t begin;                         // in the request's staging order
     int64_t count;
   };
   struct Batch {
@@ -207,8 +217,14 @@ class Executor {
   void stage(Batch& batch);
   ModelOutputs run_model(const std::vector<at::Tensor>& inputs, const Batch& batch);
   void deliver(Batch& batch, ModelOutputs& outputs);
-  void fail(Batch& batch, std::exception_ptr error);
-  void finish(const RequestPtr& request);
+  void fail(Batch& batch, std::exception_ptr error, bool wrap = true);
+  // Marks a request done (with `error` if set) unless it already is: records
+  // its latency, moves its inputs and keepalive to the garbage list, then
+  // wakes its waiters. Call without holding any lock.
+  void complete(const RequestPtr& request, std::exception_ptr error);
+  // Gives a finished batch's buffers back and its inputs to the garbage list.
+  void retire(Batch& batch);
+  std::exception_ptr closed_error(int64_t request_id) const;
   at::Tensor acquire_buffer(c10::ScalarType dtype, at::IntArrayRef sizes);
   void release_buffers(Batch& batch);
 
@@ -228,11 +244,12 @@ class Executor {
   bool draining_ = false;
   bool stopped_ = false;
   int64_t next_id_ = 0;
-  int64_t arity_ = -1;        // inputs per submission, fixed by the first one
-  bool has_lengths_ = false;  // token input, fixed by the first submission
+  // The first submission's inputs as empty tensors (no data held): the
+  // others must match it.
+  std::shared_ptr<const Inputs> first_;
   int64_t next_batch_ = 0;
   std::vector<at::Tensor> free_buffers_;
-  std::vector<std::shared_ptr<void>> garbage_;
+  std::vector<std::shared_ptr<const void>> garbage_;
 
   std::atomic<int64_t> stat_requests_{0}, stat_rows_{0}, stat_batches_{0}, stat_errors_{0},
       stat_retries_{0}, stat_token_slots_{0}, stat_token_padding_{0};

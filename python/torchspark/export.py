@@ -82,7 +82,8 @@ def export(
             # torch.jit is deprecated in favour of torch.export, but its archives
             # are what LibTorch loads without a compiler.
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(model, inputs, check_trace=False)
+            # strict=False: dict and list outputs are fine for the executor.
+            traced = torch.jit.trace(model, inputs, check_trace=False, strict=False)
             torch.jit.save(traced, path)
         return path
 
@@ -90,6 +91,8 @@ def export(
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=1 << 30)
         dynamic_shapes = tuple({0: batch} for _ in inputs)
+        if dtype is not None:
+            dynamic_shapes = (dynamic_shapes,)  # _Precision.forward takes *inputs
     with torch.no_grad():
         program = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes)
         torch._inductor.aoti_compile_and_package(program, package_path=path)

@@ -1,0 +1,985 @@
+"""torchspark.Executor: batching, Arrow inputs, errors, closing and loading,
+always checked against eager PyTorch on the same rows.
+
+Models are tiny (tests/models.py) and exported once per session. Every wait on
+the executor has a timeout, so a hang fails a test instead of the run.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+import weakref
+import zipfile
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from models import FEATURES, VOCAB, ModelFiles
+
+import torchspark
+from torchspark import Executor, ExecutorClosedError, Input, ModelError, NullValueError
+
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
+    return ModelFiles(tmp_path_factory.mktemp("models"))
+
+
+def eager(module: torch.nn.Module, *inputs: torch.Tensor):
+    with torch.no_grad():
+        return module(*inputs)
+
+
+def results(futures, timeout: float = TIMEOUT):
+    return [f.result(timeout=timeout) for f in futures]
+
+
+def tokens_batch(rows: list[list[int]]) -> pa.RecordBatch:
+    return pa.record_batch({"tokens": pa.array(rows, pa.list_(pa.int64()))})
+
+
+def ragged(rng: np.random.Generator, n: int, low: int, high: int) -> list[list[int]]:
+    return [rng.integers(1, VOCAB, int(rng.integers(low, high + 1))).tolist() for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------
+# TorchScript: inputs, outputs, run / submit / map
+
+
+def test_run_single_input_mlp(models):
+    x = torch.randn(37, FEATURES)
+    with Executor(models.path("mlp"), batch_size=16) as ex:
+        out = ex.run(x)
+    assert out.dtype == torch.float32 and out.shape == (37, 4)
+    torch.testing.assert_close(out, eager(models.module("mlp"), x))
+
+
+def test_submit_future_api(models):
+    x = torch.randn(21, FEATURES)
+    with Executor(models.path("mlp"), max_delay_ms=60_000) as ex:
+        future = ex.submit(x)
+        assert isinstance(future, torchspark.Future)
+        assert future.rows == 21
+        # Nothing forces the partial batch out yet: it waits for more rows.
+        with pytest.raises(TimeoutError):
+            future.result(timeout=0.05)
+        ex.flush()
+        assert future.wait(TIMEOUT)
+        assert future.done()
+        out = future.result(timeout=TIMEOUT)
+        torch.testing.assert_close(out, eager(models.module("mlp"), x))
+        # A second result() gives the same outputs.
+        assert future.result() is out
+
+
+def test_multi_input_positional_and_by_name(models):
+    module = models.module("two_input")
+    x, y = torch.randn(13, FEATURES), torch.randn(13, 3)
+    expected = eager(module, x, y)
+    with Executor(models.path("two_input")) as ex:
+        assert list(ex.model.input_names) == ["x", "y"]
+        torch.testing.assert_close(ex.run((x, y)), expected)
+        torch.testing.assert_close(ex.run([x, y]), expected)
+        # By name, in any order of the dict.
+        torch.testing.assert_close(ex.run({"y": y, "x": x}), expected)
+        with pytest.raises(ValueError, match="missing"):
+            ex.submit({"x": x})
+        with pytest.raises(ValueError, match="unexpected"):
+            ex.submit({"x": x, "y": y, "z": y})
+
+
+def test_tuple_outputs(models):
+    module = models.module("tuple_out")
+    parts = [torch.randn(n, FEATURES) for n in (3, 9, 1)]
+    with Executor(models.path("tuple_out"), max_delay_ms=200) as ex:
+        futures = [ex.submit(x) for x in parts]
+        ex.flush()
+        for x, out in zip(parts, results(futures), strict=True):
+            assert isinstance(out, tuple) and len(out) == 3
+            expected = eager(module, x)
+            for got, want in zip(out, expected, strict=True):
+                assert got.dtype == want.dtype and got.shape == want.shape
+                torch.testing.assert_close(got, want)
+
+
+def test_dict_outputs(models):
+    module = models.module("dict_out")
+    inputs = [(torch.randn(n, 4), torch.randn(n, 4)) for n in (5, 2)]
+    with Executor(models.path("dict_out"), max_delay_ms=200) as ex:
+        futures = [ex.submit({"x": x, "y": y}) for x, y in inputs]
+        ex.flush()
+        for (x, y), out in zip(inputs, results(futures), strict=True):
+            assert isinstance(out, dict) and set(out) == {"sum", "score"}
+            expected = eager(module, x, y)
+            for key in expected:
+                torch.testing.assert_close(out[key], expected[key])
+
+
+def test_export_dict_output_model(models, tmp_path):
+    module = models.module("dict_out")
+    x, y = torch.randn(4, 4), torch.randn(4, 4)
+    path = torchspark.export(module, (x, y), tmp_path / "dict.pt")
+    with Executor(path) as ex:
+        out = ex.run((x, y))
+    expected = eager(module, x, y)
+    for key in expected:
+        torch.testing.assert_close(out[key], expected[key])
+
+
+def test_map_over_generator(models):
+    module = models.module("mlp")
+    sizes = [1, 5, 17, 3, 30, 2, 11, 8, 0, 9, 40, 6]
+    inputs = [torch.randn(n, FEATURES) for n in sizes]
+
+    def produce():
+        yield from inputs
+
+    with Executor(models.path("mlp"), batch_size=16, inflight=2) as ex:
+        outs = list(ex.map(produce()))
+    assert len(outs) == len(inputs)
+    for x, out in zip(inputs, outs, strict=True):
+        torch.testing.assert_close(out, eager(module, x))
+
+
+def test_map_closed_early_then_reused(models):
+    module = models.module("mlp")
+    inputs = [torch.randn(10, FEATURES) for _ in range(20)]
+    consumed = []
+
+    def produce():
+        for x in inputs:
+            consumed.append(x)
+            yield x
+
+    with Executor(models.path("mlp"), batch_size=8, inflight=2) as ex:
+        it = ex.map(produce())
+        first = [next(it) for _ in range(3)]
+        it.close()
+        assert len(consumed) < len(inputs)
+        for x, out in zip(inputs, first, strict=False):
+            torch.testing.assert_close(out, eager(module, x))
+        # The executor keeps serving after the abandoned map.
+        x = torch.randn(7, FEATURES)
+        torch.testing.assert_close(ex.run(x), eager(module, x))
+        again = list(ex.map(iter(inputs[:4])))
+        for x, out in zip(inputs[:4], again, strict=True):
+            torch.testing.assert_close(out, eager(module, x))
+
+
+# ---------------------------------------------------------------------------
+# Batching
+
+
+def test_small_submissions_are_coalesced(models, rng):
+    sizes = rng.integers(1, 4, 60).tolist()
+    start = 0
+    inputs = []
+    for n in sizes:
+        inputs.append(torch.arange(start, start + 2 * n, dtype=torch.long).view(n, 2))
+        start += 2 * n
+    with Executor(models.path("rows"), batch_size=1024, max_delay_ms=200) as ex:
+        futures = [ex.submit(ids) for ids in inputs]
+        ex.flush()
+        outs = results(futures)
+        stats = ex.stats()
+    for ids, (doubled, _) in zip(inputs, outs, strict=True):
+        assert torch.equal(doubled, ids * 2 + 1)
+    assert stats["requests"] == 60
+    assert stats["rows"] == sum(sizes)
+    assert 1 <= stats["batches"] < 60
+    assert max(int(c.max()) for _, c in outs) > 3  # a model call saw several submissions
+    assert stats["mean_batch_rows"] == pytest.approx(sum(sizes) / stats["batches"])
+
+
+def test_big_submission_is_split(models):
+    ids = torch.arange(200, dtype=torch.long).view(100, 2)
+    with Executor(models.path("rows"), batch_size=16) as ex:
+        doubled, call_rows = ex.run(ids)
+        stats = ex.stats()
+    assert torch.equal(doubled, ids * 2 + 1)
+    assert stats["batches"] == 7  # 6 x 16 + 4
+    assert call_rows.tolist() == [16] * 96 + [4] * 4
+
+
+def test_zero_row_submission(models):
+    module = models.module("mlp")
+    with Executor(models.path("mlp")) as ex:
+        out = ex.run(torch.empty(0, FEATURES))
+        assert out.shape == (0, 4) and out.dtype == torch.float32
+        # Between other submissions of one batch.
+        a, b = torch.randn(3, FEATURES), torch.randn(4, FEATURES)
+        futures = [ex.submit(a), ex.submit(torch.empty(0, FEATURES)), ex.submit(b)]
+        ex.flush()
+        out_a, out_empty, out_b = results(futures)
+    torch.testing.assert_close(out_a, eager(module, a))
+    assert out_empty.shape == (0, 4)
+    torch.testing.assert_close(out_b, eager(module, b))
+
+
+def test_zero_rows_tuple_outputs(models):
+    with Executor(models.path("tuple_out")) as ex:
+        out = ex.run(torch.empty(0, FEATURES))
+    assert [tuple(t.shape) for t in out] == [(0, 4), (0,), (0,)]
+    assert out[2].dtype == torch.int64
+
+
+def test_single_row(models):
+    x = torch.randn(1, FEATURES)
+    with Executor(models.path("mlp")) as ex:
+        out = ex.run(x)
+    torch.testing.assert_close(out, eager(models.module("mlp"), x))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_concurrent_submitters_do_not_mix(models, workers):
+    per_thread, n_threads = 40, 4
+    outcomes: dict[int, list[tuple[torch.Tensor, object]]] = {}
+    errors: list[BaseException] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # oversubscription warning
+        ex = Executor(models.path("rows"), batch_size=32, max_delay_ms=1, threads=workers)
+
+    def submitter(t: int) -> None:
+        try:
+            local_rng = np.random.default_rng(t)
+            mine = []
+            for i in range(per_thread):
+                n = int(local_rng.integers(1, 10))
+                base = (t * per_thread + i) * 100
+                ids = torch.arange(base, base + 2 * n, dtype=torch.long).view(n, 2)
+                future = ex.submit(ids)
+                if i % 3 == 0:  # some wait at once, some later
+                    future.result(timeout=TIMEOUT)
+                mine.append((ids, future))
+            outcomes[t] = mine
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    with ex:
+        threads = [threading.Thread(target=submitter, args=(t,)) for t in range(n_threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert not any(thread.is_alive() for thread in threads)
+        assert not errors, errors
+        ex.flush()
+        total = 0
+        for mine in outcomes.values():
+            for ids, future in mine:
+                doubled, _ = future.result(timeout=TIMEOUT)
+                assert torch.equal(doubled, ids * 2 + 1)
+                total += ids.shape[0]
+        stats = ex.stats()
+    assert stats["requests"] == per_thread * n_threads
+    assert stats["rows"] == total
+
+
+def test_outputs_are_writable_and_independent(models):
+    module = models.module("mlp")
+    x = torch.randn(9, FEATURES)
+    with Executor(models.path("mlp")) as ex:
+        out = ex.run(x)
+        assert not out.requires_grad
+        out.add_(1)  # not an inference tensor: callers may modify it
+        torch.testing.assert_close(out, eager(module, x) + 1)
+        torch.testing.assert_close(ex.run(x), eager(module, x))
+
+
+def test_outputs_aliasing_the_staging_buffer_survive_later_batches(models):
+    """An identity model returns the staged batch itself; the executor reuses
+    that buffer for later batches, so results must not alias it."""
+    with Executor(models.path("identity"), batch_size=64, max_delay_ms=200) as ex:
+        kept = []
+        for round_ in range(3):
+            parts = [torch.full((n, FEATURES), float(10 * round_ + n)) for n in (3, 5)]
+            futures = [ex.submit(p) for p in parts]  # coalesced: one staged batch
+            ex.flush()
+            kept.extend(zip(parts, results(futures), strict=True))
+        for x, (same, first) in kept:
+            assert torch.equal(same, x)
+            assert torch.equal(first, x[:, 0])
+        # Writing one result touches neither the other results nor the inputs.
+        (x0, (same0, _)), (x1, (same1, _)) = kept[0], kept[1]
+        same0.fill_(-1)
+        assert torch.equal(same1, x1) and (x0 != -1).all()
+
+
+def test_non_contiguous_inputs(models):
+    module = models.module("mlp")
+    wide = torch.randn(30, 2 * FEATURES)
+    parts = [wide[:10, ::2], wide[10:, 1::2], torch.randn(FEATURES, 6).t()]
+    assert not any(p.is_contiguous() for p in parts)
+    with Executor(models.path("mlp"), max_delay_ms=100) as ex:
+        torch.testing.assert_close(ex.run(parts[0]), eager(module, parts[0]))  # alone
+        futures = [ex.submit(p) for p in parts]  # coalesced
+        ex.flush()
+        for x, out in zip(parts, results(futures), strict=True):
+            torch.testing.assert_close(out, eager(module, x))
+
+
+def test_map_propagates_model_error(models):
+    items = [torch.ones(2, 2), -torch.ones(2, 2), torch.ones(2, 2)]
+    with Executor(models.path("negative_raises"), batch_size=2, inflight=1) as ex:
+        it = ex.map(iter(items))
+        torch.testing.assert_close(next(it), items[0] * 2 + 1)
+        with pytest.raises(ModelError, match="negative input"):
+            next(it)
+        torch.testing.assert_close(ex.run(items[2]), items[2] * 2 + 1)
+
+
+def test_mixed_arity_rejected(models):
+    x, y = torch.randn(3, FEATURES), torch.randn(3, 3)
+    with Executor(models.path("two_input")) as ex:
+        ex.run((x, y))
+        with pytest.raises(ValueError, match="same inputs"):
+            ex.submit((x,))
+        with pytest.raises(ValueError, match="rows"):
+            ex.submit((x, y[:2]))
+        with pytest.raises(TypeError):
+            ex.submit("not a tensor")
+
+
+def test_static_batch_identical_results(models):
+    parts = [torch.arange(s, s + 2 * n, dtype=torch.long).view(n, 2) for s, n in ((0, 5), (9, 40))]
+    parts.append(torch.empty(0, 2, dtype=torch.long))
+    with Executor(models.path("rows"), batch_size=16, static_batch=True, max_delay_ms=100) as ex:
+        futures = [ex.submit(p) for p in parts]
+        ex.flush()
+        outs = results(futures)
+    for ids, (doubled, call_rows) in zip(parts, outs, strict=True):
+        assert torch.equal(doubled, ids * 2 + 1)
+        assert (call_rows == 16).all()  # every model call saw batch_size rows
+
+    module = models.module("mlp")
+    x = torch.randn(37, FEATURES)
+    with Executor(models.path("mlp"), batch_size=16, static_batch=True) as ex:
+        torch.testing.assert_close(ex.run(x), eager(module, x))
+
+
+def test_out_of_memory_split_matches_unsplit_run(models):
+    ids = torch.arange(200, dtype=torch.long).view(100, 2)
+    with Executor(models.path("rows"), batch_size=32) as ex:
+        unsplit, unsplit_rows = ex.run(ids)
+        assert ex.stats()["retries"] == 0
+    with Executor(models.path("rows"), batch_size=32, _inject_oom_above_rows=5) as ex:
+        doubled, call_rows = ex.run(ids)
+        stats = ex.stats()
+    assert torch.equal(doubled, unsplit)
+    assert int(unsplit_rows.max()) == 32
+    assert int(call_rows.max()) <= 5  # the model never ran more than 5 rows
+    assert stats["retries"] > 0
+    assert stats["errors"] == 0
+
+    module = models.module("mlp")
+    x = torch.randn(70, FEATURES)
+    with Executor(models.path("mlp"), batch_size=32) as ex:
+        reference = ex.run(x)
+    with Executor(models.path("mlp"), batch_size=32, _inject_oom_above_rows=5) as ex:
+        split = ex.run(x)
+        assert ex.stats()["retries"] > 0
+    torch.testing.assert_close(split, reference)
+    torch.testing.assert_close(split, eager(module, x))
+
+
+def test_stats_shape(models):
+    with Executor(models.path("mlp"), batch_size=8) as ex:
+        for n in (3, 20, 1):
+            ex.run(torch.randn(n, FEATURES))
+    # After close: a request's end-to-end latency is recorded just after its
+    # waiter wakes, so stats() right after result() may not count it yet.
+    stats = ex.stats()
+    assert stats["requests"] == 3 and stats["rows"] == 24
+    assert stats["batches"] >= 4 and stats["errors"] == 0 and stats["retries"] == 0
+    assert stats["padding_ratio"] == 0
+    for key in ("queue", "stage", "compute", "end_to_end"):
+        lat = stats[key]
+        assert set(lat) == {"count", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms"}
+        assert lat["count"] >= 3
+        assert 0 <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+        assert lat["mean_ms"] <= lat["max_ms"]
+    assert stats["end_to_end"]["count"] == 3
+
+
+# ---------------------------------------------------------------------------
+# Arrow inputs
+
+
+def test_arrow_gather_scalar_columns(models):
+    module = models.module("features3")
+
+    def batch(n: int, seed: int) -> pa.RecordBatch:
+        r = np.random.default_rng(seed)
+        return pa.record_batch(
+            {
+                "a": pa.array(r.normal(size=n), pa.float64()),
+                "b": pa.array(r.integers(-50, 50, n), pa.int32()),
+                "c": pa.array(r.integers(0, 1000, n), pa.int64()),
+                "unused": pa.array(r.normal(size=n), pa.float64()),
+            }
+        )
+
+    batches = [batch(n, i) for i, n in enumerate((10, 25, 1, 0, 7))]
+    spec = Input(["a", "b", "c"])
+    assert spec.resolved_kind == "gather"
+    with Executor(models.path("features3"), inputs=[spec], batch_size=16, max_delay_ms=100) as ex:
+        futures = [ex.submit(b) for b in batches]
+        ex.flush()
+        outs = results(futures)
+    for b, out in zip(batches, outs, strict=True):
+        x = torchspark.gather(b, ["a", "b", "c"], dtype=torch.float32)
+        independent = torch.from_numpy(
+            np.column_stack([b.column(k).to_numpy() for k in "abc"]).astype(np.float32)
+        ).reshape(b.num_rows, 3)
+        torch.testing.assert_close(x, independent)
+        assert out.shape == (b.num_rows, 2)
+        torch.testing.assert_close(out, eager(module, independent))
+
+
+def test_arrow_tensor_list_column(models):
+    module = models.module("features5")
+    rng = np.random.default_rng(7)
+    values = [rng.normal(size=(n, 5)).astype(np.float32) for n in (12, 3)]
+    batches = [pa.record_batch({"v": pa.array(v.tolist(), pa.list_(pa.float32()))}) for v in values]
+    with Executor(
+        models.path("features5"), inputs=[Input("v", kind="tensor")], max_delay_ms=100
+    ) as ex:
+        futures = [ex.submit(b) for b in batches]
+        ex.flush()
+        outs = results(futures)
+    for v, out in zip(values, outs, strict=True):
+        torch.testing.assert_close(out, eager(module, torch.from_numpy(v)))
+
+
+def test_arrow_many_small_numpy_backed_batches(models):
+    """Zero-copy Arrow data (numpy buffers) through many submissions, some waited
+    on at once: every output matches, nothing hangs."""
+    module = models.module("features5")
+    rng = np.random.default_rng(3)
+    spec = Input("v", kind="tensor")
+    pending = []
+    with Executor(models.path("features5"), inputs=[spec], max_delay_ms=0.5) as ex:
+        for i in range(120):
+            values = rng.normal(size=(int(rng.integers(1, 9)), 5)).astype(np.float32)
+            column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), 5)
+            future = ex.submit(pa.record_batch({"v": column}))
+            if i % 5 == 0:
+                torch.testing.assert_close(
+                    future.result(timeout=TIMEOUT), eager(module, torch.from_numpy(values))
+                )
+            else:
+                pending.append((values, future))
+        for values, future in pending:
+            torch.testing.assert_close(
+                future.result(timeout=TIMEOUT), eager(module, torch.from_numpy(values))
+            )
+
+
+def test_arrow_without_inputs_spec_rejected(models):
+    with Executor(models.path("features3")) as ex, pytest.raises(ValueError, match="Input"):
+        ex.submit(pa.record_batch({"a": [1.0]}))
+
+
+def test_input_spec_validation():
+    assert Input("t").resolved_kind == "tensor"
+    with pytest.raises(ValueError, match="kind"):
+        Input("a", kind="bogus")
+    with pytest.raises(ValueError, match="exactly one column"):
+        Input(["a", "b"], kind="pad")
+    with pytest.raises(ValueError, match="nulls"):
+        Input("a", nulls="mask")
+
+
+@pytest.mark.parametrize("max_tokens", [None, 4096])
+def test_pad_input_matches_eager(models, rng, max_tokens):
+    module = models.module("bag")
+    rows = ragged(rng, 40, 0, 12)
+    with Executor(
+        models.path("bag"), inputs=[Input("tokens", kind="pad")], max_tokens=max_tokens
+    ) as ex:
+        bag, _, width = ex.run(tokens_batch(rows))
+    assert int(width.max()) >= max(len(r) for r in rows)
+    torch.testing.assert_close(bag, module.reference(rows))
+
+
+def test_pad_coalesces_batches_of_different_widths(models):
+    module = models.module("bag")
+    parts = [[[1, 2, 3], [4], [5, 6, 7, 8, 9]], [[1, 2], [3]]]
+    with Executor(
+        models.path("bag"),
+        inputs=[Input("tokens", kind="pad")],
+        max_tokens=1000,
+        max_delay_ms=200,
+    ) as ex:
+        futures = [ex.submit(tokens_batch(rows)) for rows in parts]
+        ex.flush()
+        outs = results(futures)
+    for rows, (bag, _, _) in zip(parts, outs, strict=True):
+        torch.testing.assert_close(bag, module.reference(rows))
+
+
+@pytest.mark.parametrize("max_tokens", [None, 64])
+def test_pad_all_empty_rows(models, max_tokens):
+    spec = Input("tokens", kind="pad")
+    with Executor(models.path("bag"), inputs=[spec], max_tokens=max_tokens) as ex:
+        bag, _, _ = ex.run(tokens_batch([[], []]))
+    torch.testing.assert_close(bag, torch.zeros(2, 3))
+
+
+def _tokens_dense_batch(seed: int, n: int) -> tuple[pa.RecordBatch, torch.Tensor, list]:
+    rng = np.random.default_rng(seed)
+    rows = ragged(rng, n, 1, 12)
+    dense = rng.normal(size=(n, 3)).astype(np.float32)
+    batch = pa.record_batch(
+        {
+            "a": dense[:, 0],
+            "b": dense[:, 1],
+            "c": dense[:, 2],
+            "dense": pa.array(dense.tolist(), pa.list_(pa.float32())),
+            "tokens": pa.array(rows, pa.list_(pa.int64())),
+        }
+    )
+    return batch, torch.from_numpy(dense), rows
+
+
+@pytest.mark.parametrize("sort_window", [0, 16])
+def test_pad_with_tensor_input_keeps_rows_aligned(models, sort_window):
+    module = models.module("tokens_dense")
+    batch, dense, rows = _tokens_dense_batch(5, 40)
+    specs = [Input("dense", kind="tensor"), Input("tokens", kind="pad")]
+    with Executor(
+        models.path("tokens_dense"), inputs=specs, max_tokens=64, sort_window=sort_window
+    ) as ex:
+        out = ex.run(batch)
+    torch.testing.assert_close(out, module.reference(dense, rows))
+
+
+@pytest.mark.parametrize("sort_window", [0, 16])
+def test_pad_with_gather_input_keeps_rows_aligned(models, sort_window):
+    module = models.module("tokens_dense")
+    batch, dense, rows = _tokens_dense_batch(6, 40)
+    specs = [Input(["a", "b", "c"]), Input("tokens", kind="pad")]
+    with Executor(
+        models.path("tokens_dense"), inputs=specs, max_tokens=64, sort_window=sort_window
+    ) as ex:
+        out = ex.run(batch)
+    torch.testing.assert_close(out, module.reference(dense, rows))
+
+
+def test_pad_max_len_truncates(models, rng):
+    module = models.module("bag")
+    rows = ragged(rng, 20, 1, 15)
+    spec = Input("tokens", kind="pad", max_len=4)
+    with Executor(models.path("bag"), inputs=[spec], max_tokens=4096) as ex:
+        bag, _, width = ex.run(tokens_batch(rows))
+    assert int(width.max()) <= 4
+    torch.testing.assert_close(bag, module.reference([r[:4] for r in rows]))
+
+
+def test_max_tokens_budget_and_sort_window(models):
+    module = models.module("bag")
+    rng = np.random.default_rng(99)
+    # Skewed: most rows short, a few long, in random order.
+    rows = ragged(rng, 255, 1, 4) + ragged(rng, 45, 25, 40)
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    lengths = np.array([len(r) for r in rows])
+    max_tokens = 160
+    expected = module.reference(rows)
+
+    runs = {}
+    for sort_window in (0, 64, 300):
+        with Executor(
+            models.path("bag"),
+            inputs=[Input("tokens", kind="pad")],
+            batch_size=256,
+            max_tokens=max_tokens,
+            sort_window=sort_window,
+        ) as ex:
+            bag, call_rows, width = ex.run(tokens_batch(rows))
+            stats = ex.stats()
+        # Outputs in the original order, equal to the eager per-row result.
+        torch.testing.assert_close(bag, expected)
+        call_rows, width = call_rows.numpy(), width.numpy()
+        # Every model call within the budget (a single row may exceed it).
+        assert ((call_rows * width <= max_tokens) | (call_rows == 1)).all()
+        assert (width >= lengths).all()  # nothing truncated
+        # padded slots / all slots, from what the model saw.
+        ratio = 1 - lengths.sum() / width.sum()
+        assert stats["padding_ratio"] == pytest.approx(ratio)
+        assert 0 < stats["padding_ratio"] < 1
+        assert stats["rows"] == len(rows) and stats["batches"] >= 2
+        runs[sort_window] = (bag, stats["padding_ratio"])
+
+    torch.testing.assert_close(runs[64][0], runs[0][0])
+    torch.testing.assert_close(runs[300][0], runs[0][0])
+    assert runs[64][1] < runs[0][1]
+    assert runs[300][1] < runs[0][1]
+
+
+def test_gather_nulls_error_raises_at_submit(models):
+    batch = pa.record_batch(
+        {"a": pa.array([1.0, None, 3.0]), "b": pa.array([1, 2, 3]), "c": pa.array([4, 5, 6])}
+    )
+    clean = pa.record_batch({"a": [1.0, 2.0], "b": [1, 2], "c": [3, 4]})
+    with Executor(models.path("features3"), inputs=[Input(["a", "b", "c"])]) as ex:
+        with pytest.raises(NullValueError, match="a"):
+            ex.submit(batch)
+        # Nothing was queued for it; the executor keeps serving.
+        out = ex.run(clean)
+        torch.testing.assert_close(
+            out, eager(models.module("features3"), torchspark.gather(clean, ["a", "b", "c"]))
+        )
+        assert ex.stats()["errors"] == 0
+
+
+def test_gather_nulls_fill_matches_eager(models):
+    batch = pa.record_batch(
+        {
+            "a": pa.array([1.0, None, 3.0, None]),
+            "b": pa.array([None, 2, 3, 4], pa.int32()),
+            "c": pa.array([4, 5, None, 7], pa.int64()),
+        }
+    )
+    spec = Input(["a", "b", "c"], nulls="fill", fill=-2.5)
+    with Executor(models.path("features3"), inputs=[spec]) as ex:
+        out = ex.run(batch)
+    filled = torch.tensor([[1.0, -2.5, 4.0], [-2.5, 2.0, 5.0], [3.0, 3.0, -2.5], [-2.5, 4.0, 7.0]])
+    torch.testing.assert_close(out, eager(models.module("features3"), filled))
+
+
+# ---------------------------------------------------------------------------
+# Failures
+
+
+def test_model_error_fails_only_its_batch(models):
+    path = models.path("negative_raises")
+    good = torch.ones(4, 2)
+    bad = -torch.ones(3, 2)
+    with Executor(path, batch_size=64) as ex:
+        torch.testing.assert_close(ex.run(good), good * 2 + 1)
+        with pytest.raises(ModelError) as info:
+            ex.run(bad)
+        message = str(info.value)
+        assert isinstance(info.value, RuntimeError)
+        assert path in message and "batch" in message and "request" in message
+        assert "negative input" in message
+        after = torch.full((5, 2), 3.0)
+        torch.testing.assert_close(ex.run(after), after * 2 + 1)
+        stats = ex.stats()
+    assert stats["errors"] >= 1
+
+
+def test_model_error_names_every_request_of_the_batch(models):
+    with Executor(models.path("negative_raises"), max_delay_ms=200) as ex:
+        futures = [ex.submit(torch.ones(2, 2)), ex.submit(-torch.ones(3, 2))]
+        ex.flush()
+        messages = []
+        for future in futures:
+            with pytest.raises(ModelError) as info:
+                future.result(timeout=TIMEOUT)
+            messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert "rows [0, 2)" in messages[0] and "rows [0, 3)" in messages[0]
+
+
+def test_failed_request_tail_does_not_poison_next_batch(models):
+    bad = torch.ones(6, 2)
+    bad[0, 0] = -1  # rows 0-3 (the first batch) fail; rows 4-5 are fine
+    good = torch.ones(2, 2)
+    with Executor(models.path("negative_raises"), batch_size=4, inflight=1, max_delay_ms=500) as ex:
+        failing, innocent = ex.submit(bad), ex.submit(good)
+        ex.flush()
+        with pytest.raises(ModelError, match="negative input"):
+            failing.result(timeout=TIMEOUT)
+        torch.testing.assert_close(innocent.result(timeout=TIMEOUT), good * 2 + 1)
+
+
+@pytest.mark.parametrize("name", ["first_row", "sum_rows"])
+def test_wrong_output_rows(models, name):
+    path = models.path(name)
+    with Executor(path) as ex:
+        with pytest.raises(ModelError, match="expected 5 rows") as info:
+            ex.run(torch.randn(5, FEATURES))
+        assert path in str(info.value) and "batch" in str(info.value)
+        assert ex.stats()["errors"] == 1
+
+
+# ---------------------------------------------------------------------------
+# Closing
+
+
+def test_close_drain_finishes_queued_work(models):
+    module = models.module("mlp")
+    inputs = [torch.randn(n, FEATURES) for n in (3, 8, 1, 5)]
+    ex = Executor(models.path("mlp"), max_delay_ms=60_000)
+    futures = [ex.submit(x) for x in inputs]
+    start = time.monotonic()
+    ex.close(drain=True)
+    assert time.monotonic() - start < TIMEOUT  # did not wait out max_delay_ms
+    assert ex.closed
+    for x, future in zip(inputs, futures, strict=True):
+        assert future.done()
+        torch.testing.assert_close(future.result(timeout=0), eager(module, x))
+
+
+def _wait_staged(ex: Executor, count: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while ex.stats()["stage"]["count"] < count:
+        assert time.monotonic() < deadline, "batch never staged"
+        time.sleep(0.001)
+
+
+def test_close_without_drain_fails_queued_work(models):
+    # One slot: while the slow batch computes, later submissions stay queued.
+    ex = Executor(models.path("slow"), batch_size=8192, inflight=1, max_delay_ms=60_000)
+    running = ex.submit(torch.randn(8192, 256))
+    ex.flush()
+    _wait_staged(ex, 1)
+    queued = [ex.submit(torch.randn(n, 256)) for n in (2, 3)]
+    ex.close(drain=False)
+    assert ex.closed
+    assert running.result(timeout=TIMEOUT).shape == (8192, 256)
+    for future in queued:
+        assert future.done()
+        with pytest.raises(ExecutorClosedError, match="closed"):
+            future.result(timeout=TIMEOUT)
+
+
+def test_close_without_drain_fails_request_waiting_for_delay(models):
+    ex = Executor(models.path("mlp"), max_delay_ms=60_000)
+    future = ex.submit(torch.randn(3, FEATURES))
+    time.sleep(0.1)  # the batcher has picked it up and waits for more rows
+    ex.close(drain=False)
+    assert future.wait(TIMEOUT)
+    with pytest.raises(ExecutorClosedError):
+        future.result(timeout=TIMEOUT)
+
+
+def test_submit_after_close_raises(models):
+    ex = Executor(models.path("mlp"))
+    ex.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.submit(torch.randn(2, FEATURES))
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.run(torch.randn(2, FEATURES))
+    ex.close()  # twice is fine
+    ex.close(drain=False)
+    assert ex.closed
+
+
+def test_context_manager_closes(models):
+    x = torch.randn(4, FEATURES)
+    with Executor(models.path("mlp")) as ex:
+        assert not ex.closed
+        torch.testing.assert_close(ex.run(x), eager(models.module("mlp"), x))
+    assert ex.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.submit(x)
+
+    with pytest.raises(KeyError), Executor(models.path("mlp")) as ex2:
+        ex2.run(x)
+        raise KeyError("boom")
+    assert ex2.closed
+
+
+def test_unclosed_executors_at_exit_and_when_dropped(models):
+    """An executor dropped without close(), and one still open (with queued work
+    waiting on a long max_delay_ms) at interpreter exit, neither hang."""
+    script = textwrap.dedent(
+        f"""
+        import gc, torch, torchspark
+        path = {models.path("mlp")!r}
+        ex = torchspark.Executor(path, max_delay_ms=60_000)
+        future = ex.submit(torch.randn(3, {FEATURES}))
+        del ex  # the future keeps it alive
+        del future
+        gc.collect()
+        ex2 = torchspark.Executor(path, max_delay_ms=60_000)
+        pending = ex2.submit(torch.randn(3, {FEATURES}))
+        print("exiting", flush=True)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exiting" in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def test_load_not_a_zip(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"definitely not a model")
+    with pytest.raises(ValueError, match=r"garbage\.pt") as info:
+        Executor(path)
+    assert "zip" in str(info.value)
+
+
+def test_load_zip_that_is_not_pytorch(tmp_path):
+    path = tmp_path / "other.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("hello.txt", "hi")
+    with pytest.raises(ValueError, match=r"other\.zip"):
+        Executor(path)
+
+
+def test_load_torch_save_state_dict(tmp_path, models):
+    path = tmp_path / "weights.pt"
+    torch.save(models.module("mlp").state_dict(), path)
+    with pytest.raises(ValueError, match=r"weights\.pt") as info:
+        Executor(path)
+    assert "export" in str(info.value)
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        Executor(tmp_path / "missing.pt")
+
+
+def test_load_sha256(models):
+    path = models.path("mlp")
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with pytest.raises(ValueError, match="sha256"):
+        Executor(path, sha256="0" * 64)
+    x = torch.randn(3, FEATURES)
+    for checksum in (digest, digest.upper()):
+        with Executor(path, sha256=checksum) as ex:
+            torch.testing.assert_close(ex.run(x), eager(models.module("mlp"), x))
+
+
+def test_constructor_argument_errors(models):
+    path = models.path("mlp")
+    for kwargs in (
+        {"batch_size": 0},
+        {"inflight": 0},
+        {"precision": "fp8"},
+        {"max_tokens": 0},
+        {"max_delay_ms": -1},
+        {"sort_window": -1},
+    ):
+        with pytest.raises(ValueError):
+            Executor(path, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Reduced precision
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_torchscript_autocast_precision(models, precision, dtype):
+    module = models.module("mlp")
+    x = torch.randn(50, FEATURES)
+    with Executor(models.path("mlp"), precision=precision, batch_size=16) as ex:
+        out = ex.run(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        autocast = module(x)
+    assert out.dtype == autocast.dtype
+    torch.testing.assert_close(out, autocast)
+    torch.testing.assert_close(out.float(), eager(module, x), rtol=3e-2, atol=3e-2)
+
+
+def test_torchscript_export_bf16(models, tmp_path):
+    module = models.module("mlp")
+    path = torchspark.export(
+        module, (torch.randn(8, FEATURES),), tmp_path / "bf16.pt", precision="bf16"
+    )
+    x = torch.randn(30, FEATURES)
+    with Executor(path) as ex:
+        out = ex.run(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, eager(module, x), rtol=3e-2, atol=3e-2)
+
+
+# ---------------------------------------------------------------------------
+# AOTInductor (each export compiles C++: one per session)
+
+
+@pytest.fixture(scope="session")
+def aoti_mlp(models) -> str:
+    return models.aoti("mlp", torch.randn(8, FEATURES))
+
+
+@pytest.mark.slow
+def test_aoti_matches_eager(models, aoti_mlp):
+    module = models.module("mlp")
+    with Executor(aoti_mlp, batch_size=64) as ex:
+        assert ex.model.format == "AOTInductor"
+        for n in (1, 7, 300):
+            x = torch.randn(n, FEATURES)
+            out = ex.run(x)
+            assert out.shape == (n, 4)
+            torch.testing.assert_close(out, eager(module, x))
+        parts = [torch.randn(n, FEATURES) for n in (2, 5, 3)]
+        futures = [ex.submit(x) for x in parts]
+        ex.flush()
+        for x, out in zip(parts, results(futures), strict=True):
+            torch.testing.assert_close(out, eager(module, x))
+
+
+@pytest.mark.slow
+def test_aoti_bf16_export_close_to_eager(models, tmp_path):
+    module = models.module("mlp")
+    path = torchspark.export(
+        module,
+        (torch.randn(8, FEATURES),),
+        tmp_path / "mlp_bf16.pt2",
+        format="aoti",
+        precision="bf16",
+    )
+    with Executor(path) as ex:
+        for n in (1, 7, 300):
+            x = torch.randn(n, FEATURES)
+            out = ex.run(x)
+            assert out.dtype == torch.float32
+            torch.testing.assert_close(out, eager(module, x), rtol=3e-2, atol=3e-2)
+
+
+# ---------------------------------------------------------------------------
+# Memory
+
+
+def test_inputs_released_after_completion(models):
+    with Executor(models.path("mlp")) as ex:
+        x = torch.randn(6, FEATURES)
+        ref = weakref.ref(x)
+        ex.run(x)
+        del x
+        deadline = time.monotonic() + TIMEOUT
+        while ref() is not None:  # finished requests are dropped on a later call
+            assert time.monotonic() < deadline, "the executor kept the input tensor"
+            ex.stats()
+            gc.collect()
+            time.sleep(0.01)
+
+
+def test_many_submissions_do_not_grow_objects(models):
+    x = torch.randn(3, FEATURES)
+    with Executor(models.path("mlp"), max_delay_ms=0) as ex:
+
+        def burst(n: int) -> None:
+            for _ in range(n):
+                ex.run(x)
+            ex.stats()
+
+        burst(50)
+        gc.collect()
+        before = len(gc.get_objects())
+        burst(200)
+        gc.collect()
+        after = len(gc.get_objects())
+        assert ex.stats()["requests"] == 250
+    assert after - before < 100
