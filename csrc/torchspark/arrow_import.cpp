@@ -10,6 +10,7 @@
 #include "torchspark/arrow_type.h"
 #include "torchspark/convert.h"
 #include "torchspark/errors.h"
+#include "torchspark/host_memory.h"
 
 namespace torchspark {
 
@@ -337,7 +338,7 @@ class Materializer {
     }
 
     ColumnTensor& tensor = result.tensor;
-    tensor.values = at::empty(sizes, at::TensorOptions().dtype(out_dtype));
+    tensor.values = empty_host(sizes, out_dtype);
     if (options_.nulls == NullPolicy::kMask) {
       tensor.mask = at::empty(sizes, at::TensorOptions().dtype(at::kBool));
       mask_ = tensor.mask.data_ptr<bool>();

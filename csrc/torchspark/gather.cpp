@@ -13,6 +13,7 @@
 #include "torchspark/arrow_type.h"
 #include "torchspark/convert.h"
 #include "torchspark/errors.h"
+#include "torchspark/host_memory.h"
 
 namespace torchspark {
 
@@ -155,7 +156,7 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
     TS_CHECK_SUPPORTED(is_supported_dtype(options.dtype), "gather: dtype ",
                        c10::toString(options.dtype),
                        " is not supported; expected a real number type or bool");
-    result = at::empty({num_rows, num_cols}, at::TensorOptions().dtype(options.dtype));
+    result = empty_host({num_rows, num_cols}, options.dtype);
   }
   gather_rows(columns, 0, num_rows, options, result);
   return result;

@@ -9,6 +9,7 @@
 #include "torchspark/arrow_type.h"
 #include "torchspark/convert.h"
 #include "torchspark/errors.h"
+#include "torchspark/host_memory.h"
 
 namespace torchspark {
 
@@ -112,7 +113,7 @@ PadResult pad(const Column& column, const PadOptions& options) {
   }
 
   // Pass two: values, then padding, row by row.
-  result.values = at::empty({column.length, width}, at::TensorOptions().dtype(dtype));
+  result.values = empty_host({column.length, width}, dtype);
   char* out = static_cast<char*>(result.values.data_ptr());
   const int64_t elem_size = static_cast<int64_t>(c10::elementSize(dtype));
   const FillFn fill = fill_fn(dtype);
