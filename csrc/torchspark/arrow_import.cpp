@@ -197,20 +197,7 @@ Plan make_plan(const ArrowSchema& schema, const ArrowArray& array, const std::st
 
 // The child range of row `i` (absolute) of a list-like level.
 std::pair<int64_t, int64_t> child_range(const Level& level, int64_t i) {
-  const ArrowArray& child = *level.array->children[0];
-  switch (level.kind) {
-    case TypeKind::kList: {
-      int64_t b = load_unaligned<int32_t>(level.array->buffers[1], i);
-      int64_t e = load_unaligned<int32_t>(level.array->buffers[1], i + 1);
-      return {child.offset + b, e - b};
-    }
-    case TypeKind::kLargeList: {
-      int64_t b = load_unaligned<int64_t>(level.array->buffers[1], i);
-      int64_t e = load_unaligned<int64_t>(level.array->buffers[1], i + 1);
-      return {child.offset + b, e - b};
-    }
-    default: return {child.offset + i * level.fixed_size, level.fixed_size};
-  }
+  return list_child_range(*level.array, level.kind, level.fixed_size, i);
 }
 
 [[noreturn]] void ragged_error(const std::string& what, size_t level, int64_t row, int64_t expected,
@@ -472,11 +459,7 @@ ChunkResult convert_binary(const ColumnChunk& chunk, const ArrowType& type, cons
     if (type.kind == TypeKind::kFixedSizeBinary) {
       return {i * type.fixed_size, type.fixed_size};
     }
-    int64_t b = type.kind == TypeKind::kBinary ? load_unaligned<int32_t>(array.buffers[1], i)
-                                               : load_unaligned<int64_t>(array.buffers[1], i);
-    int64_t e = type.kind == TypeKind::kBinary ? load_unaligned<int32_t>(array.buffers[1], i + 1)
-                                               : load_unaligned<int64_t>(array.buffers[1], i + 1);
-    return {b, e - b};
+    return offsets_range(array.buffers[1], type.kind == TypeKind::kLargeBinary, i);
   };
   const char* bytes =
       static_cast<const char*>(array.buffers[type.kind == TypeKind::kFixedSizeBinary ? 1 : 2]);

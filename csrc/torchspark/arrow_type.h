@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "torchspark/arrow_c_abi.h"
 
@@ -72,6 +73,29 @@ inline T load_unaligned(const void* base, int64_t i) {
   std::memcpy(&value, static_cast<const char*>(base) + i * static_cast<int64_t>(sizeof(T)),
               sizeof(T));
   return value;
+}
+
+// [offsets[i], offsets[i + 1]) of an offsets buffer (int64 when `large`), as
+// (begin, length). Row i of a binary/list array is this range of its data/child.
+inline std::pair<int64_t, int64_t> offsets_range(const void* offsets, bool large, int64_t i) {
+  const int64_t b =
+      large ? load_unaligned<int64_t>(offsets, i) : load_unaligned<int32_t>(offsets, i);
+  const int64_t e =
+      large ? load_unaligned<int64_t>(offsets, i + 1) : load_unaligned<int32_t>(offsets, i + 1);
+  return {b, e - b};
+}
+
+// The child elements of row i (absolute) of a list, large_list or
+// fixed_size_list array, as (absolute child index, length): the child's own
+// offset applied. `kind` and `fixed_size` come from the array's ArrowType.
+inline std::pair<int64_t, int64_t> list_child_range(const ArrowArray& list, TypeKind kind,
+                                                    int64_t fixed_size, int64_t i) {
+  const int64_t child_offset = list.children[0]->offset;
+  if (kind == TypeKind::kFixedSizeList) {
+    return {child_offset + i * fixed_size, fixed_size};
+  }
+  auto [begin, length] = offsets_range(list.buffers[1], kind == TypeKind::kLargeList, i);
+  return {child_offset + begin, length};
 }
 
 // ---- validity bitmaps (LSB bit order, as Arrow defines them) ----

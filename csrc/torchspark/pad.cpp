@@ -23,18 +23,7 @@ struct ListChunk {
 
   // Absolute child range of absolute row i.
   std::pair<int64_t, int64_t> row(int64_t i) const {
-    const ArrowArray& list = *chunk->array;
-    switch (kind) {
-      case TypeKind::kList: {
-        int64_t b = load_unaligned<int32_t>(list.buffers[1], i);
-        return {values->offset + b, load_unaligned<int32_t>(list.buffers[1], i + 1) - b};
-      }
-      case TypeKind::kLargeList: {
-        int64_t b = load_unaligned<int64_t>(list.buffers[1], i);
-        return {values->offset + b, load_unaligned<int64_t>(list.buffers[1], i + 1) - b};
-      }
-      default: return {values->offset + i * fixed_size, fixed_size};
-    }
+    return list_child_range(*chunk->array, kind, fixed_size, i);
   }
 };
 
