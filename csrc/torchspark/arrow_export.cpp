@@ -56,16 +56,12 @@ void release_schema(ArrowSchema* schema) {
 // Describes level `level` of `sizes` (0 = the outermost).
 void make_schema(ArrowSchema* out, at::IntArrayRef sizes, size_t level, const char* leaf_format,
                  bool fixed, bool large, const char* name) {
-  auto priv = std::make_unique<SchemaPrivate>();
-  priv->name = name;
   const bool is_leaf = level + 1 == sizes.size();
-  if (is_leaf) {
-    priv->format = leaf_format;
-  } else if (fixed) {
-    priv->format = "+w:" + std::to_string(sizes[level + 1]);
-  } else {
-    priv->format = large ? "+L" : "+l";
-  }
+  // Built whole and moved in (assigning a literal trips GCC 12's -Wrestrict false positive).
+  std::string format = is_leaf ? std::string(leaf_format)
+                       : fixed ? "+w:" + std::to_string(sizes[level + 1])
+                               : std::string(large ? "+L" : "+l");
+  auto priv = std::make_unique<SchemaPrivate>(SchemaPrivate{std::move(format), std::string(name)});
   if (!is_leaf) {
     make_schema(&priv->child, sizes, level + 1, leaf_format, fixed, large, "item");
     priv->child_ptr = &priv->child;

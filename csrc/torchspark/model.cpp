@@ -22,11 +22,6 @@ std::string Model::label() const {
 
 namespace {
 
-bool has_suffix(const std::string& name, const std::string& suffix) {
-  return name.size() >= suffix.size() &&
-         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 void flatten(const c10::IValue& value, ModelOutputs& out, const std::string& label) {
   if (value.isTensor()) {
     out.tensors.push_back(value.toTensor());
