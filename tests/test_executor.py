@@ -983,3 +983,65 @@ def test_many_submissions_do_not_grow_objects(models):
         after = len(gc.get_objects())
         assert ex.stats()["requests"] == 250
     assert after - before < 100
+
+
+# ---------------------------------------------------------------------------
+# Regressions from the concurrency review
+
+
+def test_inputs_that_require_grad_leave_no_history(models):
+    module = models.module("mlp")
+    layer = torch.nn.Linear(FEATURES, FEATURES)
+    with Executor(models.path("mlp"), batch_size=8, max_delay_ms=50) as ex:
+        x = layer(torch.randn(5, FEATURES))  # requires grad, has a graph
+        assert x.requires_grad
+        futures = [ex.submit(x), ex.submit(torch.randn(2, FEATURES))]  # staged by copy
+        ex.flush()
+        out = futures[0].result(timeout=TIMEOUT)
+        futures[1].result(timeout=TIMEOUT)
+        assert not out.requires_grad and out.grad_fn is None
+        with torch.no_grad():
+            torch.testing.assert_close(out, module(x))
+        ref = weakref.ref(x)
+        del x, futures
+        deadline = time.monotonic() + TIMEOUT
+        while ref() is not None:
+            assert time.monotonic() < deadline, "the executor kept the input's graph alive"
+            ex.stats()
+            gc.collect()
+            time.sleep(0.01)
+
+
+def test_sorted_gather_inputs_accept_one_row_batches(models):
+    module = models.module("tokens_dense")
+    specs = [Input(["a", "b", "c"]), Input("tokens", kind="pad")]
+    with Executor(models.path("tokens_dense"), inputs=specs, sort_window=4) as ex:
+        for seed, n in ((1, 3), (2, 1), (3, 0), (4, 5)):
+            batch, dense, rows = _tokens_dense_batch(seed, n)
+            out = ex.run(batch)
+            assert out.shape[0] == n
+            if n:
+                torch.testing.assert_close(out, module.reference(dense, rows))
+
+
+def test_wait_without_a_finite_timeout(models):
+    with Executor(models.path("mlp")) as ex:
+        future = ex.submit(torch.randn(3, FEATURES))
+        ex.flush()
+        assert future.wait(float("inf"))
+        assert future.wait(1e300)
+        assert future.result(timeout=float("inf")).shape[0] == 3
+
+
+def test_close_from_two_threads_at_once(models):
+    ex = Executor(models.path("mlp"), max_delay_ms=50)
+    futures = [ex.submit(torch.randn(4, FEATURES)) for _ in range(20)]
+    threads = [threading.Thread(target=ex.close, args=(drain,)) for drain in (True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+        assert not t.is_alive()
+    assert ex.closed
+    for future in futures:  # each one either ran or was cancelled, none hangs
+        assert future.wait(TIMEOUT)

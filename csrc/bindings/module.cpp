@@ -324,7 +324,7 @@ class PyExecutor {
     Inputs inputs;
     for (at::Tensor& t : tensors) {
       InputSource source;
-      source.tensor = std::move(t);
+      source.tensor = t.detach();  // the engine never records autograd history
       inputs.sources.push_back(std::move(source));
     }
     if (lengths) inputs.lengths = *lengths;

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "torchspark/errors.h"
@@ -186,8 +187,9 @@ bool Request::done() const {
 
 bool Request::wait(double seconds) const {
   std::unique_lock<std::mutex> lock(mutex_);
-  if (seconds < 0) {
-    cv_.wait(lock, [&] { return done_; });
+  TORCH_CHECK_VALUE(!std::isnan(seconds), "wait: timeout must be a number, got nan");
+  if (seconds < 0 || !std::isfinite(seconds) || seconds > 1e9) {
+    cv_.wait(lock, [&] { return done_; });  // beyond what the clock can add: no limit
     return true;
   }
   return cv_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return done_; });
@@ -218,9 +220,14 @@ Executor::Executor(std::shared_ptr<const Model> model, ExecutorOptions options)
   TORCH_CHECK_VALUE(options_.inflight >= 1, "inflight must be >= 1, got ", options_.inflight);
   TORCH_CHECK_VALUE(options_.sort_window >= 0, "sort_window must be >= 0, got ",
                     options_.sort_window);
-  batcher_ = std::thread([this] { batch_loop(); });
-  for (int64_t i = 0; i < options_.threads; ++i) {
-    workers_.emplace_back([this] { worker_loop(); });
+  try {
+    batcher_ = std::thread([this] { batch_loop(); });
+    for (int64_t i = 0; i < options_.threads; ++i) {
+      workers_.emplace_back([this] { worker_loop(); });
+    }
+  } catch (...) {
+    close(/*drain=*/false);  // join what started before rethrowing
+    throw;
   }
 }
 
@@ -263,7 +270,7 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
     TORCH_CHECK_VALUE(inputs.lengths.dim() == 1 && inputs.lengths.size(0) == rows, model_->label(),
                       ": lengths must be a 1-d tensor of ", rows, " values, got shape ",
                       inputs.lengths.sizes());
-    inputs.lengths = inputs.lengths.to(at::kLong).contiguous();
+    inputs.lengths = inputs.lengths.detach().to(at::kCPU, at::kLong).contiguous();
     if (rows > 0) {
       const int64_t lo = inputs.lengths.min().item<int64_t>();
       const int64_t hi = inputs.lengths.max().item<int64_t>();
@@ -283,9 +290,10 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
       request->order_ = at::tensor(order, at::TensorOptions().dtype(at::kLong));
     }
   }
-  if (request->order_.defined()) {
+  if (options_.sort_window > 0 && inputs.lengths.defined()) {
     // Rows are staged in sorted order: gathered inputs become tensors now so
-    // they can be index-selected like the others.
+    // they can be index-selected like the others (for every submission, so
+    // they all look alike, whatever their row count).
     for (InputSource& source : inputs.sources) {
       if (!source.tensor.defined()) {
         source.tensor =
@@ -351,10 +359,8 @@ void Executor::close(bool drain) {
   std::deque<RequestPtr> cancelled;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!closing_) {
-      closing_ = true;
-      draining_ = drain;
-    }
+    draining_ = closing_ ? draining_ && drain : drain;  // a later close(false) aborts a drain
+    closing_ = true;
     if (!draining_) {
       cancelled.swap(queue_);
       queue_front_taken_ = 0;
@@ -374,6 +380,7 @@ void Executor::close(bool drain) {
       complete(request, closed_error(request->id_));
     }
   }
+  std::lock_guard<std::mutex> join_lock(join_mutex_);  // close() may race with close()
   if (batcher_.joinable()) {
     batcher_.join();
   }
@@ -520,6 +527,8 @@ void Executor::release_buffers(Batch& batch) {
 }
 
 void Executor::stage(Batch& batch) {
+  // Staging buffers are reused: no autograd history may attach to them.
+  c10::AutoGradMode no_grad(false);
   const auto start = Clock::now();
   for (const Piece& piece : batch.pieces) {
     queue_latency_.record(std::chrono::duration<double>(start - piece.request->submitted_).count());
@@ -581,7 +590,12 @@ void Executor::stage(Batch& batch) {
         offset += piece.count;
       }
       if (staged_rows > offset) {
-        staged.narrow(0, offset, staged_rows - offset).zero_();
+        at::Tensor padding = staged.narrow(0, offset, staged_rows - offset);
+        if (token_input) {
+          padding.fill_(first.pad_value);
+        } else {
+          padding.zero_();
+        }
       }
       batch.inputs[i] = staged;
     }
@@ -620,10 +634,12 @@ ModelOutputs Executor::run_model(const std::vector<at::Tensor>& inputs, const Ba
     return model_->forward(inputs);
   } catch (...) {
     std::exception_ptr error = std::current_exception();
-    if (!is_out_of_memory(error) || rows <= 1) {
+    if (!is_out_of_memory(error) || rows <= 1 || options_.static_batch) {
       if (is_out_of_memory(error)) {
-        TORCH_CHECK(false, model_->label(), ": out of memory on a single row of batch ",
-                    batch.index, ": ", describe(error));
+        TORCH_CHECK(false, model_->label(), ": out of memory on ",
+                    options_.static_batch ? "a static batch (static_batch=True cannot split) "
+                                          : "a single row ",
+                    "of batch ", batch.index, ": ", describe(error));
       }
       std::rethrow_exception(error);
     }
@@ -649,6 +665,7 @@ ModelOutputs Executor::run_model(const std::vector<at::Tensor>& inputs, const Ba
 }
 
 void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
+  c10::AutoGradMode no_grad(false);
   const int64_t staged_rows = batch.inputs.empty() ? batch.rows : batch.inputs[0].size(0);
   for (size_t j = 0; j < outputs.tensors.size(); ++j) {
     at::Tensor& out = outputs.tensors[j];
@@ -661,8 +678,11 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
     }
     // An output that aliases a staging buffer (an identity model) must not be
     // handed out: the buffer is reused by the next batch.
-    for (const at::Tensor& buffer : batch.buffers) {
-      if (out.storage().is_alias_of(buffer.storage())) {
+    // Nor one that aliases an input (the caller's own tensor): outputs are new.
+    for (const auto* group : {&batch.buffers, &batch.inputs}) {
+      if (std::any_of(group->begin(), group->end(), [&](const at::Tensor& t) {
+            return t.defined() && out.storage().is_alias_of(t.storage());
+          })) {
         out = out.clone();
         break;
       }
@@ -695,6 +715,12 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
             }
             request.outputs_.names = outputs.names;
           }
+          TORCH_CHECK_VALUE(request.outputs_.tensors.size() == outputs.tensors.size() &&
+                                request.outputs_.names == outputs.names,
+                            model_->label(), ": batch ", batch.index, " returned ",
+                            outputs.tensors.size(), " outputs but an earlier batch of request ",
+                            request.id_, " returned ", request.outputs_.tensors.size(),
+                            " (or other names)");
           for (size_t j = 0; j < outputs.tensors.size() && !whole; ++j) {
             at::Tensor& dst = request.outputs_.tensors[j];
             const at::Tensor src = outputs.tensors[j].narrow(0, offset, piece.count);
@@ -787,7 +813,8 @@ void Executor::batch_loop() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      slots_cv_.wait(lock, [&] { return inflight_ < options_.inflight || closing_; });
+      slots_cv_.wait(lock,
+                     [&] { return inflight_ < options_.inflight || (closing_ && !draining_); });
       if (closing_ && !draining_) break;
     }
     Batch batch;

@@ -255,6 +255,7 @@ class Executor {
       stat_retries_{0}, stat_token_slots_{0}, stat_token_padding_{0};
   LatencyRecorder queue_latency_, stage_latency_, compute_latency_, end_to_end_latency_;
 
+  std::mutex join_mutex_;  // serialises the joins of concurrent close() calls
   std::thread batcher_;
   std::vector<std::thread> workers_;
 };
