@@ -154,8 +154,8 @@ def two_d(sizes: list[int], rounds: int) -> None:
     )
     print("(the user's list<float> time includes building the int32 offsets with np.arange)")
     print(
-        f"(list<float> rows run at torch's default {DEFAULT_THREADS} threads unless marked: "
-        "torchspark builds the offsets with at::arange, which uses the intra-op threads)"
+        f"(list<float> rows run at torch's default {DEFAULT_THREADS} threads unless marked; "
+        "the offsets buffer torchspark builds may use torch's intra-op threads)"
     )
     print()
 
