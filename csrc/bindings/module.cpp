@@ -273,25 +273,21 @@ std::optional<at::ScalarType> optional_dtype(py::handle value) {
 }
 
 // One Input spec from the Python layer's dict (torchspark.executor.Input).
-InputSpec parse_spec(py::handle item, size_t index) {
+InputSpec parse_spec(py::handle item) {
   py::dict spec = py::reinterpret_borrow<py::dict>(item);
   InputSpec out;
   out.kind = parse_input_kind(spec["kind"].cast<std::string>());
   out.columns = string_list(spec["columns"], "Input.columns");
-  const auto dtype = optional_dtype(spec["dtype"]);
-  const NullPolicy nulls = parse_null_policy(spec["nulls"].cast<std::string>());
-  const c10::Scalar fill = to_scalar(spec["fill"], "Input.fill");
-  out.tensor.dtype = dtype;
-  out.tensor.nulls = nulls;
-  out.tensor.fill = fill;
-  out.gather.dtype = dtype.value_or(at::kFloat);
-  out.gather.nulls = nulls;
-  out.gather.fill = fill;
-  out.pad.dtype = dtype;
-  out.pad.nulls = nulls;
+  // dtype, nulls and fill mean the same for every kind: parsed once, as to_tensor's.
+  out.tensor = tensor_options(optional_dtype(spec["dtype"]), spec["nulls"].cast<std::string>(),
+                              spec["fill"], "indices", std::nullopt);
+  out.gather.dtype = out.tensor.dtype.value_or(at::kFloat);
+  out.gather.nulls = out.tensor.nulls;
+  out.gather.fill = out.tensor.fill;
+  out.pad.dtype = out.tensor.dtype;
+  out.pad.nulls = out.tensor.nulls;
   out.pad.pad_value = to_scalar(spec["pad_value"], "Input.pad_value");
   if (!spec["max_len"].is_none()) out.pad.max_len = spec["max_len"].cast<int64_t>();
-  (void)index;
   return out;
 }
 
@@ -313,8 +309,7 @@ class PyExecutor {
   PyExecutor(std::shared_ptr<const Model> model, ExecutorOptions options, py::object specs)
       : executor_(std::make_shared<Executor>(std::move(model), std::move(options))) {
     if (!specs.is_none()) {
-      size_t i = 0;
-      for (py::handle item : specs) specs_.push_back(parse_spec(item, i++));
+      for (py::handle item : specs) specs_.push_back(parse_spec(item));
     }
   }
 
