@@ -948,6 +948,22 @@ def test_aoti_bf16_export_close_to_eager(models, tmp_path):
             torch.testing.assert_close(out, eager(module, x), rtol=3e-2, atol=3e-2)
 
 
+@pytest.mark.slow
+def test_aoti_dict_inputs_and_outputs_keep_their_names(models, tmp_path):
+    module = models.module("dict_out")
+    x, y = torch.randn(8, 4), torch.randn(8, 4)
+    path = torchspark.export(module, (x, y), tmp_path / "dict.pt2", format="aoti")
+    with Executor(path) as ex:
+        assert ex.model.input_names == ["x", "y"]
+        for n in (1, 5):
+            x, y = torch.randn(n, 4), torch.randn(n, 4)
+            out = ex.run({"y": y, "x": x})  # by name, in another order
+            expected = eager(module, x, y)
+            assert isinstance(out, dict) and list(out) == list(expected)
+            for key in expected:
+                torch.testing.assert_close(out[key], expected[key])
+
+
 # ---------------------------------------------------------------------------
 # Memory
 
@@ -1045,3 +1061,40 @@ def test_close_from_two_threads_at_once(models):
     assert ex.closed
     for future in futures:  # each one either ran or was cancelled, none hangs
         assert future.wait(TIMEOUT)
+
+
+# ---------------------------------------------------------------------------
+# Threads
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    ("pool", "workers", "cores", "expected"),
+    [(2, 1, 2, 2), (2, 2, 2, 1), (8, 3, 8, 2), (1, 1, 16, 1), (4, 8, 2, 1)],
+)
+def test_thread_rule_shrinks_the_pool_never_grows_it(
+    restore_threads, pool, workers, cores, expected
+):
+    from torchspark.executor import size_intra_op_threads
+
+    torch.set_num_threads(pool)
+    assert size_intra_op_threads(workers, cores=cores) == expected
+    assert torch.get_num_threads() == expected
+
+
+def test_executor_sizes_intra_op_threads(models, restore_threads):
+    from torchspark.executor import usable_cores
+
+    torch.set_num_threads(usable_cores())
+    with Executor(models.path("mlp"), threads=usable_cores() + 1):
+        assert torch.get_num_threads() == 1
+    with Executor(models.path("mlp"), intra_op_threads=1):
+        assert torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="intra_op_threads"):
+        Executor(models.path("mlp"), intra_op_threads=0)

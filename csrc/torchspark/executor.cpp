@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/core/StreamGuard.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -220,6 +221,15 @@ Executor::Executor(std::shared_ptr<const Model> model, ExecutorOptions options)
   TORCH_CHECK_VALUE(options_.inflight >= 1, "inflight must be >= 1, got ", options_.inflight);
   TORCH_CHECK_VALUE(options_.sort_window >= 0, "sort_window must be >= 0, got ",
                     options_.sort_window);
+  if (!options_.device.is_cpu()) {
+    // The backend's streams and events (CUDA, XPU, ...), through c10's
+    // device-generic interface: no backend headers, one binary for all.
+    device_impl_.emplace(options_.device.type());
+    if (!options_.device.has_index()) {
+      options_.device = c10::Device(options_.device.type(), device_impl_->getDevice().index());
+    }
+    copy_stream_ = device_impl_->getStreamFromGlobalPool(options_.device);
+  }
   try {
     batcher_ = std::thread([this] { batch_loop(); });
     for (int64_t i = 0; i < options_.threads; ++i) {
@@ -542,8 +552,13 @@ void Executor::stage(Batch& batch) {
     const bool token_input = static_cast<int64_t>(i) == first.token_input && batch.padded_len >= 0;
     const Piece& only = batch.pieces.front();
     const InputSource& only_source = only.inputs->sources.at(i);
-    const bool whole_view = batch.pieces.size() == 1 && only_source.tensor.defined() &&
-                            !only.request->order_.defined() && staged_rows == batch.rows &&
+    // On an accelerator only pinned memory copies asynchronously: stage the rest.
+    const bool async_copyable = options_.device.is_cpu() || !only_source.tensor.defined() ||
+                                only_source.tensor.is_pinned() ||
+                                only_source.tensor.device() == options_.device;
+    const bool whole_view = async_copyable && batch.pieces.size() == 1 &&
+                            only_source.tensor.defined() && !only.request->order_.defined() &&
+                            staged_rows == batch.rows &&
                             (!token_input || batch.padded_len == only_source.tensor.size(1));
     if (whole_view) {
       // One submission covers the batch: a view, no copy.
@@ -599,9 +614,13 @@ void Executor::stage(Batch& batch) {
       }
       batch.inputs[i] = staged;
     }
-    if (!options_.device.is_cpu()) {
+    if (copy_stream_) {
       batch.inputs[i] = batch.inputs[i].to(options_.device, /*non_blocking=*/true);
     }
+  }
+  if (copy_stream_) {
+    batch.copied.emplace(options_.device.type());
+    batch.copied->record(*copy_stream_);
   }
   if (batch.padded_len >= 0) {
     int64_t real = 0;
@@ -662,6 +681,25 @@ ModelOutputs Executor::run_model(const std::vector<at::Tensor>& inputs, const Ba
     first.tensors[j] = at::cat({first.tensors[j], second.tensors[j]}, 0);
   }
   return first;
+}
+
+void Executor::outputs_to_host(ModelOutputs& outputs, const c10::Stream& stream) const {
+  bool copied = false;
+  for (at::Tensor& out : outputs.tensors) {
+    if (!out.defined() || out.device().is_cpu()) continue;
+    // Pinned, from torch's caching host allocator: blocks are reused once the
+    // caller drops the outputs, and the D2H copy is asynchronous.
+    at::Tensor host = at::empty(out.sizes(), out.options().device(at::kCPU).pinned_memory(true));
+    host.copy_(out, /*non_blocking=*/true);
+    out = std::move(host);
+    copied = true;
+  }
+  if (copied) {
+    // Wait for this batch's copies only; other workers' streams keep going.
+    c10::Event done(stream.device_type());
+    done.record(stream);
+    done.synchronize();
+  }
 }
 
 void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
@@ -800,6 +838,8 @@ void Executor::complete(const RequestPtr& request, std::exception_ptr error) {
 }
 
 void Executor::retire(Batch& batch) {
+  // The staging buffers are reused: the copies that read them must be done.
+  if (batch.copied) batch.copied->synchronize();
   batch.inputs.clear();
   release_buffers(batch);
   std::lock_guard<std::mutex> lock(mutex_);
@@ -810,6 +850,9 @@ void Executor::retire(Batch& batch) {
 }
 
 void Executor::batch_loop() {
+  // Accelerator: the staged inputs' H2D copies go on the copy stream.
+  std::optional<c10::StreamGuard> on_copy_stream;
+  if (copy_stream_) on_copy_stream.emplace(*copy_stream_);
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -866,6 +909,14 @@ void Executor::batch_loop() {
 }
 
 void Executor::worker_loop() {
+  // Accelerator: this worker's model calls and output copies go on its own
+  // compute stream (the current stream is thread-local).
+  std::optional<c10::Stream> compute_stream;
+  std::optional<c10::StreamGuard> on_compute_stream;
+  if (device_impl_) {
+    compute_stream = device_impl_->getStreamFromGlobalPool(options_.device);
+    on_compute_stream.emplace(*compute_stream);
+  }
   for (;;) {
     Batch batch;
     {
@@ -877,7 +928,16 @@ void Executor::worker_loop() {
     }
     const auto start = Clock::now();
     try {
+      if (batch.copied) {
+        // Compute waits for the inputs' copies, and the device allocator must
+        // not reuse their memory before the compute stream is done with it.
+        batch.copied->block(*compute_stream);
+        for (const at::Tensor& input : batch.inputs) {
+          device_impl_->recordDataPtrOnStream(input.storage().data_ptr(), *compute_stream);
+        }
+      }
       ModelOutputs outputs = run_model(batch.inputs, batch);
+      if (compute_stream) outputs_to_host(outputs, *compute_stream);
       compute_latency_.record(seconds_since(start));
       stat_batches_ += 1;
       deliver(batch, outputs);

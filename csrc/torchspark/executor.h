@@ -13,8 +13,16 @@
 //   workers     (`threads` of them) run the model under InferenceMode (and
 //               autocast for reduced precision), check the outputs, and
 //               deliver each piece back to its Request, in submission order.
-// On an accelerator, staging buffers are pinned and copies run on a copy
-// stream (device-generic c10 APIs only); on the CPU nothing is copied twice.
+// On an accelerator (device-generic c10 APIs only, no CUDA headers): staging
+// buffers are pinned; the batcher copies each staged batch to the device on a
+// copy stream and records an event; a worker makes its compute stream wait on
+// that event, runs the model, copies the outputs into pinned host memory
+// (torch's caching host allocator: reused, no allocation in the steady state)
+// on the same stream and waits for that copy alone. With inflight >= 2 and
+// threads >= 2 the copy of batch k+1 and the D2H of batch k-1 overlap the
+// compute of batch k. Staging buffers go back to the pool only once the copy
+// that read them has finished. On the CPU nothing is copied twice and none of
+// this runs.
 //
 // Failure: a model error fails the requests of that batch only (the message
 // names the model, the batch and its rows); out-of-memory splits the batch in
@@ -30,6 +38,9 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <atomic>
 #include <chrono>
@@ -209,6 +220,8 @@ class Executor {
     int64_t padded_len = -1;  // token inputs: the longest row
     std::vector<at::Tensor> inputs;
     std::vector<at::Tensor> buffers;  // staging buffers to give back
+    // Accelerator: recorded on the copy stream after the inputs' H2D copies.
+    std::optional<c10::Event> copied;
   };
 
   void batch_loop();
@@ -227,9 +240,16 @@ class Executor {
   std::exception_ptr closed_error(int64_t request_id) const;
   at::Tensor acquire_buffer(c10::ScalarType dtype, at::IntArrayRef sizes);
   void release_buffers(Batch& batch);
+  // Accelerator: the outputs in pinned host memory, copied on `stream` after
+  // the model's work, waited for.
+  void outputs_to_host(ModelOutputs& outputs, const c10::Stream& stream) const;
 
   std::shared_ptr<const Model> model_;
   ExecutorOptions options_;
+  // Accelerator only (unset on the CPU): stream and event operations of the
+  // device's backend, and the stream the batcher copies inputs on.
+  std::optional<c10::impl::VirtualGuardImpl> device_impl_;
+  std::optional<c10::Stream> copy_stream_;
 
   mutable std::mutex mutex_;
   std::condition_variable intake_cv_;  // new submissions, flush, close

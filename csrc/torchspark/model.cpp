@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <fstream>
 #include <mutex>
+#include <unordered_map>
 
 #include "torchspark/errors.h"
 
@@ -83,17 +84,46 @@ class AOTIModel final : public Model {
       : Model(ModelFormat::kAOTInductor, path),
         loader_(path, "model", /*run_single_threaded=*/false,
                 static_cast<size_t>(std::max<int64_t>(1, options.num_runners)),
-                options.device.has_index() ? options.device.index() : -1) {}
+                options.device.has_index() ? options.device.index() : -1) {
+    // torchspark.export records the argument and dict-output names (a package
+    // compiled elsewhere has neither: its inputs and outputs are positional).
+    const auto metadata = loader_.get_metadata();
+    input_names_ = names_from(metadata, "torchspark.input_names");
+    output_names_ = names_from(metadata, "torchspark.output_names");
+  }
 
   ModelOutputs forward(const std::vector<at::Tensor>& inputs) const override {
     ModelOutputs out;
-    out.tensors = const_cast<torch::inductor::AOTIModelPackageLoader&>(loader_).run(inputs);
-    out.names.assign(out.tensors.size(), std::string());
+    out.tensors = loader_.run(inputs);
+    if (!output_names_.empty()) {
+      TORCH_CHECK(out.tensors.size() == output_names_.size(), label(), ": returned ",
+                  out.tensors.size(), " outputs but the package names ", output_names_.size());
+      out.names = output_names_;
+    } else {
+      out.names.assign(out.tensors.size(), std::string());
+    }
     return out;
   }
 
  private:
-  torch::inductor::AOTIModelPackageLoader loader_;
+  // Newline-separated names under `key`; empty when absent.
+  static std::vector<std::string> names_from(
+      const std::unordered_map<std::string, std::string>& metadata, const std::string& key) {
+    std::vector<std::string> names;
+    auto it = metadata.find(key);
+    if (it == metadata.end() || it->second.empty()) return names;
+    size_t begin = 0;
+    for (;;) {
+      const size_t end = it->second.find('\n', begin);
+      names.push_back(it->second.substr(begin, end - begin));
+      if (end == std::string::npos) break;
+      begin = end + 1;
+    }
+    return names;
+  }
+
+  mutable torch::inductor::AOTIModelPackageLoader loader_;
+  std::vector<std::string> output_names_;
 };
 
 }  // namespace

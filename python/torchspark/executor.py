@@ -151,6 +151,33 @@ class Future:
         return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def size_intra_op_threads(
+    workers: int, requested: int | None = None, cores: int | None = None
+) -> int:
+    """Apply the thread rule of :class:`Executor`; return torch's intra-op pool size.
+
+    ``requested`` sets the pool outright; otherwise it shrinks (never grows) to
+    ``cores // workers`` so that ``workers * pool <= cores``.
+    """
+    cores = usable_cores() if cores is None else max(1, cores)
+    target = (
+        requested
+        if requested is not None
+        else min(torch.get_num_threads(), max(1, cores // workers))
+    )
+    if target != torch.get_num_threads():
+        torch.set_num_threads(target)
+    return target
+
+
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
@@ -179,9 +206,15 @@ class Executor:
     Model files are code: load only files you trust. ``sha256`` checks the
     file's digest before it is parsed.
 
-    On the CPU the default is one worker thread, whose model calls use torch's
-    intra-op threads; with ``threads > 1`` keep ``threads * torch.get_num_threads()``
-    at or below the cores you have (the executor warns otherwise).
+    Threads on the CPU. The rule: ``threads`` worker threads, each running
+    model calls with torch's intra-op pool, so ``threads * intra_op_threads``
+    must not exceed the cores this process may use (``os.sched_getaffinity``),
+    or they fight over them. By default there is one worker and torch's pool
+    keeps its size; with more workers the pool shrinks to ``cores // threads``
+    (never grows). Staging (gathers, pads) runs on one more thread, overlapped
+    with compute. ``intra_op_threads`` sets the pool explicitly. The pool is
+    process-wide (``torch.set_num_threads``): the Spark layer sizes it from
+    ``spark.task.cpus``.
 
     Args:
         model: path of a TorchScript archive (``torch.jit.save``) or an
@@ -194,6 +227,8 @@ class Executor:
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; TorchScript only:
             AOTInductor bakes precision in at export).
         threads: worker threads calling the model (default 1 on CPU, 2 otherwise).
+        intra_op_threads: torch's intra-op pool size to set (default: sized by
+            the rule above).
         inflight: batches staged or computing at once (>= 2 overlaps them).
         static_batch: pad every batch to ``batch_size`` rows.
         sort_window: with a padded input, sort rows by length within windows of
@@ -219,6 +254,7 @@ class Executor:
         max_delay_ms: float = 2.0,
         precision: str = "fp32",
         threads: int | None = None,
+        intra_op_threads: int | None = None,
         inflight: int = 2,
         static_batch: bool = False,
         sort_window: int = 0,
@@ -258,17 +294,12 @@ class Executor:
             threads = 1 if self.device.type == "cpu" else 2
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an int >= 1, got {threads!r}")
-        cores = os.cpu_count() or 1
-        if self.device.type == "cpu" and threads * torch.get_num_threads() > cores:
-            import warnings
-
-            warnings.warn(
-                f"Executor: {threads} worker threads x {torch.get_num_threads()} intra-op "
-                f"threads exceed the {cores} cores; set torch.set_num_threads("
-                f"{max(1, cores // threads)}) to avoid oversubscription",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if intra_op_threads is not None and (
+            not isinstance(intra_op_threads, int) or intra_op_threads < 1
+        ):
+            raise ValueError(f"intra_op_threads must be an int >= 1, got {intra_op_threads!r}")
+        if self.device.type == "cpu":
+            size_intra_op_threads(threads, intra_op_threads)
         self.batch_size = batch_size
         self.inflight = inflight
         self.inputs = inputs

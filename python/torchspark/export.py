@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import warnings
 from collections.abc import Sequence
@@ -94,6 +95,32 @@ def export(
         if dtype is not None:
             dynamic_shapes = (dynamic_shapes,)  # _Precision.forward takes *inputs
     with torch.no_grad():
+        # Names the package cannot otherwise tell the loader: the arguments (for
+        # inputs given by name) and the keys of a dict output (its columns).
+        metadata = {"torchspark.input_names": "\n".join(_argument_names(module, len(inputs)))}
+        out = model(*inputs)
+        if isinstance(out, dict):
+            if not all(isinstance(k, str) and k and "\n" not in k for k in out):
+                raise ValueError(
+                    f"export: dict output keys must be non-empty strings without newlines, "
+                    f"got {list(out)}"
+                )
+            metadata["torchspark.output_names"] = "\n".join(out)
         program = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes)
-        torch._inductor.aoti_compile_and_package(program, package_path=path)
+        torch._inductor.aoti_compile_and_package(
+            program,
+            package_path=path,
+            inductor_configs={"aot_inductor.metadata": metadata},
+        )
     return path
+
+
+def _argument_names(module: torch.nn.Module, count: int) -> list[str]:
+    """The first ``count`` positional parameter names of ``module.forward``, or []."""
+    try:
+        parameters = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in parameters if p.kind in positional]
+    return names[:count] if len(names) >= count else []
