@@ -41,6 +41,14 @@ from .errors import (  # noqa: E402
 )
 from .executor import Executor, Future, Input  # noqa: E402
 from .export import export  # noqa: E402
+from .spark import (  # noqa: E402
+    ArrowPredictor,
+    Report,
+    arrow_predictor,
+    last_report,
+    predict,
+    torch_udf,
+)
 
 _C._set_error_types(
     UnsupportedTypeError, InvalidArrowError, NullValueError, ModelError, ExecutorClosedError
@@ -49,6 +57,7 @@ _C._set_error_types(
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrowPredictor",
     "Executor",
     "ExecutorClosedError",
     "Future",
@@ -56,14 +65,19 @@ __all__ = [
     "InvalidArrowError",
     "ModelError",
     "NullValueError",
+    "Report",
     "TorchSparkError",
     "UnsupportedTypeError",
     "__version__",
+    "arrow_predictor",
     "export",
     "from_tensor",
     "gather",
+    "last_report",
     "pad",
+    "predict",
     "to_batch",
     "to_tensor",
     "to_tensors",
+    "torch_udf",
 ]
