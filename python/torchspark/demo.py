@@ -1,21 +1,25 @@
-"""The torchspark demo: score a generated Parquet dataset with a bundled model.
+"""The torchspark demo: score a generated dataset on a local Spark with a bundled model.
 
 Run it with ``python -m torchspark.demo`` (the README's first command does the
-set-up too). It writes a Parquet file of ``--rows`` rows (an ``id``, a
-``features`` column of ``array<float>[D]`` and a few scalar columns), then
-streams it batch by batch: ``to_tensor`` (zero-copy) for the feature vectors,
-``gather`` for the scalar columns, the bundled model on both, ``from_tensor``
-for the predictions, written to an output Parquet file. It checks every
-prediction against eager PyTorch on the same rows and prints a summary.
+set-up too). It
 
-Part 1 of the roadmap: the native conversion path end to end. The Spark job
-(``torchspark.predict`` over ``mapInArrow``) replaces this loop in a later
-release.
+1. writes a Parquet dataset of ``--rows`` rows (an ``id``, a ``features``
+   column of ``array<float>[64]`` and four scalar columns);
+2. exports the bundled model to TorchScript and to an AOTInductor package
+   (the AOT compile is cached between runs) and picks ``--format``;
+3. starts a local SparkSession (``local[*]``) and runs ``torchspark.predict``
+   over the dataset, writing the predictions to Parquet (``--output``);
+4. runs the same job with Spark's ``predict_batch_udf`` for comparison;
+5. checks every prediction against eager PyTorch on the same rows and prints
+   rows, wall time, rows/s, latency percentiles and the comparison.
+
+Spark's progress bar shows each job while it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -26,7 +30,7 @@ import torch
 
 import torchspark
 
-__all__ = ["DemoModel", "main", "make_dataset"]
+__all__ = ["DemoModel", "bundled_model", "export_model", "main", "make_dataset"]
 
 FEATURES = 64  # width of the array<float> feature vector
 SCALARS = ["age", "amount", "score", "count"]  # scalar feature columns
@@ -80,59 +84,117 @@ def make_dataset(path: str, rows: int, batch_rows: int = 65536, seed: int = 0) -
             writer.write_batch(pa.record_batch(columns, schema=schema))
 
 
-def score(input_path: str, output_path: str, model: torch.nn.Module, batch_rows: int) -> dict:
-    """Stream ``input_path``, score every batch, write ``output_path``; return stats."""
+def _examples() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(8, FEATURES), torch.randn(8, len(SCALARS))
+
+
+def export_model(workdir: str, model_format: str) -> str:
+    """The bundled model as ``model_format`` (``"torchscript"`` or ``"aoti"``).
+
+    TorchScript is exported into ``workdir``. The AOTInductor package takes a
+    C++ compile (tens of seconds), so it is cached under
+    ``~/.cache/torchspark/demo`` by torch version and weights.
+    """
+    model = bundled_model()
+    if model_format == "torchscript":
+        return torchspark.export(model, _examples(), os.path.join(workdir, "demo_model.pt"))
+    digest = hashlib.sha256(torch.__version__.encode())
+    for tensor in model.state_dict().values():
+        digest.update(tensor.numpy().tobytes())
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "torchspark", "demo")
+    path = os.path.join(cache, f"demo_model-{digest.hexdigest()[:16]}.pt2")
+    if not os.path.isfile(path):
+        os.makedirs(cache, exist_ok=True)
+        partial = f"{path}.{os.getpid()}.tmp.pt2"
+        torchspark.export(model, _examples(), partial, format="aoti")
+        os.replace(partial, path)
+    return path
+
+
+def _spark(app: str) -> object:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("TORCHSPARK_LOG_LEVEL", "WARNING")  # the summary says it all
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master("local[*]")
+        .appName(app)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "true")
+        .config("spark.sql.files.maxPartitionBytes", str(32 << 20))
+        .config("spark.driver.memory", "4g")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _predict_batch_udf_job(df: object, output: str, batch_size: int) -> None:
+    """The same job written with Spark's own ``predict_batch_udf``, as its docs say."""
+    import numpy as np
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import FloatType
+
+    def make_predict_fn():
+        model = bundled_model()
+
+        def predict(features: np.ndarray, scalars: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                out = model(torch.from_numpy(features), torch.from_numpy(scalars))
+            return out.numpy()
+
+        return predict
+
+    udf = predict_batch_udf(
+        make_predict_fn,
+        return_type=FloatType(),
+        batch_size=batch_size,
+        input_tensor_shapes=[[FEATURES], [len(SCALARS)]],
+    )
+    scalars = F.array(*[F.col(c).cast("float") for c in SCALARS])
+    scored = df.select("id", udf("features", scalars).alias("prediction"))
+    scored.write.mode("overwrite").parquet(output)
+
+
+def _check(input_path: str, output_path: str) -> tuple[int, float]:
+    """Rows and the largest difference from eager PyTorch, joined on id."""
+    import numpy as np
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    source = pq.ParquetFile(input_path)
-    rows = 0
-    convert_s = 0.0
-    compute_s = 0.0
-    max_error = 0.0
-    writer = None
-    try:
-        with torch.inference_mode():
-            for batch in source.iter_batches(batch_size=batch_rows):
-                t0 = time.perf_counter()
-                features = torchspark.to_tensor(batch.column("features"))  # zero-copy [N, 64]
-                scalars = torchspark.gather(batch, SCALARS)  # one pass -> [N, 4] float32
-                t1 = time.perf_counter()
-                predictions = model(features, scalars)
-                t2 = time.perf_counter()
-                out = torchspark.to_batch({"id": batch.column("id"), "prediction": predictions})
-                convert_s += (t1 - t0) + (time.perf_counter() - t2)
-                compute_s += t2 - t1
-
-                # Independent reference: numpy -> torch, the way a user would write it.
-                ref_features = torch.tensor(
-                    batch.column("features").values.to_numpy().reshape(batch.num_rows, -1)
-                )
-                ref_scalars = torch.stack(
-                    [torch.tensor(batch.column(c).to_numpy()).float() for c in SCALARS], 1
-                )
-                expected = model(ref_features, ref_scalars)
-                max_error = max(max_error, (expected - predictions).abs().max().item())
-
-                if writer is None:
-                    writer = pq.ParquetWriter(output_path, out.schema)
-                writer.write_batch(out)
-                rows += batch.num_rows
-                print(f"\r  scored {rows:,} rows", end="", file=sys.stderr, flush=True)
-    finally:
-        if writer is not None:
-            writer.close()
-        print(file=sys.stderr)
-    return {"rows": rows, "convert_s": convert_s, "compute_s": compute_s, "max_error": max_error}
+    data = pq.read_table(input_path)
+    out = pq.read_table(output_path).sort_by("id")
+    ids = out.column("id").to_numpy()
+    if len(ids) != data.num_rows or not np.array_equal(ids, np.arange(data.num_rows)):
+        return len(ids), float("inf")
+    features = torch.from_numpy(
+        pc.list_flatten(data.column("features")).to_numpy().reshape(data.num_rows, FEATURES)
+    )
+    scalars = torch.stack(
+        [torch.from_numpy(data.column(c).to_numpy()).float() for c in SCALARS], dim=1
+    )
+    with torch.inference_mode():
+        expected = bundled_model()(features, scalars).numpy()
+    got = out.column("prediction").to_numpy()
+    return len(ids), float(np.abs(got - expected).max()) if len(ids) else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m torchspark.demo", description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows to generate")
-    parser.add_argument("--batch-rows", type=int, default=65536, help="rows per Arrow batch")
+    parser.add_argument(
+        "--format", choices=("torchscript", "aoti"), default="torchscript", help="model format"
+    )
+    parser.add_argument("--output", default=None, help="predictions Parquet directory")
+    parser.add_argument("--batch-size", type=int, default=4096, help="rows per model call")
     parser.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the predict_batch_udf comparison"
+    )
     args = parser.parse_args(argv)
-    if args.rows < 0 or args.batch_rows <= 0:
-        parser.error("--rows must be >= 0 and --batch-rows > 0")
+    if args.rows < 0 or args.batch_size <= 0:
+        parser.error("--rows must be >= 0 and --batch-size > 0")
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="torchspark-demo-")
     os.makedirs(workdir, exist_ok=True)
@@ -143,30 +205,89 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _step(message: str) -> None:
+    print(message, flush=True)
+
+
 def _run(args: argparse.Namespace, workdir: str) -> int:
     input_path = os.path.join(workdir, "input.parquet")
-    output_path = os.path.join(workdir, "predictions.parquet")
+    output_path = args.output or os.path.join(workdir, "predictions.parquet")
+    baseline_path = os.path.join(workdir, "predictions_predict_batch_udf.parquet")
 
-    print(f"torchspark {torchspark.__version__} demo (torch {torch.__version__})")
+    _step(f"torchspark {torchspark.__version__} demo (torch {torch.__version__})")
     t0 = time.perf_counter()
-    make_dataset(input_path, args.rows, args.batch_rows)
-    print(f"  generated {args.rows:,} rows -> {input_path} ({time.perf_counter() - t0:.2f} s)")
+    make_dataset(input_path, args.rows)
+    _step(f"[1/5] generated {args.rows:,} rows -> {input_path} ({time.perf_counter() - t0:.1f} s)")
 
     t0 = time.perf_counter()
-    stats = score(input_path, output_path, bundled_model(), args.batch_rows)
-    wall = time.perf_counter() - t0
-    rate = stats["rows"] / wall if wall > 0 else float("inf")
-    kept = "" if args.workdir else " (a temp dir, removed at exit: pass --workdir to keep it)"
-    print(f"  predictions -> {output_path}{kept}")
-    print(
-        f"rows {stats['rows']:,}  wall {wall:.2f} s (incl. reference check)  "
-        f"conversion {stats['convert_s']:.3f} s  model {stats['compute_s']:.3f} s  "
-        f"{rate:,.0f} rows/s"
+    torchscript = export_model(workdir, "torchscript")
+    aoti = export_model(workdir, "aoti")
+    model = torchscript if args.format == "torchscript" else aoti
+    _step(
+        f"[2/5] exported the bundled model: TorchScript {torchscript}, AOTInductor {aoti} "
+        f"({time.perf_counter() - t0:.1f} s); using {args.format}"
     )
-    if stats["max_error"] > 1e-5:
-        print(f"FAILED: predictions differ from eager PyTorch by {stats['max_error']:.3g}")
+
+    _step("[3/5] starting Spark (local[*]) and its Python workers (a small warm-up job each)")
+    spark = _spark("torchspark-demo")
+    try:
+        df = spark.read.parquet(input_path)
+        # Python workers are started (and import torch) by the first job that
+        # needs them and then reused: warm both methods up so neither timing
+        # below pays for it.
+        sample = df.limit(2000).repartition(spark.sparkContext.defaultParallelism)
+        inputs = {"features": "features", "scalars": SCALARS}
+        warm = torchspark.predict(sample, model, inputs=inputs, keep=["id"])
+        warm.write.format("noop").mode("overwrite").save()
+        if not args.no_compare:
+            _predict_batch_udf_job(sample, baseline_path, args.batch_size)
+        _step(f"[4/5] torchspark.predict -> {output_path}")
+        t0 = time.perf_counter()
+        scored = torchspark.predict(
+            df,
+            model,
+            inputs=inputs,
+            keep=["id"],
+            batch_size=args.batch_size,
+        )
+        scored.write.mode("overwrite").parquet(output_path)
+        wall = time.perf_counter() - t0
+        report = torchspark.last_report()
+
+        baseline_wall = None
+        if not args.no_compare:
+            _step(f"[5/5] the same job with predict_batch_udf -> {baseline_path}")
+            t0 = time.perf_counter()
+            _predict_batch_udf_job(df, baseline_path, args.batch_size)
+            baseline_wall = time.perf_counter() - t0
+    finally:
+        spark.stop()
+
+    rows, error = _check(input_path, output_path)
+    rate = rows / wall if wall > 0 else float("inf")
+    print()
+    print(f"rows        {rows:,}")
+    print(f"wall        {wall:.2f} s (the Spark job: read, score, write Parquet; after warm-up)")
+    print(f"throughput  {rate:,.0f} rows/s")
+    if report is not None:
+        print(
+            f"latency     p50 {report.p50_ms:.1f} ms, p90 {report.p90_ms:.1f} ms, "
+            f"p99 {report.p99_ms:.1f} ms per Arrow batch ({report.arrow_batches} batches, "
+            f"{report.model_calls} model calls, {report.tasks} tasks)"
+        )
+        print(f"model       {', '.join(report.models)} on {', '.join(report.devices)}")
+    if baseline_wall is not None:
+        base_rows, base_error = _check(input_path, baseline_path)
+        print(
+            f"predict_batch_udf  {baseline_wall:.2f} s ({base_rows / baseline_wall:,.0f} rows/s): "
+            f"torchspark is {baseline_wall / wall:.2f}x its speed"
+            + ("" if base_error < 1e-5 else f" (its predictions differ by {base_error:.3g})")
+        )
+    print(f"predictions {output_path}" + ("" if args.workdir or args.output else " (temp dir)"))
+    if rows != args.rows or error > 1e-5:
+        print(f"FAILED: {rows:,} rows, predictions differ from eager PyTorch by {error:.3g}")
         return 1
-    print(f"OK: every prediction matches eager PyTorch (max abs diff {stats['max_error']:.1e})")
+    print(f"OK: every prediction matches eager PyTorch (max abs diff {error:.1e})")
     return 0
 
 
