@@ -169,7 +169,7 @@ def _check(input_path: str, output_path: str) -> tuple[int, float]:
     if len(ids) != data.num_rows or not np.array_equal(ids, np.arange(data.num_rows)):
         return len(ids), float("inf")
     features = torch.from_numpy(
-        pc.list_flatten(data.column("features")).to_numpy().reshape(data.num_rows, FEATURES)
+        pc.list_flatten(data.column("features")).to_numpy().reshape(data.num_rows, FEATURES).copy()
     )
     scalars = torch.stack(
         [torch.from_numpy(data.column(c).to_numpy()).float() for c in SCALARS], dim=1
