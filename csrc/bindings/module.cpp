@@ -324,6 +324,7 @@ class PyExecutor {
     }
     if (lengths) inputs.lengths = *lengths;
     inputs.token_input = token_input;
+    py::gil_scoped_release nogil;  // a small batch may run inline, on this thread
     return executor_->submit(std::move(inputs));
   }
 
@@ -340,6 +341,7 @@ class PyExecutor {
       inputs = make_inputs(*table, specs_);
     }
     // The table (the Arrow data) is the keepalive: destroyed here, never on a worker.
+    py::gil_scoped_release nogil;  // a small batch may run inline, on this thread
     return executor_->submit(std::move(inputs), std::static_pointer_cast<void>(table));
   }
 
@@ -366,6 +368,7 @@ class PyExecutor {
     d["padding_ratio"] = s.padding_ratio;
     d["errors"] = s.errors;
     d["retries"] = s.retries;
+    d["inline_batches"] = s.inline_batches;
     d["queue"] = latency_dict(s.queue);
     d["stage"] = latency_dict(s.stage);
     d["compute"] = latency_dict(s.compute);

@@ -316,6 +316,8 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
   request->inputs_ = std::make_shared<const Inputs>(std::move(inputs));
   request->keepalive_ = std::move(keepalive);
   request->submitted_ = Clock::now();
+  bool run_inline = false;
+  Batch inline_batch;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     TORCH_CHECK(!closing_, model_->label(), ": the executor is closed");
@@ -343,12 +345,49 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
     }
     check_compatible(*first_, *request->inputs_, model_->label());
     request->id_ = next_id_++;
-    queue_.push_back(request);
+    run_inline = can_run_inline(*request);
+    if (run_inline) {
+      ++inflight_;  // the batcher sees the slot taken; the queue stays empty
+      inline_batch.index = next_batch_++;
+    } else {
+      queue_.push_back(request);
+    }
   }
   stat_requests_ += 1;
   stat_rows_ += rows;
-  intake_cv_.notify_one();
+  if (!run_inline) {
+    intake_cv_.notify_one();
+    return request;
+  }
+  stat_inline_ += 1;
+  inline_batch.pieces.push_back({request, request->inputs_, 0, rows});
+  inline_batch.rows = rows;
+  try {
+    stage(inline_batch);
+  } catch (...) {
+    fail(inline_batch, std::current_exception());
+    retire(inline_batch);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      --inflight_;
+    }
+    slots_cv_.notify_one();
+    return request;
+  }
+  compute(inline_batch, std::nullopt);
   return request;
+}
+
+bool Executor::can_run_inline(const Request& request) const {
+  const double average = compute_average_s_.load(std::memory_order_relaxed);
+  if (average < 0 || average >= kInlineComputeSeconds) return false;  // unknown or costly
+  if (!options_.device.is_cpu() || options_.static_batch || closing_) return false;
+  if (!queue_.empty() || inflight_ > 0 || request.rows_ != options_.batch_size) return false;
+  const Inputs& inputs = *request.inputs_;
+  if (inputs.lengths.defined()) return false;
+  // Tensors already in memory: the batch is a view of them, nothing to stage.
+  return std::all_of(inputs.sources.begin(), inputs.sources.end(),
+                     [](const InputSource& source) { return source.tensor.defined(); });
 }
 
 void Executor::flush() {
@@ -415,6 +454,7 @@ ExecutorStats Executor::stats() const {
   s.batches = stat_batches_;
   s.errors = stat_errors_;
   s.retries = stat_retries_;
+  s.inline_batches = stat_inline_;
   s.mean_batch_rows = s.batches > 0 ? static_cast<double>(s.rows) / s.batches : 0.0;
   const int64_t slots = stat_token_slots_;
   s.padding_ratio = slots > 0 ? static_cast<double>(stat_token_padding_) / slots : 0.0;
@@ -926,31 +966,40 @@ void Executor::worker_loop() {
       batch = std::move(ready_.front());
       ready_.pop_front();
     }
-    const auto start = Clock::now();
-    try {
-      if (batch.copied) {
-        // Compute waits for the inputs' copies, and the device allocator must
-        // not reuse their memory before the compute stream is done with it.
-        batch.copied->block(*compute_stream);
-        for (const at::Tensor& input : batch.inputs) {
-          device_impl_->recordDataPtrOnStream(input.storage().data_ptr(), *compute_stream);
-        }
-      }
-      ModelOutputs outputs = run_model(batch.inputs, batch);
-      if (compute_stream) outputs_to_host(outputs, *compute_stream);
-      compute_latency_.record(seconds_since(start));
-      stat_batches_ += 1;
-      deliver(batch, outputs);
-    } catch (...) {
-      fail(batch, std::current_exception());
-    }
-    retire(batch);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      --inflight_;
-    }
-    slots_cv_.notify_one();
+    compute(batch, compute_stream);
   }
+}
+
+void Executor::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
+  const auto start = Clock::now();
+  try {
+    if (batch.copied) {
+      // Compute waits for the inputs' copies, and the device allocator must
+      // not reuse their memory before the compute stream is done with it.
+      batch.copied->block(*stream);
+      for (const at::Tensor& input : batch.inputs) {
+        device_impl_->recordDataPtrOnStream(input.storage().data_ptr(), *stream);
+      }
+    }
+    ModelOutputs outputs = run_model(batch.inputs, batch);
+    if (stream) outputs_to_host(outputs, *stream);
+    const double seconds = seconds_since(start);
+    compute_latency_.record(seconds);
+    // A moving average of the call's cost decides whether small batches run inline.
+    const double average = compute_average_s_.load(std::memory_order_relaxed);
+    compute_average_s_.store(average < 0 ? seconds : 0.9 * average + 0.1 * seconds,
+                             std::memory_order_relaxed);
+    stat_batches_ += 1;
+    deliver(batch, outputs);
+  } catch (...) {
+    fail(batch, std::current_exception());
+  }
+  retire(batch);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --inflight_;
+  }
+  slots_cv_.notify_one();
 }
 
 }  // namespace torchspark

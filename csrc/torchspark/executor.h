@@ -10,6 +10,11 @@
 //               hands it to the workers. At most `inflight` batches are staged
 //               or computing at once, so staging batch k+1 overlaps compute of
 //               batch k.
+//   inline      a submission that is exactly one batch of ready tensors, made
+//               while the engine is idle, for a model whose calls have been
+//               cheap (< kInlineComputeSeconds), runs on the caller's thread
+//               inside submit(): two thread hand-offs would cost more than
+//               the call, and there is nothing to overlap it with.
 //   workers     (`threads` of them) run the model under InferenceMode (and
 //               autocast for reduced precision), check the outputs, and
 //               deliver each piece back to its Request, in submission order.
@@ -173,8 +178,9 @@ struct ExecutorStats {
   int64_t requests = 0;
   int64_t rows = 0;
   int64_t batches = 0;
-  int64_t errors = 0;   // failed batches
-  int64_t retries = 0;  // out-of-memory splits
+  int64_t errors = 0;          // failed batches
+  int64_t retries = 0;         // out-of-memory splits
+  int64_t inline_batches = 0;  // run on the submitting thread
   double mean_batch_rows = 0;
   double padding_ratio = 0;   // padded slots / all slots in token inputs
   LatencySummary queue;       // submit -> its batch starts staging
@@ -226,6 +232,10 @@ class Executor {
 
   void batch_loop();
   void worker_loop();
+  // Runs a staged batch's model call, delivers or fails it, and retires it.
+  void compute(Batch& batch, const std::optional<c10::Stream>& stream);
+  // Whether submit() may run `request` inline (call with mutex_ held).
+  bool can_run_inline(const Request& request) const;
   bool next_batch(Batch& batch);
   void stage(Batch& batch);
   ModelOutputs run_model(const std::vector<at::Tensor>& inputs, const Batch& batch);
@@ -271,6 +281,10 @@ class Executor {
   std::vector<at::Tensor> free_buffers_;
   std::vector<std::shared_ptr<const void>> garbage_;
 
+  // Model calls cheaper than this (moving average) may run inline.
+  static constexpr double kInlineComputeSeconds = 50e-6;
+  std::atomic<double> compute_average_s_{-1.0};  // < 0: no call yet
+  std::atomic<int64_t> stat_inline_{0};
   std::atomic<int64_t> stat_requests_{0}, stat_rows_{0}, stat_batches_{0}, stat_errors_{0},
       stat_retries_{0}, stat_token_slots_{0}, stat_token_padding_{0};
   LatencyRecorder queue_latency_, stage_latency_, compute_latency_, end_to_end_latency_;
