@@ -1098,3 +1098,44 @@ def test_executor_sizes_intra_op_threads(models, restore_threads):
         assert torch.get_num_threads() == 1
     with pytest.raises(ValueError, match="intra_op_threads"):
         Executor(models.path("mlp"), intra_op_threads=0)
+
+
+# ---------------------------------------------------------------------------
+# Inline runs (cheap calls on the submitting thread)
+
+
+def test_cheap_one_batch_submissions_run_inline(models):
+    # A generous bound: the test must not depend on how loaded the machine is.
+    with Executor(models.path("negative_raises"), batch_size=4, _inline_below_us=1e6) as ex:
+        xs = [torch.rand(4, 2) + i for i in range(50)]
+        for x in xs[:5]:  # the first call is measured on a worker; later ones run inline
+            torch.testing.assert_close(ex.run(x), x * 2 + 1)
+        assert ex.stats()["inline_batches"] >= 3
+        for x, out in zip(xs, ex.map(xs), strict=True):
+            torch.testing.assert_close(out, x * 2 + 1)
+        # An error inline fails that request only, with the usual message.
+        with pytest.raises(ModelError, match="negative input"):
+            ex.submit(-torch.ones(4, 2)).result()
+        torch.testing.assert_close(ex.run(torch.ones(4, 2)), torch.full((4, 2), 3.0))
+        # Other shapes still batch as before: coalesced, not inline.
+        futures = [ex.submit(torch.ones(1, 2)) for _ in range(8)]
+        ex.flush()
+        assert all(torch.equal(f.result(), torch.full((1, 2), 3.0)) for f in futures)
+        assert ex.stats()["errors"] == 1
+
+
+def test_inline_outputs_do_not_alias_inputs(models):
+    with Executor(models.path("identity"), batch_size=8, _inline_below_us=1e6) as ex:
+        for _ in range(20):
+            x = torch.randn(8, 4)
+            out, _ = ex.run(x)
+            out.zero_()
+            assert x.abs().sum() > 0
+        assert ex.stats()["inline_batches"] > 0
+
+
+def test_inline_off_when_the_bound_is_zero(models):
+    with Executor(models.path("negative_raises"), batch_size=4, _inline_below_us=0) as ex:
+        for out in ex.map(torch.ones(4, 2) for _ in range(20)):
+            torch.testing.assert_close(out, torch.full((4, 2), 3.0))
+        assert ex.stats()["inline_batches"] == 0

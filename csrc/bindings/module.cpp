@@ -429,7 +429,7 @@ void bind_executor(py::module_& m) {
       .def(py::init([](std::shared_ptr<Model> model, const at::Device& device, int64_t batch_size,
                        int64_t max_tokens, double max_delay_ms, const std::string& precision,
                        int64_t threads, int64_t inflight, bool static_batch, int64_t sort_window,
-                       int64_t inject_oom_above_rows, py::object specs) {
+                       int64_t inject_oom_above_rows, double inline_below_us, py::object specs) {
              ExecutorOptions options;
              options.device = device;
              options.batch_size = batch_size;
@@ -441,13 +441,14 @@ void bind_executor(py::module_& m) {
              options.static_batch = static_batch;
              options.sort_window = sort_window;
              options.inject_oom_above_rows = inject_oom_above_rows;
+             options.inline_below_seconds = inline_below_us * 1e-6;
              return std::make_unique<PyExecutor>(std::move(model), std::move(options),
                                                  std::move(specs));
            }),
            py::arg("model"), py::arg("device"), py::arg("batch_size"), py::arg("max_tokens"),
            py::arg("max_delay_ms"), py::arg("precision"), py::arg("threads"), py::arg("inflight"),
            py::arg("static_batch"), py::arg("sort_window"), py::arg("inject_oom_above_rows"),
-           py::arg("specs"))
+           py::arg("inline_below_us"), py::arg("specs"))
       .def("submit_tensors", &PyExecutor::submit_tensors, py::arg("tensors"),
            py::arg("lengths") = py::none(), py::arg("token_input") = 0)
       .def("submit_arrow", &PyExecutor::submit_arrow, py::arg("batch"))

@@ -380,7 +380,7 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
 
 bool Executor::can_run_inline(const Request& request) const {
   const double average = compute_average_s_.load(std::memory_order_relaxed);
-  if (average < 0 || average >= kInlineComputeSeconds) return false;  // unknown or costly
+  if (average < 0 || average >= options_.inline_below_seconds) return false;  // unknown, costly
   if (!options_.device.is_cpu() || options_.static_batch || closing_) return false;
   if (!queue_.empty() || inflight_ > 0 || request.rows_ != options_.batch_size) return false;
   const Inputs& inputs = *request.inputs_;

@@ -12,7 +12,7 @@
 //               batch k.
 //   inline      a submission that is exactly one batch of ready tensors, made
 //               while the engine is idle, for a model whose calls have been
-//               cheap (< kInlineComputeSeconds), runs on the caller's thread
+//               cheap (< inline_below_seconds), runs on the caller's thread
 //               inside submit(): two thread hand-offs would cost more than
 //               the call, and there is nothing to overlap it with.
 //   workers     (`threads` of them) run the model under InferenceMode (and
@@ -95,6 +95,8 @@ struct ExecutorOptions {
   int64_t sort_window = 0;
   // Tests: a model call with more rows than this fails as out of memory; 0 = off.
   int64_t inject_oom_above_rows = 0;
+  // One-batch submissions run inline while model calls average less than this.
+  double inline_below_seconds = 50e-6;
 };
 
 // One model input of one submission: a tensor (rows along dim 0), or scalar
@@ -281,8 +283,6 @@ class Executor {
   std::vector<at::Tensor> free_buffers_;
   std::vector<std::shared_ptr<const void>> garbage_;
 
-  // Model calls cheaper than this (moving average) may run inline.
-  static constexpr double kInlineComputeSeconds = 50e-6;
   std::atomic<double> compute_average_s_{-1.0};  // < 0: no call yet
   std::atomic<int64_t> stat_inline_{0};
   std::atomic<int64_t> stat_requests_{0}, stat_rows_{0}, stat_batches_{0}, stat_errors_{0},

@@ -261,6 +261,7 @@ class Executor:
         inputs: Sequence[Input] | None = None,
         sha256: str | None = None,
         _inject_oom_above_rows: int = 0,
+        _inline_below_us: float = 50.0,
     ) -> None:
         path = os.fspath(model)
         if precision not in _PRECISIONS:
@@ -316,6 +317,7 @@ class Executor:
             bool(static_batch),
             sort_window,
             int(_inject_oom_above_rows),
+            float(_inline_below_us),
             None if inputs is None else [i._native() for i in inputs],
         )
         with _live_lock:
