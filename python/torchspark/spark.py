@@ -459,7 +459,9 @@ def _plan(
     ref = ship(model, df.sparkSession.sparkContext, sha256)
 
     # One probe batch on the driver: the model loads and runs, outputs give the schema.
-    probe = df.select(*dict.fromkeys(used)).limit(_PROBE_ROWS).toArrow()
+    sample = df.select(*dict.fromkeys(used)).limit(_PROBE_ROWS)
+    # toArrow() is Spark 4.0+; Spark 3.5 has the same under a private name.
+    probe = sample.toArrow() if hasattr(sample, "toArrow") else _collect_arrow(sample)
     probe_batch = probe.combine_chunks().to_batches()
     probe_device = "cpu" if device == "auto" else device
     path = fetch(ref)
@@ -490,6 +492,17 @@ def _plan(
         T.StructField(n, t, nullable=False) for n, t in zip(outputs, output_types, strict=True)
     ]
     return _Plan(ref, specs, keep, outputs, output_types, T.StructType(fields), options, device)
+
+
+def _collect_arrow(df: Any) -> Any:
+    import pyarrow as pa
+
+    batches = df._collect_as_arrow()
+    if batches:
+        return pa.Table.from_batches(batches)
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(df.schema).empty_table()
 
 
 def _empty_batch(schema: Any) -> Any:
