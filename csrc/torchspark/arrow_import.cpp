@@ -717,7 +717,8 @@ ColumnTensor to_tensor(const Column& column, const ToTensorOptions& options) {
   TS_CHECK_NOT_NULL(null_count == 0, column.label, ": ", null_count,
                     null_count == 1 ? " null value" : " null values", " (first in row ",
                     first_null_row,
-                    "); pass nulls='fill' (with fill=...) or nulls='mask' to convert them");
+                    "); pass nulls='fill' (with fill=...) to convert them, or, with to_tensor, "
+                    "nulls='mask' for a validity mask");
   if (parts.size() == 1) {
     return std::move(parts[0].tensor);
   }

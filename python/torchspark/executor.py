@@ -262,6 +262,7 @@ class Executor:
         sha256: str | None = None,
         _inject_oom_above_rows: int = 0,
         _inline_below_us: float = 50.0,
+        _model: Any = None,
     ) -> None:
         path = os.fspath(model)
         if precision not in _PRECISIONS:
@@ -304,7 +305,8 @@ class Executor:
         self.batch_size = batch_size
         self.inflight = inflight
         self.inputs = inputs
-        self.model = _C.load_model(path, self.device, threads)
+        # _model: the same file already loaded for this device (the Spark driver's probe).
+        self.model = _model if _model is not None else _C.load_model(path, self.device, threads)
         self._native = _C.Executor(
             self.model,
             self.device,

@@ -26,6 +26,7 @@ load or run on a probe batch, an output schema that does not match.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import socket
 import sys
@@ -342,8 +343,6 @@ class ArrowPredictor:
             for batch in batches:
                 pending.append((batch, time.perf_counter()))
                 yield batch
-                if crash:
-                    os._exit(17)  # tests: this Python worker dies mid-partition
 
         try:
             for result in executor.map(feed()):
@@ -356,6 +355,8 @@ class ArrowPredictor:
                 rows += batch.num_rows
                 count += 1
                 yield _record_batch(arrays, self.keep + outputs)
+                if crash:
+                    os._exit(17)  # tests: the worker dies after its first output batch
         except BaseException as e:
             error = f"{type(e).__name__}: {e}"
             raise
@@ -444,7 +445,6 @@ def _plan(
     sha256: str | None,
     schema: Any,
 ) -> _Plan:
-    from pyspark.sql import types as T
 
     specs, arg_names = _plan_inputs(inputs)
     _check_column_types(df.schema, specs)
@@ -458,23 +458,30 @@ def _plan(
             raise ValueError(f"keep: columns {missing} are not in the DataFrame {df.columns}")
     ref = ship(model, df.sparkSession.sparkContext, sha256)
 
-    # One probe batch on the driver: the model loads and runs, outputs give the schema.
-    sample = df.select(*dict.fromkeys(used)).limit(_PROBE_ROWS)
+    # The model loads on the driver first: a file that is not a model fails
+    # here, before any Spark job runs.
+    from . import _C
+
+    probe_device = torch.device("cpu" if device == "auto" else device)
+    path = fetch(ref)
+    loaded = _C.load_model(path, probe_device, 1)
+    if arg_names is not None:
+        specs = _order_by_arguments(specs, arg_names, list(loaded.input_names), ref)
+
+    # Then one probe batch: the model runs on it, its outputs give the schema.
+    sample = df.select(*[_col(c) for c in dict.fromkeys(used)]).limit(_PROBE_ROWS)
     # toArrow() is Spark 4.0+; Spark 3.5 has the same under a private name.
     probe = sample.toArrow() if hasattr(sample, "toArrow") else _collect_arrow(sample)
-    probe_batch = probe.combine_chunks().to_batches()
-    probe_device = "cpu" if device == "auto" else device
-    path = fetch(ref)
-    if arg_names is not None:
-        from . import _C
-
-        arguments = list(_C.load_model(path, torch.device(probe_device), 1).input_names)
-        specs = _order_by_arguments(specs, arg_names, arguments, ref)
-    batch = probe_batch[0] if probe_batch else _empty_batch(probe.schema)
+    if probe.num_rows == 0:
+        outputs, output_types = _outputs_of_empty(df, schema, ref)
+        return _plan_of(df, ref, specs, keep, outputs, output_types, options, device)
+    batch = probe.combine_chunks().to_batches()[0]
     probe_options = {**options, "max_delay_ms": 0.0}
     probe_options.pop("intra_op_threads", None)  # the driver's threads are left alone
     try:
-        with Executor(path, device=probe_device, inputs=specs, **probe_options) as ex:
+        with Executor(
+            path, device=probe_device, inputs=specs, _model=loaded, **probe_options
+        ) as ex:
             names, tensors = _flatten(ex.run(batch))
     except Exception as e:
         raise _probe_error(e, ref, len(probe)) from e
@@ -488,10 +495,43 @@ def _plan(
     output_types = [_spark_type(t, n) for t, n in zip(tensors, outputs, strict=True)]
     if schema is not None:
         _check_schema(schema, outputs, output_types)
+    return _plan_of(df, ref, specs, keep, outputs, output_types, options, device)
+
+
+def _plan_of(
+    df: Any,
+    ref: ModelRef,
+    specs: list[Input],
+    keep: list[str],
+    outputs: list[str],
+    output_types: list[Any],
+    options: dict[str, Any],
+    device: str,
+) -> _Plan:
+    from pyspark.sql import types as T
+
     fields = [df.schema[c] for c in keep] + [
         T.StructField(n, t, nullable=False) for n, t in zip(outputs, output_types, strict=True)
     ]
     return _Plan(ref, specs, keep, outputs, output_types, T.StructType(fields), options, device)
+
+
+def _outputs_of_empty(df: Any, schema: Any, ref: ModelRef) -> tuple[list[str], list[Any]]:
+    """An empty DataFrame has no probe batch: the output schema must be given."""
+    if schema is None:
+        raise ValueError(
+            f"model '{ref.name}': the DataFrame is empty, so no probe batch can show what the "
+            "model returns; pass schema= (the output columns, e.g. 'prediction float')"
+        )
+    struct = _as_struct(schema)
+    return [f.name for f in struct.fields], [f.dataType for f in struct.fields]
+
+
+def _col(name: str) -> Any:
+    """A column by its exact name (dots and backticks are not parsed)."""
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
 
 
 def _collect_arrow(df: Any) -> Any:
@@ -503,12 +543,6 @@ def _collect_arrow(df: Any) -> Any:
     from pyspark.sql.pandas.types import to_arrow_schema
 
     return to_arrow_schema(df.schema).empty_table()
-
-
-def _empty_batch(schema: Any) -> Any:
-    import pyarrow as pa
-
-    return pa.RecordBatch.from_pylist([], schema=schema)
 
 
 def _probe_error(error: Exception, ref: ModelRef, rows: int) -> Exception:
@@ -539,13 +573,18 @@ def _order_by_arguments(
     return [by_name[a] for a in arguments]
 
 
-def _check_schema(schema: Any, outputs: list[str], types: list[Any]) -> None:
+def _as_struct(schema: Any) -> Any:
     from pyspark.sql import types as T
 
     if isinstance(schema, str):
         schema = T._parse_datatype_string(schema)
     if not isinstance(schema, T.StructType):
         raise TypeError(f"schema: expected a StructType or a DDL string, got {schema!r}")
+    return schema
+
+
+def _check_schema(schema: Any, outputs: list[str], types: list[Any]) -> None:
+    schema = _as_struct(schema)
     given = [(f.name, f.dataType) for f in schema.fields]
     derived = list(zip(outputs, types, strict=True))
 
@@ -649,24 +688,45 @@ def predict(
     >>> scored.write.parquet("scored.parquet")  # doctest: +SKIP
     >>> print(torchspark.last_report())  # doctest: +SKIP
     """
+    from pyspark.sql import types as T
+
     options = _executor_options(batch_size, precision, executor_options)
     plan = _plan(df, model, inputs, output, keep, device, options, sha256, schema)
     run, records = _new_run(df.sparkSession.sparkContext)
+    used = [c for spec in plan.specs for c in spec.column_list]
+    shipped = list(dict.fromkeys(plan.keep + used))  # only the columns needed cross to Python
+    # mapInArrow resolves its input columns by parsing their names, so a name
+    # with a dot fails there: such DataFrames cross under plain aliases and get
+    # their names back afterwards.
+    rename = any("." in c or "`" in c for c in shipped)
+    alias = {c: f"_torchspark_{i}" for i, c in enumerate(shipped)} if rename else {}
+    specs = [_renamed(spec, alias) for spec in plan.specs] if rename else plan.specs
+    keep = [alias.get(c, c) for c in plan.keep]
+    schema = T.StructType(
+        [T.StructField(alias.get(f.name, f.name), f.dataType, f.nullable) for f in plan.schema]
+    )
     predictor = ArrowPredictor(
         plan.ref,
-        plan.specs,
-        plan.keep,
+        specs,
+        keep,
         plan.outputs,
-        plan.schema,
+        schema,
         plan.device,
         plan.options,
         run,
         records,
         _inject_crash_partition,
     )
-    used = [c for spec in plan.specs for c in spec.column_list]
-    shipped = list(dict.fromkeys(plan.keep + used))  # only the columns needed cross to Python
-    return df.select(*shipped).mapInArrow(predictor, plan.schema)
+    selected = df.select(*[_col(c).alias(alias.get(c, c)) for c in shipped])
+    scored = selected.mapInArrow(predictor, schema)
+    return scored.toDF(*plan.schema.fieldNames()) if rename else scored
+
+
+def _renamed(spec: Input, alias: Mapping[str, str]) -> Input:
+    columns = [alias.get(c, c) for c in spec.column_list]
+    return dataclasses.replace(
+        spec, columns=columns[0] if isinstance(spec.columns, str) else columns
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -779,6 +839,7 @@ class _UdfFunction:
         self,
         ref: ModelRef,
         kinds: Any,
+        fields: list[str] | None,
         device: str,
         options: dict[str, Any],
         run: str,
@@ -786,6 +847,7 @@ class _UdfFunction:
     ) -> None:
         self.ref = ref
         self.kinds = kinds
+        self.fields = fields  # struct field names, or None for one output
         self.device = device
         self.options = options
         self.run = run
@@ -797,7 +859,10 @@ class _UdfFunction:
             return [Input(names, kind="gather")]
         kinds = self.kinds or ["tensor"] * count
         if len(kinds) != count:
-            raise ValueError(f"torch_udf: {len(kinds)} input kinds for {count} columns")
+            raise ValueError(
+                f"torch_udf('{self.ref.name}'): {len(kinds)} input kinds {kinds} for "
+                f"{count} columns"
+            )
         return [Input(n, kind=k) for n, k in zip(names, kinds, strict=True)]
 
     def __call__(self, arrays: Iterator[Any]) -> Iterator[Any]:
@@ -806,9 +871,8 @@ class _UdfFunction:
         first = next(iter(arrays), None)
         if first is None:
             return
-        columns = list(first) if isinstance(first, tuple) else [first]
-        specs = self.specs(len(columns))
-        names = [f"_{i}" for i in range(len(columns))]
+        count = len(first) if isinstance(first, tuple) else 1
+        names = [f"_{i}" for i in range(count)]
 
         def batches() -> Iterator[Any]:
             for item in _chain(first, arrays):
@@ -816,10 +880,32 @@ class _UdfFunction:
                 yield pa.RecordBatch.from_arrays(cols, names=names)
 
         predictor = ArrowPredictor(
-            self.ref, specs, [], None, None, self.device, self.options, self.run, self.records
+            self.ref,
+            self.specs(count),
+            [],
+            None,
+            None,
+            self.device,
+            self.options,
+            self.run,
+            self.records,
         )
         for out in predictor(batches()):
-            yield _udf_column(out)
+            yield self.column(out)
+
+    def column(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        expected = 1 if self.fields is None else len(self.fields)
+        if batch.num_columns != expected:
+            raise ValueError(
+                f"torch_udf('{self.ref.name}'): the model returned {batch.num_columns} outputs "
+                f"but the return type has {expected}"
+                + ("" if self.fields is None else f" fields {self.fields}")
+            )
+        if self.fields is None:
+            return batch.column(0)
+        return pa.StructArray.from_arrays(batch.columns, names=self.fields)
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
@@ -827,19 +913,12 @@ def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
-def _udf_column(batch: Any) -> Any:
-    import pyarrow as pa
-
-    if batch.num_columns == 1:
-        return batch.column(0)
-    return pa.StructArray.from_arrays(batch.columns, names=batch.schema.names)
-
-
 def torch_udf(
     model: str | os.PathLike[str],
     *,
     return_type: Any = None,
     example: Any = None,
+    output: str | Sequence[str] = "prediction",
     inputs: str | Sequence[str] | None = None,
     device: str = "auto",
     batch_size: int = 4096,
@@ -851,10 +930,12 @@ def torch_udf(
 
     Each column argument is one positional model input (``inputs=["tensor",
     "pad", ...]`` sets each one's kind; ``inputs="gather"`` gathers all the
-    columns into one ``[N, F]`` input). A model with several outputs returns a
-    struct column. ``return_type`` is the Spark type of the result; without it,
-    ``example`` (the model's inputs for a couple of rows: a tensor or a tuple of
-    tensors) is run once on the driver to derive it.
+    columns into one ``[N, F]`` input). ``return_type`` is the Spark type of
+    the result: a model with several outputs returns a struct, its fields in
+    output order. Without ``return_type``, ``example`` (the model's inputs for
+    a couple of rows: a tensor or a tuple of tensors) runs once on the driver
+    to derive it; several outputs then make a struct whose fields are named
+    like :func:`predict`'s columns (``output``).
 
     >>> score = torchspark.torch_udf(path, return_type="array<float>")  # doctest: +SKIP
     >>> df.withColumn("score", score("features"))  # doctest: +SKIP
@@ -862,6 +943,7 @@ def torch_udf(
     import pyspark
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     if not hasattr(F, "arrow_udf"):
         raise RuntimeError(
@@ -884,9 +966,12 @@ def torch_udf(
                 f"torch_udf('{ref.name}'): give return_type (e.g. 'float', 'array<float>') or "
                 "example= (model inputs for a few rows) to derive it"
             )
-        return_type = _udf_type_from_example(ref, example, options)
+        return_type = _udf_type_from_example(ref, example, output, options)
+    elif isinstance(return_type, str):
+        return_type = T._parse_datatype_string(return_type)
+    fields = return_type.fieldNames() if isinstance(return_type, T.StructType) else None
     run, records = _new_run(spark.sparkContext)
-    body = _UdfFunction(ref, inputs, device, options, run, records)
+    body = _UdfFunction(ref, inputs, fields, device, options, run, records)
 
     def torch_model(arrays: Iterator[Any]) -> Iterator[Any]:
         return body(arrays)
@@ -900,17 +985,18 @@ def torch_udf(
         )
 
 
-def _udf_type_from_example(ref: ModelRef, example: Any, options: dict[str, Any]) -> Any:
+def _udf_type_from_example(
+    ref: ModelRef, example: Any, output: str | Sequence[str], options: dict[str, Any]
+) -> Any:
     from pyspark.sql import types as T
 
     probe_options = {**options, "max_delay_ms": 0.0}
     probe_options.pop("intra_op_threads", None)
     with Executor(fetch(ref), device="cpu", **probe_options) as ex:
         names, tensors = _flatten(ex.run(example))
-    outs = _output_names("_out", names, len(tensors))
+    outs = _output_names(output, names, len(tensors))
     types = [_spark_type(t, n) for t, n in zip(tensors, outs, strict=True)]
     if len(types) == 1:
         return types[0]
-    return T.StructType(
-        [T.StructField(n, t, nullable=False) for n, t in zip(outs, types, strict=True)]
-    )
+    fields = [T.StructField(n, t, nullable=False) for n, t in zip(outs, types, strict=True)]
+    return T.StructType(fields)

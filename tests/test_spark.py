@@ -1,0 +1,717 @@
+"""torchspark on Spark: predict, arrow_predictor, torch_udf and last_report.
+
+Every scored DataFrame is collected, sorted by ``id`` (each id exactly once) and
+compared row by row with eager PyTorch on the same rows of the source. Data is
+generated in the JVM from ``spark.range`` (deterministic, no Python workers
+needed to make it); models are tiny and exported once per module.
+
+``local[2,4]`` (the ``spark`` fixture in conftest.py) covers the input kinds,
+outputs, nulls, empty and one-row partitions, driver-side errors and a Python
+worker killed mid-partition. ``local-cluster[2,1,1024]`` (two executor JVMs)
+runs in a subprocess, ``spark_cluster_job.py``, started in the background when
+this module starts so that it overlaps the local tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import torch
+from models import FEATURES, VOCAB, ModelFiles
+
+import torchspark
+from torchspark import Input
+
+pytest.importorskip("pyspark.sql")
+
+pytestmark = pytest.mark.spark
+
+ROWS = 2000
+PARTITIONS = 4
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLUSTER_TEST = "test_local_cluster_ships_the_model_to_each_executor"
+CLUSTER_TIMEOUT = 480.0
+
+# Columns made in the JVM from ``id``: tokens are 1..49 (0 is padding), 1 to 13 per row.
+COLUMNS = [
+    "id",
+    f"transform(sequence(0, {FEATURES - 1}), i -> cast(sin(id * {FEATURES} + i) as float))"
+    " as features",
+    "cos(id * 0.37) as c0",
+    "cast(pmod(id, 7) - 3 as int) as c1",
+    "cast(sin(id * 1.3) as float) as c2",
+    "transform(sequence(0, cast(pmod(id * 7, 13) as int)),"
+    f" i -> cast(pmod(id * 31 + i * 17, {VOCAB - 1}) + 1 as int)) as tokens",
+    "transform(sequence(0, 2), i -> cast(cos(id * 3 + i) as float)) as dense",
+    "transform(sequence(0, 3), i -> cast(sin(id + i * 0.5) as float)) as a",
+    "transform(sequence(0, 3), i -> cast(cos(id - i) as float)) as b",
+    "concat('row-', id) as label",
+]
+
+
+# ---------------------------------------------------------------------------
+# Models beyond tests/models.py
+
+
+class MaskedMean(torch.nn.Module):
+    """tokens [rows, L] (0 = padding) -> [rows]: a linear head on the mean of the
+    non-pad token embeddings, so neither padding nor batching changes a row's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.emb = torch.nn.Embedding(VOCAB, 4)
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != 0).unsqueeze(-1).to(torch.float32)
+        total = (self.emb(tokens) * mask).sum(1)
+        return self.head(total / mask.sum(1).clamp(min=1.0)).squeeze(1)
+
+    def reference(self, rows: list[list[int]]) -> torch.Tensor:
+        """Eager, one row at a time, unpadded (an empty row has a zero mean)."""
+        with torch.no_grad():
+            means = [self.emb(torch.tensor(r)).mean(0) if r else torch.zeros(4) for r in rows]
+            return self.head(torch.stack(means)).squeeze(1)
+
+
+class DictHead(torch.nn.Module):
+    """forward(x, y) -> {"diff": x - 2y, "score": [rows]}: argument order matters;
+    exported by torchspark.export (a trace with strict=False keeps the dict)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"diff": x - 2 * y, "score": (x * y).sum(1) + x[:, 0]}
+
+
+class Grid(torch.nn.Module):
+    """x [rows, 2, 4] -> ([rows, 2, 4], [rows, 4] bool, [rows] float16): nested arrays
+    in and out, and output dtypes Spark lacks (half -> float)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return x * 2 - 1, (x > 0).any(1), x.to(torch.float16).sum((1, 2))
+
+
+class SparkModels(ModelFiles):
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        super().__init__(directory)
+        masked, head, grid = MaskedMean(), DictHead(), Grid()
+        tokens = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]] * 2)
+        self._builders["masked_mean"] = (
+            masked,
+            lambda path: torchspark.export(masked, (tokens,), path),
+        )
+        self._builders["grid"] = (
+            grid,
+            lambda path: torchspark.export(grid, (torch.randn(4, 2, 4),), path),
+        )
+        self._builders["dict_head"] = (
+            head,
+            lambda path: torchspark.export(head, (torch.randn(4, 4), torch.randn(4, 4)), path),
+        )
+
+
+# ---------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Start spark_cluster_job.py in the background when the module starts (if
+    its test is selected): its JVMs start while the local tests run."""
+    selected = any(item.name == CLUSTER_TEST for item in request.session.items)
+    if not selected or (shutil.which("java") is None and not os.environ.get("JAVA_HOME")):
+        yield None
+        return
+    workdir = tmp_path_factory.mktemp("cluster")
+    log = open(workdir / "job.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "spark_cluster_job.py"), str(workdir)],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the JVMs it starts go with it
+    )
+    job = {"proc": proc, "workdir": workdir, "started": time.monotonic()}
+    try:
+        yield job
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> SparkModels:
+    return SparkModels(tmp_path_factory.mktemp("spark_models"))
+
+
+def frame(spark: Any, rows: int, partitions: int, start: int = 0) -> Any:
+    return spark.range(start, start + rows, 1, partitions).selectExpr(*COLUMNS)
+
+
+@pytest.fixture(scope="module")
+def df(spark: Any) -> Any:
+    return frame(spark, ROWS, PARTITIONS)
+
+
+@pytest.fixture(scope="module")
+def source(df: Any) -> pa.Table:
+    return df.toArrow().sort_by("id")
+
+
+def collect(scored: Any, expected_ids: list[int]) -> pa.Table:
+    """The scored rows sorted by id: each expected id exactly once, nothing else."""
+    table = scored.toArrow().sort_by("id")
+    assert table.column("id").to_pylist() == expected_ids
+    return table
+
+
+def floats(table: pa.Table, column: str) -> torch.Tensor:
+    return torch.tensor(table.column(column).to_pylist(), dtype=torch.float32)
+
+
+def eager(module: torch.nn.Module, *inputs: torch.Tensor) -> Any:
+    with torch.no_grad():
+        return module(*inputs)
+
+
+def ids(table: pa.Table) -> list[int]:
+    return table.column("id").to_pylist()
+
+
+def check_report(rows: int, tasks: int) -> torchspark.Report:
+    report = torchspark.last_report()
+    assert report is not None
+    assert report.rows == rows
+    assert report.tasks == tasks
+    assert sorted(r["partition"] for r in report.task_records) == list(range(tasks))
+    assert report.p50_ms <= report.p90_ms <= report.p99_ms
+    assert report.errors == []
+    assert report.devices == ["cpu"]
+    return report
+
+
+# ---------------------------------------------------------------------------
+# Input kinds, outputs compared with eager PyTorch
+
+
+def test_array_column_matches_eager_and_keeps_other_columns(df, source, models):
+    scored = torchspark.predict(df, models.path("mlp"), inputs="features", batch_size=256)
+    keep = [c for c in df.columns if c != "features"]
+    assert scored.columns == [*keep, "prediction"]
+    assert scored.schema["prediction"].dataType.simpleString() == "array<float>"
+    table = collect(scored, ids(source))
+    expected = eager(models.module("mlp"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+    # Pass-through columns (scalars, arrays, strings) arrive untouched.
+    assert table.select(keep).equals(source.select(keep))
+
+    report = check_report(ROWS, PARTITIONS)
+    assert report.models == ["mlp.pt (TorchScript)"]
+    assert report.batch_sizes == [256]
+    assert report.arrow_batches >= PARTITIONS
+    assert report.model_calls >= ROWS // 256  # 500-row partitions in calls of <= 256 rows
+    assert sorted(r["rows"] for r in report.task_records) == [ROWS // PARTITIONS] * PARTITIONS
+    assert "2,000 rows in 4 tasks" in str(report)
+
+
+def test_scalar_columns_gathered(df, source, models):
+    scored = torchspark.predict(
+        df, models.path("features3"), inputs=["c0", "c1", "c2"], keep=["id"]
+    )
+    assert scored.schema.simpleString() == "struct<id:bigint,prediction:array<float>>"
+    table = collect(scored, ids(source))
+    x = torch.stack([floats(source, c) for c in ("c0", "c1", "c2")], dim=1)
+    torch.testing.assert_close(floats(table, "prediction"), eager(models.module("features3"), x))
+
+
+def test_token_column_padded_with_token_budget(df, source, models):
+    scored = torchspark.predict(
+        df,
+        models.path("masked_mean"),
+        inputs=Input("tokens", kind="pad"),
+        keep=["id", "label"],
+        batch_size=64,
+        max_tokens=96,
+        sort_window=64,
+    )
+    assert scored.schema.simpleString() == "struct<id:bigint,label:string,prediction:float>"
+    table = collect(scored, ids(source))
+    assert table.column("label").equals(source.column("label"))
+    expected = models.module("masked_mean").reference(source.column("tokens").to_pylist())
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+    report = check_report(ROWS, PARTITIONS)
+    # Batches hold at most 96 padded tokens: many model calls per Arrow batch.
+    tokens = sum(len(r) for r in source.column("tokens").to_pylist())
+    assert report.model_calls >= tokens / 96 > 10 * report.arrow_batches
+
+
+def test_named_inputs_for_a_multi_input_model(df, source, models):
+    # forward(dense, tokens): the dict, in the other order, is matched by name.
+    scored = torchspark.predict(
+        df,
+        models.path("tokens_dense"),
+        inputs={"tokens": Input("tokens", kind="pad"), "dense": "dense"},
+        keep=["id"],
+        max_tokens=200,
+    )
+    table = collect(scored, ids(source))
+    expected = models.module("tokens_dense").reference(
+        floats(source, "dense"), source.column("tokens").to_pylist()
+    )
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+
+
+def test_tuple_outputs_become_numbered_columns(df, source, models):
+    scored = torchspark.predict(df, models.path("tuple_out"), inputs="features", keep=["id"])
+    assert scored.schema.simpleString() == (
+        "struct<id:bigint,prediction_0:array<float>,prediction_1:float,prediction_2:bigint>"
+    )
+    table = collect(scored, ids(source))
+    lin, total, argmax = eager(models.module("tuple_out"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "prediction_0"), lin)
+    torch.testing.assert_close(floats(table, "prediction_1"), total)
+    assert table.column("prediction_2").to_pylist() == argmax.tolist()
+
+
+def test_dict_outputs_named_by_keys(df, source, models):
+    scored = torchspark.predict(
+        df, models.path("dict_head"), inputs={"y": "b", "x": "a"}, keep=["id"]
+    )
+    assert scored.schema.simpleString() == "struct<id:bigint,diff:array<float>,score:float>"
+    table = collect(scored, ids(source))
+    expected = eager(models.module("dict_head"), floats(source, "a"), floats(source, "b"))
+    torch.testing.assert_close(floats(table, "diff"), expected["diff"])
+    torch.testing.assert_close(floats(table, "score"), expected["score"])
+
+
+def test_nested_array_input_and_nested_outputs(df, source, models):
+    grid = df.selectExpr("id", "transform(sequence(0, 1), j -> slice(features, j * 4 + 1, 4)) as g")
+    scored = torchspark.predict(grid, models.path("grid"), inputs="g", output=["y", "pos", "half"])
+    assert scored.schema.simpleString() == (
+        "struct<id:bigint,y:array<array<float>>,pos:array<boolean>,half:float>"
+    )
+    table = collect(scored, ids(source))
+    x = floats(source, "features").view(-1, 2, 4)
+    y, pos, half = eager(models.module("grid"), x)
+    torch.testing.assert_close(floats(table, "y"), y)
+    assert table.column("pos").to_pylist() == pos.tolist()
+    torch.testing.assert_close(floats(table, "half"), half.float())
+
+
+def test_column_names_with_dots(df, source, models):
+    dotted = df.selectExpr("id as `row.id`", "features as `f.x`")
+    scored = torchspark.predict(dotted, models.path("mlp"), inputs="f.x")
+    table = scored.toArrow().sort_by("row.id")
+    assert table.column("row.id").to_pylist() == ids(source)
+    expected = eager(models.module("mlp"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+
+
+def test_output_names_keep_and_a_matching_schema(df, source, models):
+    from pyspark.sql import types as T
+
+    path = models.path("tuple_out")
+    ddl = "logits array<float>, total float, argmax bigint"
+    scored = torchspark.predict(
+        df,
+        path,
+        inputs="features",
+        output=["logits", "total", "argmax"],
+        keep=["label", "id"],
+        schema=ddl,
+    )
+    assert scored.columns == ["label", "id", "logits", "total", "argmax"]
+    table = collect(scored, ids(source))
+    assert table.column("label").equals(source.column("label"))
+    lin, total, argmax = eager(models.module("tuple_out"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "logits"), lin)
+    torch.testing.assert_close(floats(table, "total"), total)
+    assert table.column("argmax").to_pylist() == argmax.tolist()
+
+    # The same schema as a StructType (nullability is not compared).
+    struct = T.StructType(
+        [
+            T.StructField("logits", T.ArrayType(T.FloatType())),
+            T.StructField("total", T.FloatType()),
+            T.StructField("argmax", T.LongType()),
+        ]
+    )
+    again = torchspark.predict(
+        df, path, inputs="features", output=["logits", "total", "argmax"], schema=struct
+    )
+    assert again.columns[-3:] == ["logits", "total", "argmax"]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "prediction double",  # wrong type
+        "score array<float>",  # wrong name
+        "prediction array<float>, extra int",  # one column too many
+    ],
+)
+def test_schema_mismatch_raises_on_the_driver(df, models, schema):
+    with pytest.raises(ValueError, match=r"schema: the model's outputs .* prediction array<float>"):
+        torchspark.predict(df, models.path("mlp"), inputs="features", schema=schema)
+
+
+def test_arrow_predictor_with_map_in_arrow(df, source, models):
+    fn = torchspark.arrow_predictor(df, models.path("mlp"), inputs="features", keep=["id"])
+    assert isinstance(fn, torchspark.ArrowPredictor)
+    assert fn.ref.kind == "path"  # local mode: the executors read the driver's file
+    assert fn.schema.simpleString() == "struct<id:bigint,prediction:array<float>>"
+    table = collect(df.mapInArrow(fn, fn.schema), ids(source))
+    expected = eager(models.module("mlp"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+    check_report(ROWS, PARTITIONS)
+
+
+def test_torch_udf_with_return_type(df, source, models):
+    score = torchspark.torch_udf(models.path("mlp"), return_type="array<float>")
+    scored = df.select("id", "label", score("features").alias("score"))
+    table = collect(scored, ids(source))
+    assert table.column("label").equals(source.column("label"))
+    expected = eager(models.module("mlp"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "score"), expected)
+    check_report(ROWS, PARTITIONS)
+
+
+def test_torch_udf_type_from_example_multi_output_is_a_struct(df, source, models):
+    fn = torchspark.torch_udf(models.path("tuple_out"), example=torch.randn(2, FEATURES))
+    assert fn.returnType.simpleString() == (
+        "struct<prediction_0:array<float>,prediction_1:float,prediction_2:bigint>"
+    )
+    scored = df.select("id", fn("features").alias("s")).select("id", "s.*")
+    table = collect(scored, ids(source))
+    lin, total, argmax = eager(models.module("tuple_out"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "prediction_0"), lin)
+    torch.testing.assert_close(floats(table, "prediction_1"), total)
+    assert table.column("prediction_2").to_pylist() == argmax.tolist()
+
+
+def test_torch_udf_example_struct_fields_named_by_output(models):
+    fn = torchspark.torch_udf(
+        models.path("tuple_out"), example=torch.randn(2, FEATURES), output=["a", "b", "c"]
+    )
+    assert fn.returnType.fieldNames() == ["a", "b", "c"]
+
+
+def test_torch_udf_gather_and_pad_inputs(df, source, models):
+    gathered = torchspark.torch_udf(
+        models.path("features3"), return_type="array<float>", inputs="gather"
+    )
+    mixed = torchspark.torch_udf(
+        models.path("tokens_dense"), return_type="array<float>", inputs=["tensor", "pad"]
+    )
+    scored = df.select(
+        "id", gathered("c0", "c1", "c2").alias("g"), mixed("dense", "tokens").alias("m")
+    )
+    table = collect(scored, ids(source))
+    x = torch.stack([floats(source, c) for c in ("c0", "c1", "c2")], dim=1)
+    torch.testing.assert_close(floats(table, "g"), eager(models.module("features3"), x))
+    expected = models.module("tokens_dense").reference(
+        floats(source, "dense"), source.column("tokens").to_pylist()
+    )
+    torch.testing.assert_close(floats(table, "m"), expected)
+
+
+def test_torch_udf_struct_return_type_with_own_field_names(df, source, models):
+    fn = torchspark.torch_udf(
+        models.path("tuple_out"), return_type="struct<lin: array<float>, total: float, top: bigint>"
+    )
+    scored = df.select("id", fn("features").alias("s")).select("id", "s.*")
+    table = collect(scored, ids(source))
+    lin, total, argmax = eager(models.module("tuple_out"), floats(source, "features"))
+    assert table.column("top").to_pylist() == argmax.tolist()
+    torch.testing.assert_close(floats(table, "lin"), lin)
+    torch.testing.assert_close(floats(table, "total"), total)
+
+
+# ---------------------------------------------------------------------------
+# Partitions: empty, one row
+
+
+def test_empty_partitions(spark, models):
+    # 3 rows over 8 partitions: 5 partitions are empty; a filter empties two more.
+    module = models.module("masked_mean")
+    path = models.path("masked_mean")
+    small = frame(spark, 3, 8)
+    scored = torchspark.predict(small, path, inputs=Input("tokens", kind="pad"), keep=["id"])
+    rows = small.toArrow().sort_by("id")
+    table = collect(scored, [0, 1, 2])
+    expected = module.reference(rows.column("tokens").to_pylist())
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+    report = check_report(3, 8)
+    assert sorted(r["rows"] for r in report.task_records) == [0] * 5 + [1] * 3
+
+    filtered = frame(spark, ROWS, PARTITIONS).filter(f"id < 5 or id >= {ROWS - 5}")
+    scored = torchspark.predict(filtered, path, inputs=Input("tokens", kind="pad"), keep=["id"])
+    rows = filtered.toArrow().sort_by("id")
+    table = collect(scored, [*range(5), *range(ROWS - 5, ROWS)])
+    expected = module.reference(rows.column("tokens").to_pylist())
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+    report = check_report(10, PARTITIONS)
+    assert [r["rows"] for r in report.task_records] == [5, 0, 0, 5]
+
+
+def test_empty_dataframe_with_schema(df, models):
+    empty = df.filter("id < 0")
+    scored = torchspark.predict(
+        empty, models.path("mlp"), inputs="features", keep=["id"], schema="prediction array<float>"
+    )
+    assert scored.count() == 0
+
+
+def test_empty_dataframe_without_schema_asks_for_one(df, models):
+    with pytest.raises(ValueError, match=r"empty.*schema="):
+        torchspark.predict(df.filter("id < 0"), models.path("mlp"), inputs="features")
+
+
+def test_one_row_partitions(spark, models):
+    small = frame(spark, 6, 6, start=100)
+    scored = torchspark.predict(small, models.path("mlp"), inputs="features", keep=["id"])
+    rows = small.toArrow().sort_by("id")
+    table = collect(scored, list(range(100, 106)))
+    expected = eager(models.module("mlp"), floats(rows, "features"))
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+    report = check_report(6, 6)
+    assert [r["rows"] for r in report.task_records] == [1] * 6
+
+
+# ---------------------------------------------------------------------------
+# Nulls
+
+
+def with_nulls(df: Any, column: str, condition: str) -> Any:
+    cols = [
+        f"case when {condition} then null else {c} end as {c}" if c == column else c
+        for c in df.columns
+    ]
+    return df.selectExpr(*cols)
+
+
+def test_null_array_row_fails_the_job_naming_the_column(df, models):
+    # The null is in the last partition: past the driver's probe rows, so a task fails.
+    bad = with_nulls(df, "features", f"id = {ROWS - 7}")
+    scored = torchspark.predict(bad, models.path("mlp"), inputs="features", keep=["id"])
+    with pytest.raises(Exception) as info:
+        scored.collect()
+    text = str(info.value)
+    assert "NullValueError" in text
+    assert "column 'features': 1 null value" in text
+
+
+def test_null_in_the_probe_rows_raises_on_the_driver(df, models):
+    bad = with_nulls(df, "features", "id = 3")
+    with pytest.raises(torchspark.NullValueError, match=r"probe batch.*column 'features'"):
+        torchspark.predict(bad, models.path("mlp"), inputs="features")
+
+
+def test_null_array_rows_filled(df, source, models):
+    bad = with_nulls(df, "features", "pmod(id, 97) = 5")
+    scored = torchspark.predict(
+        bad, models.path("mlp"), inputs=Input("features", nulls="fill", fill=0), keep=["id"]
+    )
+    table = collect(scored, ids(source))
+    x = floats(source, "features")
+    x[torch.tensor(ids(source)) % 97 == 5] = 0.0
+    torch.testing.assert_close(floats(table, "prediction"), eager(models.module("mlp"), x))
+
+
+def test_null_scalars_filled_in_a_gather(df, source, models):
+    bad = with_nulls(with_nulls(df, "c0", "pmod(id, 5) = 0"), "c1", "pmod(id, 7) = 1")
+    scored = torchspark.predict(
+        bad,
+        models.path("features3"),
+        inputs=Input(["c0", "c1", "c2"], nulls="fill", fill=-2),
+        keep=["id"],
+    )
+    table = collect(scored, ids(source))
+    x = torch.stack([floats(source, c) for c in ("c0", "c1", "c2")], dim=1)
+    i = torch.tensor(ids(source))
+    x[i % 5 == 0, 0] = -2.0
+    x[i % 7 == 1, 1] = -2.0
+    torch.testing.assert_close(floats(table, "prediction"), eager(models.module("features3"), x))
+
+
+def test_null_token_rows_filled_as_empty(df, source, models):
+    bad = with_nulls(df, "tokens", "pmod(id, 11) = 4")
+    scored = torchspark.predict(
+        bad,
+        models.path("masked_mean"),
+        inputs=Input("tokens", kind="pad", nulls="fill"),
+        keep=["id"],
+    )
+    table = collect(scored, ids(source))
+    rows = [
+        [] if i % 11 == 4 else r
+        for i, r in zip(ids(source), source["tokens"].to_pylist(), strict=True)
+    ]
+    expected = models.module("masked_mean").reference(rows)
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+
+
+# ---------------------------------------------------------------------------
+# Errors raised on the driver, before any task
+
+
+def test_missing_column(df, models):
+    with pytest.raises(ValueError, match=r"input column 'nope': not in the DataFrame"):
+        torchspark.predict(df, models.path("mlp"), inputs="nope")
+    with pytest.raises(ValueError, match=r"input column 'nope'"):
+        torchspark.predict(df, models.path("features3"), inputs=["c0", "nope", "c2"])
+    with pytest.raises(ValueError, match=r"keep: columns \['nope'\]"):
+        torchspark.predict(df, models.path("mlp"), inputs="features", keep=["id", "nope"])
+
+
+def test_unsupported_column_types(df, models):
+    with pytest.raises(TypeError, match=r"input column 'label' \(kind 'tensor'\).*got string"):
+        torchspark.predict(df, models.path("mlp"), inputs="label")
+    with pytest.raises(TypeError, match=r"input column 'label' \(kind 'gather'\).*got string"):
+        torchspark.predict(df, models.path("features3"), inputs=["c0", "c1", "label"])
+    with pytest.raises(TypeError, match=r"'features' \(kind 'pad'\).*got array<float>"):
+        torchspark.predict(df, models.path("bag"), inputs=Input("features", kind="pad"))
+    with pytest.raises(TypeError, match="inputs: expected"):
+        torchspark.predict(df, models.path("mlp"), inputs=42)
+
+
+def test_models_that_cannot_load(df, models, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a model")
+    with pytest.raises(Exception, match=r"model '.*garbage\.pt'.*not a zip archive"):
+        torchspark.predict(df, str(garbage), inputs="features")
+    with pytest.raises(FileNotFoundError, match=r"no_such_model\.pt"):
+        torchspark.predict(df, str(tmp_path / "no_such_model.pt"), inputs="features")
+    with pytest.raises(ValueError, match="sha256"):
+        torchspark.predict(df, models.path("mlp"), inputs="features", sha256="0" * 64)
+
+
+def test_model_that_fails_on_the_probe_batch(df, models):
+    # features has 8 columns; features3 takes 3.
+    with pytest.raises(torchspark.ModelError, match=r"model 'features3\.pt' on a probe batch"):
+        torchspark.predict(df, models.path("features3"), inputs="features")
+
+
+def test_named_inputs_must_match_the_arguments(df, models):
+    with pytest.raises(ValueError, match=r"missing \['y'\], unexpected \['z'\]"):
+        torchspark.predict(df, models.path("dict_head"), inputs={"x": "a", "z": "b"})
+    with pytest.raises(ValueError, match=r"missing \['y'\]"):
+        torchspark.predict(df, models.path("dict_head"), inputs={"x": "a"})
+
+
+def test_output_names_and_options_checked(df, models):
+    with pytest.raises(ValueError, match="returns 3 outputs but 2 names"):
+        torchspark.predict(df, models.path("tuple_out"), inputs="features", output=["a", "b"])
+    with pytest.raises(ValueError, match="clash"):
+        torchspark.predict(df, models.path("mlp"), inputs="features", output="label")
+    with pytest.raises(TypeError, match=r"unexpected executor options \['bogus'\]"):
+        torchspark.predict(df, models.path("mlp"), inputs="features", bogus=1)
+
+
+# ---------------------------------------------------------------------------
+# Logs, faults
+
+
+def test_per_task_log_line(df, models, monkeypatch, capfd):
+    """The line each task logs (model, device, batch size, rows). In local mode a
+    Python worker's stderr goes to the JVM's, which pytest cannot capture, so the
+    predictor runs here on the driver; spark_cluster_job.py reads the executors'
+    lines from their stderr files."""
+    monkeypatch.setenv("TORCHSPARK_LOG_LEVEL", "INFO")
+    fn = torchspark.arrow_predictor(
+        df, models.path("mlp"), inputs="features", keep=["id"], batch_size=64
+    )
+    batches = df.limit(100).toArrow().to_batches()
+    out = pa.Table.from_batches(list(fn(iter(batches))))
+    assert out.num_rows == 100 and out.column_names == ["id", "prediction"]
+    err = capfd.readouterr().err
+    assert re.search(
+        r"torchspark: driver: model 'mlp\.pt' \(TorchScript\) on cpu, batch_size 64, "
+        rf"intra-op threads \d+: 100 rows in {len(batches)} Arrow batches",
+        err,
+    ), err
+
+
+def test_python_worker_killed_mid_partition_is_retried(spark, df, source, models):
+    """Attempt 0 of partition 1 exits its Python worker after the first of 5
+    Arrow batches; Spark retries the task and each id comes out once, with the
+    predictions of a clean run."""
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "100")
+    try:
+        path = models.path("mlp")
+        clean = collect(torchspark.predict(df, path, inputs="features", keep=["id"]), ids(source))
+        crashed = torchspark.predict(
+            df, path, inputs="features", keep=["id"], _inject_crash_partition=1
+        )
+        table = collect(crashed, ids(source))
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    torch.testing.assert_close(floats(table, "prediction"), floats(clean, "prediction"))
+    report = check_report(ROWS, PARTITIONS)
+    attempts = {r["partition"]: r["attempt"] for r in report.task_records}
+    assert attempts == {0: 0, 1: 1, 2: 0, 3: 0}
+    assert {r["arrow_batches"] for r in report.task_records} == {5}
+
+
+# ---------------------------------------------------------------------------
+# local-cluster: two executor JVMs
+
+
+@pytest.mark.slow
+def test_local_cluster_ships_the_model_to_each_executor(cluster_job):
+    if cluster_job is None:
+        pytest.skip("no Java runtime for Spark")
+    proc, workdir = cluster_job["proc"], cluster_job["workdir"]
+    left = CLUSTER_TIMEOUT - (time.monotonic() - cluster_job["started"])
+    try:
+        proc.wait(timeout=max(left, 1.0))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log = (workdir / "job.log").read_text(errors="replace")
+    assert proc.returncode == 0, log[-6000:]
+    r = json.loads((workdir / "result.json").read_text())
+    rows, partitions = r["rows"], r["partitions"]
+
+    assert r["master"] == "local-cluster[2,1,1024]" and r["executors"] == 2
+    # Shipped with addFile: a SparkFiles name carrying the digest.
+    assert r["ref_kind"] == "sparkfile"
+    assert re.fullmatch(r"[0-9a-f]{16}-cluster_mlp\.pt", r["ref_location"])
+    # Exactly one output row per input id.
+    assert r["count"] == r["distinct_ids"] == rows
+    assert r["missing_ids"] == 0 and r["extra_ids"] == 0
+    assert r["ids_equal"] and r["max_abs_diff"] < 1e-5
+    report = r["report"]
+    assert report["rows"] == rows and report["tasks"] == partitions
+    assert report["partitions"] == list(range(partitions))
+    assert report["rows_per_partition"] == [rows // partitions] * partitions
+    assert report["errors"] == []
+    # One reused Python worker per (single-core) executor JVM ran all its tasks.
+    assert len(report["pids"]) == 2
+    # Each executor fetched the file into its own directory; both workers still
+    # hold the loaded model after the job.
+    assert len(r["probe_dirs"]) == 2 and r["probe_all_exist"]
+    assert r["probe_pids"] == r["probe_pids_cached"] == report["pids"]
+    # A file:// URI: downloaded once per host into $TORCHSPARK_CACHE, same predictions.
+    assert r["uri_rows"] == rows and r["uri_max_abs_diff"] == 0.0
+    assert len(r["cache_files"]) == 1 and r["cache_files"][0].endswith("/cluster_mlp.pt")
+    # The executors' per-task log lines: one per partition of the predict job.
+    lines = [line for line in r["log_lines"] if r["ref_location"] in line]
+    assert len(lines) == partitions, r["log_lines"]
+    partition_ids = sorted(int(re.search(r"partition (\d+)", line)[1]) for line in lines)
+    assert partition_ids == list(range(partitions))
+    for line in lines:
+        assert "(TorchScript) on cpu, batch_size 4096" in line
+        assert f": {rows // partitions} rows in" in line
