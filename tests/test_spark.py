@@ -715,3 +715,21 @@ def test_local_cluster_ships_the_model_to_each_executor(cluster_job):
     for line in lines:
         assert "(TorchScript) on cpu, batch_size 4096" in line
         assert f": {rows // partitions} rows in" in line
+
+
+def test_docstring_examples_run(spark):
+    import doctest
+
+    import torchspark.spark as module
+
+    tests = doctest.DocTestFinder().find(module, "torchspark.spark")
+    # The module's example first: it defines the spark, path and df the others use.
+    tests.sort(key=lambda t: t.name != "torchspark.spark")
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    shared: dict = {}
+    for test in tests:
+        if test.examples:
+            test.globs = shared
+            runner.run(test, clear_globs=False)
+    failures, tried = runner.summarize(verbose=False)
+    assert tried >= 15 and failures == 0

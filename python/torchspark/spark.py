@@ -13,14 +13,21 @@ Errors that can be found before the job starts are raised on the driver:
 missing columns, column types the model cannot take, a model that does not
 load or run on a probe batch, an output schema that does not match.
 
+The examples in this module's docstrings run as written (the test suite runs
+them against a local SparkSession); they share ``spark``, ``path`` and ``df``:
+
 >>> import os, tempfile, torch, torchspark
 >>> from pyspark.sql import SparkSession
->>> spark = SparkSession.builder.master("local[1]").getOrCreate()  # doctest: +SKIP
+>>> spark = SparkSession.builder.master("local[2]").getOrCreate()
 >>> path = torchspark.export(torch.nn.Linear(3, 1), torch.randn(4, 3),
-...                          os.path.join(tempfile.mkdtemp(), "m.pt"))
->>> df = spark.createDataFrame([(1, [1.0, 2.0, 3.0])], "id long, x array<float>")  # doctest: +SKIP
->>> torchspark.predict(df, path, inputs="x").columns  # doctest: +SKIP
+...                          os.path.join(tempfile.mkdtemp(), "model.pt"))
+>>> df = spark.createDataFrame([(1, [1.0, 2.0, 3.0]), (2, [0.5, 0.5, 0.5])],
+...                            "id long, x array<float>")
+>>> scored = torchspark.predict(df, path, inputs="x")
+>>> scored.columns
 ['id', 'prediction']
+>>> scored.count()
+2
 """
 
 from __future__ import annotations
@@ -620,8 +627,11 @@ def arrow_predictor(
     probe batch derive the output schema). Arguments are those of
     :func:`predict`.
 
-    >>> fn = torchspark.arrow_predictor(df, path, inputs="x")  # doctest: +SKIP
-    >>> df.mapInArrow(fn, fn.schema).show()  # doctest: +SKIP
+    >>> fn = torchspark.arrow_predictor(df, path, inputs="x")
+    >>> fn.schema.simpleString()
+    'struct<id:bigint,prediction:array<float>>'
+    >>> df.mapInArrow(fn, fn.schema).count()
+    2
     """
     options = _executor_options(batch_size, precision, executor_options)
     plan = _plan(df_or_schema, model, inputs, output, keep, device, options, sha256, schema)
@@ -684,9 +694,11 @@ def predict(
     Metrics of the tasks (rows, throughput, latency percentiles per Arrow batch,
     device, batch size) are collected on the driver: see :func:`last_report`.
 
-    >>> scored = torchspark.predict(df, "model.pt", inputs="features")  # doctest: +SKIP
-    >>> scored.write.parquet("scored.parquet")  # doctest: +SKIP
-    >>> print(torchspark.last_report())  # doctest: +SKIP
+    >>> scored = torchspark.predict(df, path, inputs="x", keep=["id"], output="score")
+    >>> out = os.path.join(tempfile.mkdtemp(), "scored.parquet")
+    >>> scored.write.parquet(out)
+    >>> torchspark.last_report().rows
+    2
     """
     from pyspark.sql import types as T
 
@@ -806,9 +818,10 @@ def last_report() -> Report | None:
     """A summary of the tasks of the most recent job that ran a ``predict``
     (or an ``arrow_predictor`` / ``torch_udf``), or None before any ran.
 
-    >>> torchspark.predict(df, path, inputs="x").write.format("noop").save()  # doctest: +SKIP
-    >>> torchspark.last_report().rows  # doctest: +SKIP
-    1
+    >>> torchspark.predict(df, path, inputs="x").write.format("noop").mode("overwrite").save()
+    >>> report = torchspark.last_report()
+    >>> report.rows, report.p50_ms <= report.p99_ms
+    (2, True)
     """
     with _runs_lock:
         accumulators = list(_runs.values())
@@ -937,8 +950,9 @@ def torch_udf(
     to derive it; several outputs then make a struct whose fields are named
     like :func:`predict`'s columns (``output``).
 
-    >>> score = torchspark.torch_udf(path, return_type="array<float>")  # doctest: +SKIP
-    >>> df.withColumn("score", score("features"))  # doctest: +SKIP
+    >>> score = torchspark.torch_udf(path, return_type="array<float>")
+    >>> df.withColumn("score", score("x")).columns
+    ['id', 'x', 'score']
     """
     import pyspark
     from pyspark.sql import SparkSession
