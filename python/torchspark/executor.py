@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import hashlib
 import os
 import threading
 import weakref
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from . import _C
+from .distribute import sha256_file
 
 __all__ = ["Executor", "Future", "Input"]
 
@@ -102,12 +102,15 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def check_argument_names(given: Sequence[str], arguments: Sequence[str], label: str) -> None:
+    """Raise ValueError unless inputs given by name are exactly the model's arguments."""
+    missing = [a for a in arguments if a not in given]
+    extra = [n for n in given if n not in arguments]
+    if missing or extra:
+        raise ValueError(
+            f"{label}: inputs by name must match the model's arguments {list(arguments)}; "
+            f"missing {missing}, unexpected {extra}"
+        )
 
 
 class Future:
@@ -287,7 +290,7 @@ class Executor:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model '{path}': no such file")
         if sha256 is not None:
-            actual = _sha256(path)
+            actual = sha256_file(path)
             if actual != sha256.lower():
                 raise ValueError(f"model '{path}': sha256 is {actual}, expected {sha256}")
 
@@ -374,13 +377,7 @@ class Executor:
         if isinstance(inputs, Mapping):
             names = list(self.model.input_names)
             if names:
-                missing = [n for n in names if n not in inputs]
-                extra = [k for k in inputs if k not in names]
-                if missing or extra:
-                    raise ValueError(
-                        f"{self.model!r}: inputs by name must match the model's arguments "
-                        f"{names}; missing {missing}, unexpected {extra}"
-                    )
+                check_argument_names(list(inputs), names, repr(self.model))
                 return [inputs[n] for n in names]
             return list(inputs.values())
         if isinstance(inputs, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in inputs):

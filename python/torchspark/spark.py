@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from .distribute import ModelRef, fetch, ship
-from .executor import Executor, Input, size_intra_op_threads
+from .executor import Executor, Input, check_argument_names, size_intra_op_threads
 
 __all__ = ["ArrowPredictor", "Report", "arrow_predictor", "last_report", "predict", "torch_udf"]
 
@@ -569,13 +569,7 @@ def _order_by_arguments(
             f"model '{ref.name}': inputs given by name {names}, but the model does not record "
             "its argument names; pass inputs as a list in argument order"
         )
-    missing = [a for a in arguments if a not in names]
-    extra = [n for n in names if n not in arguments]
-    if missing or extra:
-        raise ValueError(
-            f"model '{ref.name}': inputs by name must match its arguments {arguments}; "
-            f"missing {missing}, unexpected {extra}"
-        )
+    check_argument_names(names, arguments, f"model '{ref.name}'")
     by_name = dict(zip(names, specs, strict=True))
     return [by_name[a] for a in arguments]
 
@@ -635,17 +629,31 @@ def arrow_predictor(
     """
     options = _executor_options(batch_size, precision, executor_options)
     plan = _plan(df_or_schema, model, inputs, output, keep, device, options, sha256, schema)
-    run, records = _new_run(df_or_schema.sparkSession.sparkContext)
+    return _predictor(df_or_schema, plan)
+
+
+def _predictor(
+    df: Any, plan: _Plan, alias: Mapping[str, str] | None = None, crash: int | None = None
+) -> ArrowPredictor:
+    """The mapInArrow function of ``plan``, its columns renamed by ``alias``."""
+    from pyspark.sql import types as T
+
+    alias = alias or {}
+    run, records = _new_run(df.sparkSession.sparkContext)
+    schema = T.StructType(
+        [T.StructField(alias.get(f.name, f.name), f.dataType, f.nullable) for f in plan.schema]
+    )
     return ArrowPredictor(
         plan.ref,
-        plan.specs,
-        plan.keep,
+        [_renamed(spec, alias) for spec in plan.specs],
+        [alias.get(c, c) for c in plan.keep],
         plan.outputs,
-        plan.schema,
+        schema,
         plan.device,
         plan.options,
         run,
         records,
+        crash,
     )
 
 
@@ -700,11 +708,8 @@ def predict(
     >>> torchspark.last_report().rows
     2
     """
-    from pyspark.sql import types as T
-
     options = _executor_options(batch_size, precision, executor_options)
     plan = _plan(df, model, inputs, output, keep, device, options, sha256, schema)
-    run, records = _new_run(df.sparkSession.sparkContext)
     used = [c for spec in plan.specs for c in spec.column_list]
     shipped = list(dict.fromkeys(plan.keep + used))  # only the columns needed cross to Python
     # mapInArrow resolves its input columns by parsing their names, so a name
@@ -712,25 +717,9 @@ def predict(
     # their names back afterwards.
     rename = any("." in c or "`" in c for c in shipped)
     alias = {c: f"_torchspark_{i}" for i, c in enumerate(shipped)} if rename else {}
-    specs = [_renamed(spec, alias) for spec in plan.specs] if rename else plan.specs
-    keep = [alias.get(c, c) for c in plan.keep]
-    schema = T.StructType(
-        [T.StructField(alias.get(f.name, f.name), f.dataType, f.nullable) for f in plan.schema]
-    )
-    predictor = ArrowPredictor(
-        plan.ref,
-        specs,
-        keep,
-        plan.outputs,
-        schema,
-        plan.device,
-        plan.options,
-        run,
-        records,
-        _inject_crash_partition,
-    )
+    predictor = _predictor(df, plan, alias, _inject_crash_partition)
     selected = df.select(*[_col(c).alias(alias.get(c, c)) for c in shipped])
-    scored = selected.mapInArrow(predictor, schema)
+    scored = selected.mapInArrow(predictor, predictor.schema)
     return scored.toDF(*plan.schema.fieldNames()) if rename else scored
 
 
