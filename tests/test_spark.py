@@ -170,6 +170,14 @@ def source(df: Any) -> pa.Table:
     return df.toArrow().sort_by("id")
 
 
+@pytest.fixture(autouse=True)
+def fresh_probes():
+    """Each test sees the driver-side checks of a first predict (see _plan's cache)."""
+    from torchspark import spark as layer
+
+    layer._probed.clear()
+
+
 def collect(scored: Any, expected_ids: list[int]) -> pa.Table:
     """The scored rows sorted by id: each expected id exactly once, nothing else."""
     table = scored.toArrow().sort_by("id")
@@ -733,3 +741,17 @@ def test_docstring_examples_run(spark):
             runner.run(test, clear_globs=False)
     failures, tried = runner.summarize(verbose=False)
     assert tried >= 15 and failures == 0
+
+
+def test_a_second_predict_reuses_the_probe(df, source, models, monkeypatch):
+    first = torchspark.predict(df, models.path("mlp"), inputs="features", keep=["id"])
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the model was loaded on the driver again")
+
+    monkeypatch.setattr(torchspark._C, "load_model", no_probe)
+    again = torchspark.predict(df, models.path("mlp"), inputs="features", keep=["id"])
+    assert again.schema == first.schema
+    table = collect(again, ids(source))
+    expected = eager(models.module("mlp"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "prediction"), expected)

@@ -464,6 +464,15 @@ def _plan(
         if missing:
             raise ValueError(f"keep: columns {missing} are not in the DataFrame {df.columns}")
     ref = ship(model, df.sparkSession.sparkContext, sha256)
+    # The same model (by digest) over the same input types was probed already
+    # in this session: its output schema holds, no model load or probe job.
+    types = [(c, df.schema[c].dataType.simpleString()) for c in dict.fromkeys(used)]
+    key = (ref, device, repr(specs), arg_names and tuple(arg_names), repr(types), repr(output))
+    key += (repr(sorted(options.items())), repr(schema))
+    cached = _probed.get(key) if ref.sha256 else None
+    if cached is not None:
+        specs, outputs, output_types = cached
+        return _plan_of(df, ref, specs, keep, outputs, output_types, options, device)
 
     # The model loads on the driver first: a file that is not a model fails
     # here, before any Spark job runs.
@@ -493,16 +502,16 @@ def _plan(
     except Exception as e:
         raise _probe_error(e, ref, len(probe)) from e
     outputs = _output_names(output, names, len(tensors))
-    clash = [n for n in outputs if n in keep]
-    if clash or len(set(outputs)) != len(outputs):
-        raise ValueError(
-            f"output columns {outputs} clash with each other or with kept columns {keep}; "
-            "name them with output=[...] or drop them with keep=[...]"
-        )
     output_types = [_spark_type(t, n) for t, n in zip(tensors, outputs, strict=True)]
     if schema is not None:
         _check_schema(schema, outputs, output_types)
+    if ref.sha256:
+        _probed[key] = (specs, outputs, output_types)
     return _plan_of(df, ref, specs, keep, outputs, output_types, options, device)
+
+
+# What probe batches showed, by model digest and input types (see _plan).
+_probed: dict[tuple[Any, ...], tuple[list[Input], list[str], list[Any]]] = {}
 
 
 def _plan_of(
@@ -517,6 +526,12 @@ def _plan_of(
 ) -> _Plan:
     from pyspark.sql import types as T
 
+    clash = [n for n in outputs if n in keep]
+    if clash or len(set(outputs)) != len(outputs):
+        raise ValueError(
+            f"output columns {outputs} clash with each other or with kept columns {keep}; "
+            "name them with output=[...] or drop them with keep=[...]"
+        )
     fields = [df.schema[c] for c in keep] + [
         T.StructField(n, t, nullable=False) for n, t in zip(outputs, output_types, strict=True)
     ]
@@ -698,6 +713,11 @@ def predict(
         sha256: expected digest of the model file, checked before loading.
         schema: the output columns' schema (StructType or DDL), checked
             against what the model returns on a probe batch.
+
+    The probe (one small Spark job and a model load on the driver) runs once
+    per model file (by digest), input column types and options in a driver
+    session; later calls reuse what it showed, so problems it would catch in
+    their data (a null in the first rows, say) surface in the job instead.
 
     Metrics of the tasks (rows, throughput, latency percentiles per Arrow batch,
     device, batch size) are collected on the driver: see :func:`last_report`.
