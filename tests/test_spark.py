@@ -755,3 +755,23 @@ def test_a_second_predict_reuses_the_probe(df, source, models, monkeypatch):
     table = collect(again, ids(source))
     expected = eager(models.module("mlp"), floats(source, "features"))
     torch.testing.assert_close(floats(table, "prediction"), expected)
+
+
+@pytest.mark.parametrize("nulls", [False, True])
+def test_packed_gather_matches_the_gather(df, source, models, nulls):
+    data = with_nulls(df, "c0", "pmod(id, 5) = 0") if nulls else df
+    spec = Input(["c0", "c1", "c2"], pack=True, nulls="fill" if nulls else "error", fill=-2)
+    scored = torchspark.predict(data, models.path("features3"), inputs=spec)
+    # The default keep is decided on the named columns, not the packed one.
+    kept = [c for c in df.columns if c not in ("c0", "c1", "c2")]
+    assert scored.columns == [*kept, "prediction"]
+    table = collect(scored, ids(source))
+    x = torch.stack([floats(source, c) for c in ("c0", "c1", "c2")], dim=1)
+    if nulls:
+        x[torch.tensor(ids(source)) % 5 == 0, 0] = -2.0
+    torch.testing.assert_close(floats(table, "prediction"), eager(models.module("features3"), x))
+
+
+def test_pack_is_for_gathered_columns_only():
+    with pytest.raises(ValueError, match="pack"):
+        Input("features", pack=True)

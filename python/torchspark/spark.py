@@ -729,6 +729,7 @@ def predict(
     2
     """
     options = _executor_options(batch_size, precision, executor_options)
+    df, inputs, keep = _packed(df, inputs, keep)
     plan = _plan(df, model, inputs, output, keep, device, options, sha256, schema)
     used = [c for spec in plan.specs for c in spec.column_list]
     shipped = list(dict.fromkeys(plan.keep + used))  # only the columns needed cross to Python
@@ -741,6 +742,51 @@ def predict(
     selected = df.select(*[_col(c).alias(alias.get(c, c)) for c in shipped])
     scored = selected.mapInArrow(predictor, predictor.schema)
     return scored.toDF(*plan.schema.fieldNames()) if rename else scored
+
+
+_SPARK_DTYPES = {
+    torch.float32: "float",
+    torch.float64: "double",
+    torch.float16: "float",
+    torch.bfloat16: "float",
+    torch.int64: "bigint",
+    torch.int32: "int",
+    torch.int16: "smallint",
+    torch.int8: "tinyint",
+    torch.bool: "boolean",
+}
+
+
+def _packed(df: Any, inputs: Any, keep: Sequence[str] | None) -> tuple[Any, Any, Any]:
+    """Gathered inputs with ``pack=True`` become one array column built in the JVM."""
+    specs, names = _plan_inputs(inputs)
+    if not any(spec.pack for spec in specs):
+        return df, inputs, keep
+    from pyspark.sql import functions as F
+
+    _check_column_types(df.schema, specs)
+    if keep is None:  # the default is decided on the columns the user named
+        used = {c for spec in specs for c in spec.column_list}
+        keep = [c for c in df.columns if c not in used]
+    packed = []
+    for i, spec in enumerate(specs):
+        if not spec.pack:
+            packed.append(spec)
+            continue
+        dtype = spec.dtype or torch.float32
+        if dtype not in _SPARK_DTYPES:
+            raise TypeError(f"Input.pack: dtype {dtype} has no Spark type")
+        elements = []
+        for c in spec.column_list:
+            element = _col(c).cast(_SPARK_DTYPES[dtype])
+            if spec.nulls == "fill":
+                element = F.coalesce(element, F.lit(spec.fill).cast(_SPARK_DTYPES[dtype]))
+            elements.append(element)
+        name = f"_torchspark_packed_{i}"
+        df = df.withColumn(name, F.array(*elements))
+        # A null here (nulls="error") is reported in this column, input i.
+        packed.append(Input(name, dtype=spec.dtype, nulls=spec.nulls, fill=spec.fill))
+    return df, (dict(zip(names, packed, strict=True)) if names else packed), keep
 
 
 def _renamed(spec: Input, alias: Mapping[str, str]) -> Input:
