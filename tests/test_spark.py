@@ -775,3 +775,20 @@ def test_packed_gather_matches_the_gather(df, source, models, nulls):
 def test_pack_is_for_gathered_columns_only():
     with pytest.raises(ValueError, match="pack"):
         Input("features", pack=True)
+
+
+def test_packed_fill_values_of_every_kind(spark):
+    from torchspark.spark import _sql_literal
+
+    cases = [
+        (_sql_literal(-2, "float"), -2.0),
+        (_sql_literal(float("nan"), "double"), float("nan")),
+        (_sql_literal(float("-inf"), "float"), float("-inf")),
+        (_sql_literal(-3, "bigint"), -3),
+        (_sql_literal(True, "boolean"), True),
+    ]
+    row = spark.sql("SELECT " + ", ".join(f"{sql} AS v{i}" for i, (sql, _) in enumerate(cases)))
+    values = row.collect()[0]
+    for i, (_, want) in enumerate(cases):
+        got = values[f"v{i}"]
+        assert (got != got and want != want) or got == want, (cases[i], got)
