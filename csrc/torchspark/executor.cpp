@@ -1,6 +1,7 @@
 #include "torchspark/executor.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/core/StreamGuard.h>
@@ -890,6 +891,7 @@ void Executor::retire(Batch& batch) {
 }
 
 void Executor::batch_loop() {
+  at::init_num_threads();
   // Accelerator: the staged inputs' H2D copies go on the copy stream.
   std::optional<c10::StreamGuard> on_copy_stream;
   if (copy_stream_) on_copy_stream.emplace(*copy_stream_);
@@ -949,6 +951,9 @@ void Executor::batch_loop() {
 }
 
 void Executor::worker_loop() {
+  // A new thread: take torch's intra-op settings (OpenMP and MKL thread
+  // counts are per thread), as ATen asks of every thread it did not start.
+  at::init_num_threads();
   // Accelerator: this worker's model calls and output copies go on its own
   // compute stream (the current stream is thread-local).
   std::optional<c10::Stream> compute_stream;
