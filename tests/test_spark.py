@@ -721,7 +721,8 @@ def test_local_cluster_ships_the_model_to_each_executor(cluster_job):
     partition_ids = sorted(int(re.search(r"partition (\d+)", line)[1]) for line in lines)
     assert partition_ids == list(range(partitions))
     for line in lines:
-        assert "(TorchScript) on cpu, batch_size 4096" in line
+        # batch_size defaults to Spark's Arrow batch size (maxRecordsPerBatch, 10000)
+        assert "(TorchScript) on cpu, batch_size 10000" in line
         assert f": {rows // partitions} rows in" in line
 
 

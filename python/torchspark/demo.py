@@ -187,13 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         "--format", choices=("torchscript", "aoti"), default="torchscript", help="model format"
     )
     parser.add_argument("--output", default=None, help="predictions Parquet directory")
-    parser.add_argument("--batch-size", type=int, default=4096, help="rows per model call")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rows per model call (default: Spark's Arrow batch size, 10000)",
+    )
     parser.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the predict_batch_udf comparison"
     )
     args = parser.parse_args(argv)
-    if args.rows < 0 or args.batch_size <= 0:
+    if args.rows < 0 or (args.batch_size is not None and args.batch_size <= 0):
         parser.error("--rows must be >= 0 and --batch-size > 0")
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="torchspark-demo-")
@@ -240,7 +245,7 @@ def _run(args: argparse.Namespace, workdir: str) -> int:
         warm = torchspark.predict(sample, model, inputs=inputs, keep=["id"])
         warm.write.format("noop").mode("overwrite").save()
         if not args.no_compare:
-            _predict_batch_udf_job(sample, baseline_path, args.batch_size)
+            _predict_batch_udf_job(sample, baseline_path, args.batch_size or 10000)
         _step(f"[4/5] torchspark.predict -> {output_path}")
         t0 = time.perf_counter()
         scored = torchspark.predict(
@@ -258,7 +263,7 @@ def _run(args: argparse.Namespace, workdir: str) -> int:
         if not args.no_compare:
             _step(f"[5/5] the same job with predict_batch_udf -> {baseline_path}")
             t0 = time.perf_counter()
-            _predict_batch_udf_job(df, baseline_path, args.batch_size)
+            _predict_batch_udf_job(df, baseline_path, args.batch_size or 10000)
             baseline_wall = time.perf_counter() - t0
     finally:
         spark.stop()

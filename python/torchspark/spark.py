@@ -422,6 +422,14 @@ class _Plan:
     device: str
 
 
+def _arrow_batch_rows(df_or_session: Any) -> int:
+    """Spark's Arrow batch size in a DataFrame's session (10,000 unless configured)."""
+    session = getattr(df_or_session, "sparkSession", df_or_session)
+    value = session.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
+    rows = int(value)
+    return rows if rows > 0 else 10000  # <= 0 means unlimited in Spark: one batch per task
+
+
 def _executor_options(
     batch_size: int, precision: str, options: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -627,7 +635,7 @@ def arrow_predictor(
     output: str | Sequence[str] = "prediction",
     keep: Sequence[str] | None = None,
     device: str = "auto",
-    batch_size: int = 4096,
+    batch_size: int | None = None,
     precision: str = "fp32",
     sha256: str | None = None,
     schema: Any = None,
@@ -645,6 +653,7 @@ def arrow_predictor(
     >>> df.mapInArrow(fn, fn.schema).count()
     2
     """
+    batch_size = batch_size or _arrow_batch_rows(df_or_schema)
     options = _executor_options(batch_size, precision, executor_options)
     plan = _plan(df_or_schema, model, inputs, output, keep, device, options, sha256, schema)
     return _predictor(df_or_schema, plan)
@@ -683,7 +692,7 @@ def predict(
     output: str | Sequence[str] = "prediction",
     keep: Sequence[str] | None = None,
     device: str = "auto",
-    batch_size: int = 4096,
+    batch_size: int | None = None,
     precision: str = "fp32",
     sha256: str | None = None,
     schema: Any = None,
@@ -710,7 +719,10 @@ def predict(
             names each output. 2-D outputs become ``array<float>`` columns.
         keep: columns passed through (default: every column not used as input).
         device: ``"auto"`` (the task's GPU, else the CPU) or a torch device.
-        batch_size, precision, executor options (``max_tokens``,
+        batch_size: rows per model call; default: Spark's Arrow batch size
+            (``spark.sql.execution.arrow.maxRecordsPerBatch``), so that each
+            Arrow batch is one model call on a zero-copy view of it.
+        precision, executor options (``max_tokens``,
             ``max_delay_ms``, ``threads``, ``inflight``, ``static_batch``,
             ``sort_window``): see :class:`torchspark.Executor`.
         sha256: expected digest of the model file, checked before loading.
@@ -731,6 +743,7 @@ def predict(
     >>> torchspark.last_report().rows
     2
     """
+    batch_size = batch_size or _arrow_batch_rows(df)
     options = _executor_options(batch_size, precision, executor_options)
     df, inputs, keep = _packed(df, inputs, keep)
     plan = _plan(df, model, inputs, output, keep, device, options, sha256, schema)
@@ -1005,7 +1018,7 @@ def torch_udf(
     output: str | Sequence[str] = "prediction",
     inputs: str | Sequence[str] | None = None,
     device: str = "auto",
-    batch_size: int = 4096,
+    batch_size: int | None = None,
     precision: str = "fp32",
     sha256: str | None = None,
     **executor_options: Any,
@@ -1043,6 +1056,7 @@ def torch_udf(
     spark = SparkSession.getActiveSession()
     if spark is None:
         raise RuntimeError("torch_udf: no active SparkSession")
+    batch_size = batch_size or _arrow_batch_rows(spark)
     options = _executor_options(batch_size, precision, executor_options)
     ref = ship(model, spark.sparkContext, sha256)
     if return_type is None:
