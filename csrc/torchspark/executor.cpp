@@ -368,11 +368,6 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
   } catch (...) {
     fail(inline_batch, std::current_exception());
     retire(inline_batch);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      --inflight_;
-    }
-    slots_cv_.notify_one();
     return request;
   }
   compute(inline_batch, std::nullopt);
@@ -883,11 +878,15 @@ void Executor::retire(Batch& batch) {
   if (batch.copied) batch.copied->synchronize();
   batch.inputs.clear();
   release_buffers(batch);
-  std::lock_guard<std::mutex> lock(mutex_);
-  for (Piece& piece : batch.pieces) {
-    if (piece.inputs) garbage_.push_back(std::move(piece.inputs));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (Piece& piece : batch.pieces) {
+      if (piece.inputs) garbage_.push_back(std::move(piece.inputs));
+    }
+    batch.pieces.clear();
+    --inflight_;
   }
-  batch.pieces.clear();
+  slots_cv_.notify_one();
 }
 
 void Executor::batch_loop() {
@@ -930,11 +929,6 @@ void Executor::batch_loop() {
     } catch (...) {
       if (!cancel) fail(batch, std::current_exception());
       retire(batch);
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        --inflight_;
-      }
-      slots_cv_.notify_one();
       continue;
     }
     {
@@ -1000,11 +994,6 @@ void Executor::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
     fail(batch, std::current_exception());
   }
   retire(batch);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    --inflight_;
-  }
-  slots_cv_.notify_one();
 }
 
 }  // namespace torchspark

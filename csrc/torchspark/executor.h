@@ -247,7 +247,8 @@ class Executor {
   // its latency, moves its inputs and keepalive to the garbage list, then
   // wakes its waiters. Call without holding any lock.
   void complete(const RequestPtr& request, std::exception_ptr error);
-  // Gives a finished batch's buffers back and its inputs to the garbage list.
+  // Gives a finished batch's buffers back, its inputs to the garbage list, and
+  // its inflight slot back.
   void retire(Batch& batch);
   std::exception_ptr closed_error(int64_t request_id) const;
   at::Tensor acquire_buffer(c10::ScalarType dtype, at::IntArrayRef sizes);
