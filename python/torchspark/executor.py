@@ -76,7 +76,10 @@ class Input:
         if self.max_len is not None and self.max_len < 0:
             raise ValueError(f"Input.max_len must be >= 0, got {self.max_len}")
         if self.pack and self.resolved_kind != "gather":
-            raise ValueError("Input.pack applies to gathered scalar columns (kind 'gather')")
+            raise ValueError(
+                f"Input({names}).pack: expected gathered scalar columns (kind 'gather'), "
+                f"got kind '{self.resolved_kind}'"
+            )
 
     @property
     def column_list(self) -> list[str]:

@@ -789,7 +789,10 @@ def _packed(df: Any, inputs: Any, keep: Sequence[str] | None) -> tuple[Any, Any,
             continue
         dtype = spec.dtype or torch.float32
         if dtype not in _SPARK_DTYPES:
-            raise TypeError(f"Input.pack: dtype {dtype} has no Spark type")
+            raise TypeError(
+                f"Input({spec.column_list}).pack: dtype {dtype} has no Spark type; expected "
+                f"one of {list(_SPARK_DTYPES)}"
+            )
         spark_type = _SPARK_DTYPES[dtype]
         elements = [f"CAST({_quote(c)} AS {spark_type})" for c in spec.column_list]
         if spec.nulls == "fill":
