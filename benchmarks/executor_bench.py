@@ -13,7 +13,12 @@ the same run):
 * overhead: an identity model over 1,024-row float32 batches through ``map``,
   against the Python loop a user would write (``torch.from_numpy`` +
   ``model(x)`` on the same batches, same TorchScript model, same threads).
-  Target: < 30 us per batch end to end and no slower than the loop.
+  Target: < 30 us per batch end to end and no slower than the loop. Also shown
+  with inline runs off, i.e. every batch through the batcher and a worker.
+* crossover: where running inline stops paying, and whether ``map``'s own
+  measured choice finds the faster way: every item inline (a loop of ``run``),
+  every item threaded (``map`` with inline runs off), and ``map`` as it is, for
+  small MLPs of several call costs and a producer spending 0-20 us per item.
 * tokens: a model over right-padded token ids with a skewed length
   distribution (most rows short, a few long), fixed-size batches vs a
   ``max_tokens`` budget with length sorting: rows/s and padding ratio.
@@ -58,6 +63,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -212,43 +218,159 @@ def overhead(workdir: str, quick: bool) -> None:
             for i in range(n_batches):
                 model(torch.from_numpy(arrays[i % 64]).view(1024, 16))
 
-    ex = torchspark.Executor(path, batch_size=1024, inflight=2, max_delay_ms=0.0)
+    # The default, and the same engine with inline runs off (every batch
+    # through the batcher and a worker thread).
+    executors = {
+        "engine": torchspark.Executor(path, batch_size=1024, inflight=2, max_delay_ms=0.0),
+        "threaded": torchspark.Executor(
+            path, batch_size=1024, inflight=2, max_delay_ms=0.0, _inline_below_us=0
+        ),
+    }
 
-    def engine() -> None:
-        for _ in ex.map(tensors[i % 64] for i in range(n_batches)):
-            pass
+    def through(ex: torchspark.Executor) -> Callable[[], None]:
+        def run() -> None:
+            for _ in ex.map(tensors[i % 64] for i in range(n_batches)):
+                pass
 
-    engine()
-    loop()
-    times = {"engine": [], "loop": []}
+        return run
+
+    methods = {name: through(ex) for name, ex in executors.items()}
+    methods["loop"] = loop
+    for fn in methods.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(3 if quick else 5):
-        for name, fn in (("engine", engine), ("loop", loop)):
+        for name, fn in methods.items():
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) / n_batches)
-    ex.close()
-    e, lp = np.median(times["engine"]), np.median(times["loop"])
+    inline = {name: ex.stats()["inline_batches"] for name, ex in executors.items()}
+    for ex in executors.values():
+        ex.close()
+    lp = np.median(times["loop"])
+    labels = {
+        "engine": f"torchspark Executor.map (default; {inline['engine']} batches inline)",
+        "threaded": "Executor.map, inline off (batcher + worker thread)",
+        "loop": "Python loop: from_numpy + model(x)",
+    }
     print(f"## overhead: identity model, 1024 x 16 float32 batches, {n_batches} per round")
     print(
         _bench.table(
             ["method", "per batch (median)", "min", "vs loop"],
             [
                 [
-                    "torchspark Executor.map",
-                    f"{e * 1e6:.1f} us",
-                    f"{min(times['engine']) * 1e6:.1f} us",
-                    _bench.ratio(lp / e),
-                ],
-                [
-                    "Python loop: from_numpy + model(x)",
-                    f"{lp * 1e6:.1f} us",
-                    f"{min(times['loop']) * 1e6:.1f} us",
-                    "1x",
-                ],
+                    labels[name],
+                    f"{np.median(t) * 1e6:.1f} us",
+                    f"{min(t) * 1e6:.1f} us",
+                    _bench.ratio(lp / np.median(t)),
+                ]
+                for name, t in times.items()
             ],
         )
     )
-    print("(vs loop > 1x: the executor is faster)\n")
+    print("(vs loop > 1x: faster than the loop)\n")
+
+
+class Small(torch.nn.Module):
+    """16-W-1 with ReLU: calls of a few to a few tens of microseconds."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(16, width), torch.nn.ReLU(), torch.nn.Linear(width, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def crossover(workdir: str, quick: bool) -> None:
+    """Where inline runs stop paying, and whether map's measured choice finds
+    the faster way: every item inline (a loop of ``run``, which runs inline
+    on an idle engine), every item threaded (``map`` with inline runs off),
+    and ``map`` as it is, over models of several call costs C and a producer
+    that spends P per item (a busy wait, as real work would)."""
+    n = 1000 if quick else 3000
+
+    def spin(us: float) -> None:
+        end = time.perf_counter() + us * 1e-6
+        while time.perf_counter() < end:
+            pass
+
+    rows_out = []
+    for width, rows in ((8, 16), (128, 16), (8, 256), (256, 256)):
+        path = os.path.join(workdir, f"small_{width}.pt")
+        torch.manual_seed(0)
+        torchspark.export(Small(width), (torch.ones(2, 16),), path)
+        x = torch.randn(rows, 16)
+        for produce_us in (0, 10, 20):
+
+            def items(p: float = produce_us, x: torch.Tensor = x) -> Any:
+                for _ in range(n):
+                    spin(p)
+                    yield x
+
+            results = {}
+            call_us = 0.0
+            for name, bound in (("inline", 1e9), ("threaded", 0.0), ("default", None)):
+                options = {} if bound is None else {"_inline_below_us": bound}
+                with torchspark.Executor(path, batch_size=rows, max_delay_ms=0.0, **options) as ex:
+
+                    def once(e: torchspark.Executor = ex, way: str = name) -> None:
+                        if way == "inline":
+                            for item in items():
+                                e.run(item)
+                        else:
+                            _drain(e.map(items()))
+
+                    once()  # warm up (and measure the call)
+                    before = ex.stats()["inline_batches"]
+                    best = min(_timed(once) for _ in range(3))
+                    results[name] = (best / n, ex.stats()["inline_batches"] - before)
+                    if name == "inline":
+                        call_us = ex.stats()["compute"]["p50_ms"] * 1e3
+            fastest = min(results[k][0] for k in ("inline", "threaded"))
+            rows_out.append(
+                [
+                    f"{call_us:.1f}",
+                    produce_us,
+                    f"{results['inline'][0] * 1e6:.1f}",
+                    f"{results['threaded'][0] * 1e6:.1f}",
+                    f"{results['default'][0] * 1e6:.1f}",
+                    f"{100 * results['default'][1] / (3 * n):.0f} % inline",
+                    _bench.ratio(fastest / results["default"][0]),
+                ]
+            )
+    print(
+        f"## crossover: map over {n} items, per item (best of 3), "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        _bench.table(
+            [
+                "call C us (p50)",
+                "producer P us",
+                "inline us",
+                "threaded us",
+                "default us",
+                "default chose",
+                "default vs the faster",
+            ],
+            rows_out,
+        )
+    )
+    print("(default vs the faster: 1x = map's own choice is as fast as the faster way)\n")
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _drain(outputs: Any) -> None:
+    for _ in outputs:
+        pass
 
 
 def tokens(workdir: str, quick: bool) -> None:
@@ -278,9 +400,12 @@ def tokens(workdir: str, quick: bool) -> None:
     for name, options in configs:
         with torchspark.Executor(path, inputs=spec, **options) as ex:
             ex.run(batch.slice(0, 1000))
-            t0 = time.perf_counter()
-            out = ex.run(batch)
-            wall = time.perf_counter() - t0
+            walls = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                out = ex.run(batch)
+                walls.append(time.perf_counter() - t0)
+            wall = float(np.median(walls))
             stats = ex.stats()
         if reference is None:
             reference = out
@@ -296,7 +421,10 @@ def tokens(workdir: str, quick: bool) -> None:
                 _bench.ratio(rate / base),
             ]
         )
-    print(f"## tokens: {n} rows, 90 % of 4-32 tokens and 10 % of 200-256, embedding-mean model")
+    print(
+        f"## tokens: {n} rows, 90 % of 4-32 tokens and 10 % of 200-256, embedding-mean model "
+        "(median of 3 runs)"
+    )
     print(
         _bench.table(
             ["batching", "rows/s", "padding ratio", "mean batch rows", "vs fixed"], rows_out
@@ -474,7 +602,7 @@ def transformer(workdir: str, quick: bool, rounds: int) -> None:
 
 def main() -> None:
     parser = _bench.parser(__doc__, default_rounds=5, quick_rounds=3)
-    names = ["overlap", "overhead", "tokens", "memory", "mlp", "transformer"]
+    names = ["overlap", "overhead", "crossover", "tokens", "memory", "mlp", "transformer"]
     parser.add_argument("--only", choices=names, help="run one workload")
     parser.add_argument(
         "--workloads",
@@ -495,6 +623,7 @@ def main() -> None:
         workloads: dict[str, Callable[[], None]] = {
             "overlap": lambda: overlap(workdir, args.quick),
             "overhead": lambda: overhead(workdir, args.quick),
+            "crossover": lambda: crossover(workdir, args.quick),
             "tokens": lambda: tokens(workdir, args.quick),
             "memory": lambda: memory(workdir, args.quick),
             "mlp": lambda: mlp(workdir, args.quick, args.rounds),

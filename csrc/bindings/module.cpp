@@ -302,6 +302,10 @@ py::dict latency_dict(const LatencySummary& s) {
   return d;
 }
 
+py::tuple outputs_tuple(const ModelOutputs& outputs) {
+  return py::make_tuple(outputs.names, outputs.tensors);
+}
+
 // The executor as Python sees it: every call that may hand back finished
 // requests' Arrow data destroys it here, on the calling (GIL-holding) thread.
 class PyExecutor {
@@ -313,22 +317,22 @@ class PyExecutor {
     }
   }
 
-  std::shared_ptr<Request> submit_tensors(std::vector<at::Tensor> tensors,
-                                          std::optional<at::Tensor> lengths, int64_t token_input) {
+  // One submission of tensors or of an Arrow batch: with `try_inline`, run
+  // inline and returned as (names, tensors) when Executor::try_run_inline
+  // takes it; else queued and returned as its Request.
+  py::object run_tensors(std::vector<at::Tensor> tensors, bool try_inline, bool partial) {
     collect_garbage();
     Inputs inputs;
     for (at::Tensor& t : tensors) {
       InputSource source;
-      source.tensor = t.detach();  // the engine never records autograd history
+      // The engine never records autograd history.
+      source.tensor = t.requires_grad() ? t.detach() : std::move(t);
       inputs.sources.push_back(std::move(source));
     }
-    if (lengths) inputs.lengths = *lengths;
-    inputs.token_input = token_input;
-    py::gil_scoped_release nogil;  // a small batch may run inline, on this thread
-    return executor_->submit(std::move(inputs));
+    return run_or_submit(std::move(inputs), nullptr, try_inline, partial);
   }
 
-  std::shared_ptr<Request> submit_arrow(py::handle obj) {
+  py::object run_arrow(py::handle obj, bool try_inline, bool partial) {
     collect_garbage();
     if (specs_.empty()) {
       throw py::value_error(executor_->model().label() +
@@ -341,9 +345,11 @@ class PyExecutor {
       inputs = make_inputs(*table, specs_);
     }
     // The table (the Arrow data) is the keepalive: destroyed here, never on a worker.
-    py::gil_scoped_release nogil;  // a small batch may run inline, on this thread
-    return executor_->submit(std::move(inputs), std::static_pointer_cast<void>(table));
+    return run_or_submit(std::move(inputs), std::static_pointer_cast<void>(table), try_inline,
+                         partial);
   }
+
+  bool inline_possible() const { return executor_->inline_possible(); }
 
   void flush() { executor_->flush(); }
 
@@ -379,6 +385,23 @@ class PyExecutor {
   void collect_garbage() { executor_->take_garbage(); }
 
  private:
+  py::object run_or_submit(Inputs inputs, std::shared_ptr<void> keepalive, bool try_inline,
+                           bool partial) {
+    std::optional<ModelOutputs> outputs;
+    if (try_inline) {
+      py::gil_scoped_release nogil;
+      outputs = executor_->try_run_inline(inputs, partial);
+    }
+    // Inputs, keepalive and outputs of an inline run end here, with the GIL.
+    if (outputs) return outputs_tuple(*outputs);
+    std::shared_ptr<Request> request;
+    {
+      py::gil_scoped_release nogil;
+      request = executor_->submit(std::move(inputs), std::move(keepalive));
+    }
+    return py::cast(std::move(request));
+  }
+
   std::shared_ptr<Executor> executor_;
   std::vector<InputSpec> specs_;
 };
@@ -389,7 +412,7 @@ py::tuple request_result(Request& request) {
     py::gil_scoped_release nogil;
     outputs = request.take_result();
   }
-  return py::make_tuple(outputs.names, outputs.tensors);
+  return outputs_tuple(outputs);
 }
 
 void bind_executor(py::module_& m) {
@@ -449,9 +472,11 @@ void bind_executor(py::module_& m) {
            py::arg("max_delay_ms"), py::arg("precision"), py::arg("threads"), py::arg("inflight"),
            py::arg("static_batch"), py::arg("sort_window"), py::arg("inject_oom_above_rows"),
            py::arg("inline_below_us"), py::arg("specs"))
-      .def("submit_tensors", &PyExecutor::submit_tensors, py::arg("tensors"),
-           py::arg("lengths") = py::none(), py::arg("token_input") = 0)
-      .def("submit_arrow", &PyExecutor::submit_arrow, py::arg("batch"))
+      .def("run_tensors", &PyExecutor::run_tensors, py::arg("tensors"), py::arg("try_inline"),
+           py::arg("partial"))
+      .def("run_arrow", &PyExecutor::run_arrow, py::arg("batch"), py::arg("try_inline"),
+           py::arg("partial"))
+      .def_property_readonly("inline_possible", &PyExecutor::inline_possible)
       .def("flush", &PyExecutor::flush)
       .def("close", &PyExecutor::close, py::arg("drain") = true)
       .def_property_readonly("closed", &PyExecutor::closed)

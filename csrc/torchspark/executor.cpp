@@ -251,8 +251,7 @@ bool Executor::closed() const {
   return closing_;
 }
 
-RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
-  auto request = std::make_shared<Request>();
+int64_t Executor::check_inputs(Inputs& inputs) const {
   int64_t rows = -1;
   for (size_t i = 0; i < inputs.sources.size(); ++i) {
     const InputSource& source = inputs.sources[i];
@@ -288,7 +287,41 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
       TORCH_CHECK_VALUE(lo >= 0 && hi <= first.size(1), model_->label(),
                         ": lengths must be in [0, ", first.size(1), "], got [", lo, ", ", hi, "]");
     }
-    if (options_.sort_window > 0 && rows > 1) {
+  }
+  return rows;
+}
+
+void Executor::check_first(const Inputs& inputs) {
+  // Every submission must feed the model the same way (batches mix them).
+  if (!first_) {
+    // What the first submission looked like, without holding its data.
+    auto shape = std::make_shared<Inputs>();
+    for (const InputSource& source : inputs.sources) {
+      InputSource meta;
+      if (source.tensor.defined()) {
+        std::vector<int64_t> sizes = source.tensor.sizes().vec();
+        sizes[0] = 0;
+        meta.tensor = at::empty(sizes, source.tensor.options());
+      } else {
+        meta.gather_columns.resize(source.gather_columns.size());
+        meta.gather = source.gather;
+      }
+      shape->sources.push_back(std::move(meta));
+    }
+    if (inputs.lengths.defined()) {
+      shape->lengths = at::empty({0}, at::TensorOptions().dtype(at::kLong));
+    }
+    shape->token_input = inputs.token_input;
+    first_ = std::move(shape);
+  }
+  check_compatible(*first_, inputs, model_->label());
+}
+
+RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
+  auto request = std::make_shared<Request>();
+  const int64_t rows = check_inputs(inputs);
+  if (options_.sort_window > 0 && inputs.lengths.defined()) {
+    if (rows > 1) {
       // Stable sort by length inside each window: similar lengths share batches.
       std::vector<int64_t> order(rows);
       std::iota(order.begin(), order.end(), 0);
@@ -300,8 +333,6 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
       }
       request->order_ = at::tensor(order, at::TensorOptions().dtype(at::kLong));
     }
-  }
-  if (options_.sort_window > 0 && inputs.lengths.defined()) {
     // Rows are staged in sorted order: gathered inputs become tensors now so
     // they can be index-selected like the others (for every submission, so
     // they all look alike, whatever their row count).
@@ -317,73 +348,76 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
   request->inputs_ = std::make_shared<const Inputs>(std::move(inputs));
   request->keepalive_ = std::move(keepalive);
   request->submitted_ = Clock::now();
-  bool run_inline = false;
-  Batch inline_batch;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     TORCH_CHECK(!closing_, model_->label(), ": the executor is closed");
-    // Every submission must feed the model the same way (batches mix them).
-    if (!first_) {
-      // What the first submission looked like, without holding its data.
-      auto shape = std::make_shared<Inputs>();
-      for (const InputSource& source : request->inputs_->sources) {
-        InputSource meta;
-        if (source.tensor.defined()) {
-          std::vector<int64_t> sizes = source.tensor.sizes().vec();
-          sizes[0] = 0;
-          meta.tensor = at::empty(sizes, source.tensor.options());
-        } else {
-          meta.gather_columns.resize(source.gather_columns.size());
-          meta.gather = source.gather;
-        }
-        shape->sources.push_back(std::move(meta));
-      }
-      if (request->inputs_->lengths.defined()) {
-        shape->lengths = at::empty({0}, at::TensorOptions().dtype(at::kLong));
-      }
-      shape->token_input = request->inputs_->token_input;
-      first_ = std::move(shape);
-    }
-    check_compatible(*first_, *request->inputs_, model_->label());
+    check_first(*request->inputs_);
     request->id_ = next_id_++;
-    run_inline = can_run_inline(*request);
-    if (run_inline) {
-      ++inflight_;  // the batcher sees the slot taken; the queue stays empty
-      inline_batch.index = next_batch_++;
-    } else {
-      queue_.push_back(request);
-    }
+    queue_.push_back(request);
   }
   stat_requests_ += 1;
   stat_rows_ += rows;
-  if (!run_inline) {
-    intake_cv_.notify_one();
-    return request;
-  }
-  stat_inline_ += 1;
-  inline_batch.pieces.push_back({request, request->inputs_, 0, rows});
-  inline_batch.rows = rows;
-  try {
-    stage(inline_batch);
-  } catch (...) {
-    fail(inline_batch, std::current_exception());
-    retire(inline_batch);
-    return request;
-  }
-  compute(inline_batch, std::nullopt);
+  intake_cv_.notify_one();
   return request;
 }
 
-bool Executor::can_run_inline(const Request& request) const {
+bool Executor::inline_possible() const {
+  // Cheap calls, measured: a moving average of the model's calls.
   const double average = compute_average_s_.load(std::memory_order_relaxed);
-  if (average < 0 || average >= options_.inline_below_seconds) return false;  // unknown, costly
-  if (!options_.device.is_cpu() || options_.static_batch || closing_) return false;
-  if (!queue_.empty() || inflight_ > 0 || request.rows_ != options_.batch_size) return false;
-  const Inputs& inputs = *request.inputs_;
-  if (inputs.lengths.defined()) return false;
-  // Tensors already in memory: the batch is a view of them, nothing to stage.
-  return std::all_of(inputs.sources.begin(), inputs.sources.end(),
-                     [](const InputSource& source) { return source.tensor.defined(); });
+  return options_.device.is_cpu() && !options_.static_batch && average >= 0 &&
+         average < options_.inline_below_seconds;
+}
+
+std::optional<ModelOutputs> Executor::try_run_inline(Inputs& inputs, bool partial) {
+  // Tensors already in memory, one batch as they are: nothing to stage.
+  if (!inline_possible() || inputs.lengths.defined() ||
+      !std::all_of(inputs.sources.begin(), inputs.sources.end(),
+                   [](const InputSource& source) { return source.tensor.defined(); })) {
+    return std::nullopt;
+  }
+  const int64_t rows = check_inputs(inputs);
+  if (rows < 1 || rows > options_.batch_size || (!partial && rows != options_.batch_size)) {
+    return std::nullopt;
+  }
+  Batch batch;
+  int64_t id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    TORCH_CHECK(!closing_, model_->label(), ": the executor is closed");
+    // Only into an idle engine: queued rows would otherwise be overtaken.
+    if (!queue_.empty() || inflight_ > 0) return std::nullopt;
+    check_first(inputs);
+    id = next_id_++;
+    batch.index = next_batch_++;
+    ++inflight_;  // the batcher sees the slot taken
+  }
+  stat_requests_ += 1;
+  stat_rows_ += rows;
+  stat_inline_ += 1;
+  batch.rows = rows;
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(inputs.sources.size());
+  for (const InputSource& source : inputs.sources) tensors.push_back(source.tensor);
+  const auto start = Clock::now();
+  ModelOutputs outputs;
+  std::exception_ptr error;
+  try {
+    outputs = run_model(tensors, batch);
+    record_compute(seconds_since(start));
+    stat_batches_ += 1;
+    check_outputs(outputs, rows, batch.index);
+  } catch (...) {
+    error = batch_error(batch.index, rows, c10::str("request ", id, " rows [0, ", rows, ")"),
+                        std::current_exception());
+  }
+  end_to_end_latency_.record(seconds_since(start));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --inflight_;
+  }
+  slots_cv_.notify_one();
+  if (error) std::rethrow_exception(error);
+  return outputs;
 }
 
 void Executor::flush() {
@@ -487,6 +521,7 @@ bool Executor::next_batch(Batch& batch) {
       std::lock_guard<std::mutex> request_lock(request->mutex_);
       if (request->done_ || request->finishing_) {
         // Failed by an earlier batch: its remaining rows are not run.
+        garbage_.push_back(std::move(queue_.front()));
         queue_.pop_front();
         queue_front_taken_ = 0;
         continue;
@@ -738,28 +773,30 @@ void Executor::outputs_to_host(ModelOutputs& outputs, const c10::Stream& stream)
   }
 }
 
+void Executor::check_outputs(const ModelOutputs& outputs, int64_t rows, int64_t batch_index) const {
+  for (size_t j = 0; j < outputs.tensors.size(); ++j) {
+    const at::Tensor& out = outputs.tensors[j];
+    TORCH_CHECK_VALUE(out.defined() && out.dim() >= 1 && out.size(0) == rows, model_->label(),
+                      ": output ", j, " of batch ", batch_index, " has shape ",
+                      out.defined() ? c10::str(out.sizes()) : std::string("(undefined)"),
+                      "; expected ", rows, " rows (dim 0), one per input row");
+  }
+}
+
 void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
   c10::AutoGradMode no_grad(false);
-  const int64_t staged_rows = batch.inputs.empty() ? batch.rows : batch.inputs[0].size(0);
-  for (size_t j = 0; j < outputs.tensors.size(); ++j) {
-    at::Tensor& out = outputs.tensors[j];
-    TORCH_CHECK_VALUE(out.defined() && out.dim() >= 1 && out.size(0) == staged_rows,
-                      model_->label(), ": output ", j, " of batch ", batch.index, " has shape ",
-                      out.defined() ? c10::str(out.sizes()) : std::string("(undefined)"),
-                      "; expected ", staged_rows, " rows (dim 0), one per input row");
+  check_outputs(outputs, batch.inputs.empty() ? batch.rows : batch.inputs[0].size(0), batch.index);
+  for (at::Tensor& out : outputs.tensors) {
     if (!out.device().is_cpu()) {
       out = out.to(at::kCPU);
     }
     // An output that aliases a staging buffer (an identity model) must not be
-    // handed out: the buffer is reused by the next batch.
-    // Nor one that aliases an input (the caller's own tensor): outputs are new.
-    for (const auto* group : {&batch.buffers, &batch.inputs}) {
-      if (std::any_of(group->begin(), group->end(), [&](const at::Tensor& t) {
-            return t.defined() && out.storage().is_alias_of(t.storage());
-          })) {
-        out = out.clone();
-        break;
-      }
+    // handed out: the buffer is reused by the next batch. One that aliases the
+    // caller's own input is handed out as it is, as eager PyTorch would.
+    if (std::any_of(batch.buffers.begin(), batch.buffers.end(), [&](const at::Tensor& buffer) {
+          return out.storage().is_alias_of(buffer.storage());
+        })) {
+      out = out.clone();
     }
   }
   int64_t offset = 0;
@@ -826,21 +863,26 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
   }
 }
 
+std::exception_ptr Executor::batch_error(int64_t batch_index, int64_t rows,
+                                         const std::string& which, std::exception_ptr error) {
+  stat_errors_ += 1;
+  return std::make_exception_ptr(
+      ModelError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                 c10::str(model_->label(), ": batch ", batch_index, " (", rows, " rows: ", which,
+                          ") failed: ", describe(error))));
+}
+
 void Executor::fail(Batch& batch, std::exception_ptr error, bool wrap) {
   std::exception_ptr final_error = error;
   if (wrap) {
-    stat_errors_ += 1;
-    std::string rows;
+    std::string which;
     int64_t total = 0;
     for (const Piece& piece : batch.pieces) {
-      rows += c10::str(rows.empty() ? "" : ", ", "request ", piece.request->id_, " rows [",
-                       piece.begin, ", ", piece.begin + piece.count, ")");
+      which += c10::str(which.empty() ? "" : ", ", "request ", piece.request->id_, " rows [",
+                        piece.begin, ", ", piece.begin + piece.count, ")");
       total += piece.count;
     }
-    final_error = std::make_exception_ptr(
-        ModelError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                   c10::str(model_->label(), ": batch ", batch.index, " (", total, " rows: ", rows,
-                            ") failed: ", describe(error))));
+    final_error = batch_error(batch.index, total, which, error);
   }
   for (const Piece& piece : batch.pieces) {
     bool newly = false;
@@ -880,8 +922,11 @@ void Executor::retire(Batch& batch) {
   release_buffers(batch);
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    // The requests too: one whose Future is gone would otherwise end here,
+    // and its outputs may share memory with the caller's inputs.
     for (Piece& piece : batch.pieces) {
       if (piece.inputs) garbage_.push_back(std::move(piece.inputs));
+      if (piece.request) garbage_.push_back(std::move(piece.request));
     }
     batch.pieces.clear();
     --inflight_;
@@ -982,18 +1027,21 @@ void Executor::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
     }
     ModelOutputs outputs = run_model(batch.inputs, batch);
     if (stream) outputs_to_host(outputs, *stream);
-    const double seconds = seconds_since(start);
-    compute_latency_.record(seconds);
-    // A moving average of the call's cost decides whether small batches run inline.
-    const double average = compute_average_s_.load(std::memory_order_relaxed);
-    compute_average_s_.store(average < 0 ? seconds : 0.9 * average + 0.1 * seconds,
-                             std::memory_order_relaxed);
+    record_compute(seconds_since(start));
     stat_batches_ += 1;
     deliver(batch, outputs);
   } catch (...) {
     fail(batch, std::current_exception());
   }
   retire(batch);
+}
+
+void Executor::record_compute(double seconds) {
+  compute_latency_.record(seconds);
+  // A moving average of the call's cost: one input of try_run_inline's choice.
+  const double average = compute_average_s_.load(std::memory_order_relaxed);
+  compute_average_s_.store(average < 0 ? seconds : 0.9 * average + 0.1 * seconds,
+                           std::memory_order_relaxed);
 }
 
 }  // namespace torchspark

@@ -10,11 +10,12 @@
 //               hands it to the workers. At most `inflight` batches are staged
 //               or computing at once, so staging batch k+1 overlaps compute of
 //               batch k.
-//   inline      a submission that is exactly one batch of ready tensors, made
-//               while the engine is idle, for a model whose calls have been
-//               cheap (< inline_below_seconds), runs on the caller's thread
-//               inside submit(): two thread hand-offs would cost more than
-//               the call, and there is nothing to overlap it with.
+//   inline      try_run_inline() runs one batch of ready tensors on the
+//               caller's thread, when the engine is idle and the model's
+//               calls are cheap (< inline_below_seconds): no Request, no
+//               queue, no thread hand-off. Whether that beats the threads'
+//               overlap depends on the caller too: the Python layer measures
+//               both ways (Executor.map).
 //   workers     (`threads` of them) run the model under InferenceMode (and
 //               autocast for reduced precision), check the outputs, and
 //               deliver each piece back to its Request, in submission order.
@@ -33,13 +34,14 @@
 // names the model, the batch and its rows); out-of-memory splits the batch in
 // halves and retries, down to one row. The executor keeps serving.
 //
-// Ownership: a submission's inputs and its `keepalive` (the Arrow data behind
-// them) are never destroyed on an executor thread: when a request finishes
-// they move to a garbage list that the caller empties with take_garbage() on
-// its own thread. (Dropping a tensor that has a Python object, or pyarrow's
-// release, takes the GIL; a worker that did so while the caller waits on the
-// executor with the GIL held would deadlock.) Outputs leave by take_result().
-// No Python here.
+// Ownership: a submission's inputs, its `keepalive` (the Arrow data behind
+// them) and the Request itself (its outputs may be views of the inputs: an
+// output that aliases an input is handed out as it is, as eager PyTorch does)
+// are never destroyed on an executor thread: they move to a garbage list that
+// the caller empties with take_garbage() on its own thread. (Dropping a
+// tensor that has a Python object, or pyarrow's release, takes the GIL; a
+// worker that did so while the caller waits on the executor with the GIL held
+// would deadlock.) Outputs leave by take_result(). No Python here.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -95,8 +97,9 @@ struct ExecutorOptions {
   int64_t sort_window = 0;
   // Tests: a model call with more rows than this fails as out of memory; 0 = off.
   int64_t inject_oom_above_rows = 0;
-  // One-batch submissions run inline while model calls average less than this.
-  double inline_below_seconds = 50e-6;
+  // try_run_inline may run a batch inline while the model's calls average
+  // less than this.
+  double inline_below_seconds = 1e-3;
 };
 
 // One model input of one submission: a tensor (rows along dim 0), or scalar
@@ -201,6 +204,15 @@ class Executor {
   // Queues one submission. Throws ValueError for inputs that do not fit the
   // model's arity or disagree on rows, and after close().
   RequestPtr submit(Inputs inputs, std::shared_ptr<void> keepalive = nullptr);
+  // Runs `inputs` on this thread and returns the outputs, when the engine is
+  // idle, the inputs are CPU tensors forming one batch (exactly batch_size
+  // rows; 1 to batch_size with `partial`) and inline_possible(). Otherwise
+  // returns nullopt and leaves `inputs` as they were, for submit(). Errors are
+  // submit()'s and the batch's (ModelError naming the model, batch and rows).
+  std::optional<ModelOutputs> try_run_inline(Inputs& inputs, bool partial);
+  // A CPU model with dynamic batches whose calls average less than
+  // inline_below_seconds.
+  bool inline_possible() const;
   // Runs what is queued now instead of waiting for max_delay_ms.
   void flush();
   // Stops taking submissions. drain: finish what is queued; else fail it
@@ -236,8 +248,18 @@ class Executor {
   void worker_loop();
   // Runs a staged batch's model call, delivers or fails it, and retires it.
   void compute(Batch& batch, const std::optional<c10::Stream>& stream);
-  // Whether submit() may run `request` inline (call with mutex_ held).
-  bool can_run_inline(const Request& request) const;
+  // The rows of a submission; throws ValueError for inconsistent inputs.
+  // Normalises `lengths` to contiguous int64 on the CPU.
+  int64_t check_inputs(Inputs& inputs) const;
+  // Records the first submission's layout, or checks `inputs` against it
+  // (call with mutex_ held).
+  void check_first(const Inputs& inputs);
+  // ValueError unless every output has `rows` rows.
+  void check_outputs(const ModelOutputs& outputs, int64_t rows, int64_t batch_index) const;
+  // The ModelError of a failed batch (`which`: its requests' rows); counts it.
+  std::exception_ptr batch_error(int64_t batch_index, int64_t rows, const std::string& which,
+                                 std::exception_ptr error);
+  void record_compute(double seconds);
   bool next_batch(Batch& batch);
   void stage(Batch& batch);
   ModelOutputs run_model(const std::vector<at::Tensor>& inputs, const Batch& batch);

@@ -17,9 +17,10 @@ const char* format_name(ModelFormat format) {
   return format == ModelFormat::kTorchScript ? "TorchScript" : "AOTInductor";
 }
 
-std::string Model::label() const {
-  return c10::str("model '", path_, "' (", format_name(format_), ")");
-}
+Model::Model(ModelFormat format, std::string path)
+    : format_(format),
+      path_(std::move(path)),
+      label_(c10::str("model '", path_, "' (", format_name(format_), ")")) {}
 
 namespace {
 
@@ -56,9 +57,11 @@ void flatten(const c10::IValue& value, ModelOutputs& out, const std::string& lab
 class TorchScriptModel final : public Model {
  public:
   TorchScriptModel(const std::string& path, const ModelOptions& options)
-      : Model(ModelFormat::kTorchScript, path), module_(torch::jit::load(path, options.device)) {
+      : Model(ModelFormat::kTorchScript, path),
+        module_(torch::jit::load(path, options.device)),
+        forward_(module_.get_method("forward")) {
     module_.eval();
-    const auto& schema = module_.get_method("forward").function().getSchema();
+    const auto& schema = forward_.function().getSchema();
     for (size_t i = 1; i < schema.arguments().size(); ++i) {  // 0 is self
       input_names_.push_back(schema.arguments()[i].name());
     }
@@ -66,9 +69,7 @@ class TorchScriptModel final : public Model {
 
   ModelOutputs forward(const std::vector<at::Tensor>& inputs) const override {
     std::vector<c10::IValue> args(inputs.begin(), inputs.end());
-    // Module::forward is logically const for an inference module; the JIT's
-    // method call takes a non-const stack.
-    c10::IValue result = const_cast<torch::jit::Module&>(module_).forward(std::move(args));
+    c10::IValue result = forward_(std::move(args));
     ModelOutputs out;
     flatten(result, out, label());
     return out;
@@ -76,6 +77,7 @@ class TorchScriptModel final : public Model {
 
  private:
   torch::jit::Module module_;
+  torch::jit::Method forward_;  // looked up once, not by name on every call
 };
 
 class AOTIModel final : public Model {

@@ -46,12 +46,13 @@ class Model {
   // The forward() argument names, when the format records them (TorchScript).
   const std::vector<std::string>& input_names() const { return input_names_; }
   // "model '<path>' (TorchScript)": for messages.
-  std::string label() const;
+  const std::string& label() const { return label_; }
 
  protected:
-  Model(ModelFormat format, std::string path) : format_(format), path_(std::move(path)) {}
+  Model(ModelFormat format, std::string path);
   ModelFormat format_;
   std::string path_;
+  std::string label_;  // made once: every forward() passes it along for its messages
   std::vector<std::string> input_names_;
 };
 

@@ -11,8 +11,9 @@ import atexit
 import collections
 import os
 import threading
+import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,10 +163,77 @@ class Future:
                 self._outputs = self._request.result()
             finally:
                 self._executor._collect()
-        names, tensors = self._outputs
-        if any(names):
-            return dict(zip(names, tensors, strict=True))
-        return tensors[0] if len(tensors) == 1 else tuple(tensors)
+        return _unpack(self._outputs)
+
+
+def _unpack(outputs: tuple[list[str], list[torch.Tensor]]) -> Any:
+    """The model's return shape: a tensor, a tuple of tensors or a dict of them."""
+    names, tensors = outputs
+    if any(names):
+        return dict(zip(names, tensors, strict=True))
+    return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+class _WayChooser:
+    """Which way ``Executor.map`` runs the next item: inline or through the
+    engine's threads. Measured, not modelled: items go in stretches of
+    ``STRETCH`` one way, timed end to end (the caller's own work included). The
+    first stretch runs threaded (the model's cost is unknown), the second
+    inline when possible; then the faster way runs, and the other is timed
+    again after 32 stretches, then 64, 128, ... (at most 1024) while it keeps
+    losing."""
+
+    STRETCH = 32
+
+    def __init__(
+        self, possible: Callable[[], bool], clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.possible = possible  # whether the engine may run inline at all
+        self.clock = clock
+        self.way = "threaded"
+        self.cost: dict[str, float] = {}  # seconds per item of the last stretch each way
+        self.count = 0
+        self.start = clock()
+        self.stretches = 0
+        self.best: str | None = None
+        self.interval = 32
+        self.recheck_at = 0
+
+    def inline(self) -> bool:
+        self.count += 1
+        if self.count > self.STRETCH:
+            now = self.clock()
+            self.cost[self.way] = (now - self.start) / self.STRETCH
+            self.start, self.count = now, 1
+            self.stretches += 1
+            self.way = self._next_way(self.possible())
+        return self.way == "inline"
+
+    def _next_way(self, possible: bool) -> str:
+        if not possible:
+            return "threaded"
+        if "inline" not in self.cost or "threaded" not in self.cost:
+            return "inline" if "inline" not in self.cost else "threaded"
+        best = min(self.cost, key=self.cost.__getitem__)
+        if best != self.best:  # a new winner: watch closely again
+            self.best, self.interval = best, 32
+            self.recheck_at = self.stretches + self.interval
+        if self.stretches >= self.recheck_at:
+            self.interval = min(2 * self.interval, 1024)
+            self.recheck_at = self.stretches + 1 + self.interval
+            return "threaded" if best == "inline" else "inline"
+        return best
+
+
+def _rows(item: Any) -> int | None:
+    """Rows of a submission of tensors (None when that is not cheap to tell)."""
+    if isinstance(item, torch.Tensor):
+        return item.shape[0] if item.ndim else None
+    if isinstance(item, Mapping):
+        item = next(iter(item.values()), None)
+    elif isinstance(item, (tuple, list)):
+        item = item[0] if item else None
+    return _rows(item) if isinstance(item, torch.Tensor) else None
 
 
 def usable_cores() -> int:
@@ -219,6 +287,15 @@ class Executor:
     padding (outputs keep the submission order). ``inflight`` batches are staged
     or computing at once, so staging overlaps compute. A model error fails only
     its batch; out of memory splits the batch in halves and retries.
+
+    Cheap work runs inline. Handing a batch to a worker thread and back costs
+    microseconds of wake-ups; for a model whose calls average under a
+    millisecond, :meth:`run` calls it on the caller's thread instead (GIL
+    released) when the engine is idle, and :meth:`map` does so when it measures
+    that to be faster, for batches of ready tensors that need no re-batching.
+    ``stats()["inline_batches"]`` counts them. Outputs that are the model's
+    inputs (an identity model) come back as those tensors, as in eager
+    PyTorch; never as the engine's reused staging buffers.
 
     Model files are code: load only files you trust. ``sha256`` checks the
     file's digest before it is parsed.
@@ -278,7 +355,7 @@ class Executor:
         inputs: Sequence[Input] | None = None,
         sha256: str | None = None,
         _inject_oom_above_rows: int = 0,
-        _inline_below_us: float = 50.0,
+        _inline_below_us: float = 1000.0,
         _model: Any = None,
     ) -> None:
         path = os.fspath(model)
@@ -351,17 +428,20 @@ class Executor:
         a dict of tensors (by the model's argument names), or an Arrow batch
         when the executor was built with ``inputs=[Input(...), ...]``.
         """
-        if _is_arrow(inputs) and not isinstance(inputs, torch.Tensor):
-            request = self._native.submit_arrow(inputs)
-        else:
-            request = self._native.submit_tensors(self._positional(inputs))
-        return Future(request, self)
+        return Future(self._send(inputs, try_inline=False, partial=False), self)
 
     def run(self, inputs: Any) -> Any:
-        """Submit and wait: the outputs of ``inputs``."""
-        future = self.submit(inputs)
+        """Submit and wait: the outputs of ``inputs``.
+
+        When the engine is idle, ``inputs`` are tensors of at most ``batch_size``
+        rows and the model's calls are cheap (under a millisecond), the call runs
+        on this thread (GIL released), without the engine's thread hand-offs.
+        """
+        sent = self._send(inputs, try_inline=True, partial=True)
+        if isinstance(sent, tuple):
+            return _unpack(sent)
         self._native.flush()
-        return future.result()
+        return Future(sent, self).result()
 
     def map(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """Outputs of each item of ``iterable``, in order.
@@ -369,21 +449,51 @@ class Executor:
         Keeps about ``inflight * batch_size`` rows in the engine while the caller
         produces the next item, so producing, staging and compute overlap.
         Closing the generator early is safe: pending work finishes and is dropped.
+
+        Items of exactly ``batch_size`` rows of tensors may instead run inline,
+        on this thread (GIL released), when the model's calls are cheap: then
+        the engine's thread hand-offs can cost more than the overlap saves.
+        Which way is faster depends on the caller as well, so ``map`` measures:
+        it runs stretches of items each way and keeps the faster, re-checking
+        the other now and then.
         """
+        native = self._native
         pending: collections.deque[Future] = collections.deque()
         pending_rows = 0
         window = self.inflight * self.batch_size
+        choice = _WayChooser(lambda: native.inline_possible)
         for item in iterable:
-            future = self.submit(item)
+            if choice.inline() and _rows(item) == self.batch_size:
+                if pending:  # finish what is in flight: outputs stay in order
+                    native.flush()
+                    while pending:
+                        yield pending.popleft().result()
+                    pending_rows = 0
+                sent = self._send(item, try_inline=True, partial=False)
+            else:
+                sent = self._send(item, try_inline=False, partial=False)
+            if isinstance(sent, tuple):
+                yield _unpack(sent)
+                continue
+            future = Future(sent, self)
             pending.append(future)
             pending_rows += future.rows
             while pending and pending_rows - pending[0].rows >= window:
                 done = pending.popleft()
                 pending_rows -= done.rows
                 yield done.result()
-        self._native.flush()
+        native.flush()
         while pending:
             yield pending.popleft().result()
+
+    def _send(self, inputs: Any, *, try_inline: bool, partial: bool) -> Any:
+        """Run ``inputs`` inline when ``try_inline`` and the engine takes them,
+        returning (names, tensors); else queue them, returning the native request."""
+        if isinstance(inputs, torch.Tensor):
+            return self._native.run_tensors([inputs], try_inline, partial)
+        if _is_arrow(inputs):
+            return self._native.run_arrow(inputs, try_inline, partial)
+        return self._native.run_tensors(self._positional(inputs), try_inline, partial)
 
     def _positional(self, inputs: Any) -> list[torch.Tensor]:
         if isinstance(inputs, torch.Tensor):
