@@ -113,6 +113,30 @@ class Bag(torch.nn.Module):
         return torch.stack(out)
 
 
+class PerToken(torch.nn.Module):
+    """tokens [rows, L] int64, 0 = padding -> (per-token embeddings [rows, L, 3],
+    with the width of the call at pad positions; bag of the row [rows, 3]): the
+    first output's pad positions depend on how the executor batched the row,
+    its real positions do not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = Bag()
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = (tokens == 0).unsqueeze(-1).to(torch.float32)
+        return self.bag.emb(tokens) + pad * tokens.size(1), self.bag(tokens)[0]
+
+    def reference(self, rows: list[list[int]], width: int) -> torch.Tensor:
+        """Eager, one row at a time: [rows, width, 3], 0 past each row's length."""
+        out = torch.zeros(len(rows), width, EMBED)
+        with torch.no_grad():
+            for i, r in enumerate(rows):
+                if r:
+                    out[i, : len(r)] = self.bag.emb(torch.tensor(r))
+        return out
+
+
 class TokensAndDense(torch.nn.Module):
     """forward(dense [rows, 3] float32, tokens [rows, L] int64) -> bag of tokens + dense:
     a row's output depends on both inputs of that same row."""
@@ -191,7 +215,7 @@ def _builders() -> dict[str, tuple[torch.nn.Module, Callable[[str], None]]]:
     ids = torch.arange(8, dtype=torch.long).view(4, 2)
     tokens = torch.randint(0, VOCAB, (4, 6))
     mlp, two, tup, rows, bag = MLP(), TwoInput(), TupleOut(), Rows(), Bag()
-    identity, tokens_dense = Identity(), TokensAndDense()
+    identity, tokens_dense, per_token = Identity(), TokensAndDense(), PerToken()
     feat3, feat5, slow = Features(3), Features(5), Slow()
     neg, first, sums, dict_out = NegativeRaises(), FirstRow(), SumRows(), DictOut()
     return {
@@ -201,6 +225,7 @@ def _builders() -> dict[str, tuple[torch.nn.Module, Callable[[str], None]]]:
         "dict_out": (dict_out, _script(dict_out)),
         "rows": (rows, _trace(rows, ids)),
         "bag": (bag, _trace(bag, tokens)),
+        "per_token": (per_token, _trace(per_token, tokens)),
         "identity": (identity, _trace(identity, x)),
         "tokens_dense": (tokens_dense, _trace(tokens_dense, torch.randn(4, 3), tokens)),
         "features3": (feat3, _trace(feat3, torch.randn(4, 3))),

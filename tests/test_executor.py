@@ -537,6 +537,66 @@ def test_pad_all_empty_rows(models, max_tokens):
     torch.testing.assert_close(bag, torch.zeros(2, 3))
 
 
+@pytest.mark.parametrize(
+    "batching",
+    [
+        {},
+        {"max_tokens": 40},
+        {"max_tokens": 40, "sort_window": 16},
+        {"batch_size": 3, "sort_window": 8},
+    ],
+    ids=["one_batch", "max_tokens", "max_tokens_sorted", "small_batches_sorted"],
+)
+@pytest.mark.parametrize("per_token", [[0], 0])
+def test_per_token_outputs_come_back_at_the_submission_width(models, rng, batching, per_token):
+    """Batches cut to their longest row (max_tokens), reordered (sort_window) or
+    mixing several submissions: each per-token output has the submission's
+    width, zero past each row's length, whatever the batching."""
+    module = models.module("per_token")
+    parts = [ragged(rng, 30, 0, 12), ragged(rng, 7, 1, 4), ragged(rng, 20, 0, 9)]
+    with Executor(
+        models.path("per_token"),
+        inputs=[Input("tokens", kind="pad")],
+        per_token=per_token,
+        max_delay_ms=100,
+        **batching,
+    ) as ex:
+        futures = [ex.submit(tokens_batch(rows)) for rows in parts]
+        ex.flush()
+        outs = results(futures)
+        stats = ex.stats()
+    for rows, (tokens, bag) in zip(parts, outs, strict=True):
+        torch.testing.assert_close(tokens, module.reference(rows, max(len(r) for r in rows)))
+        torch.testing.assert_close(bag, module.bag.reference(rows))
+    if batching:
+        assert stats["batches"] > len(parts)  # several widths met in one submission
+
+
+def test_per_token_checks(models):
+    spec = [Input("tokens", kind="pad")]
+    with pytest.raises(ValueError, match="per_token: expected a padded token input"):
+        Executor(models.path("per_token"), per_token=True)
+    with pytest.raises(TypeError, match="per_token"):
+        Executor(models.path("per_token"), inputs=spec, per_token=[1.5])
+    rows = [[1, 2, 3, 4], [5]]  # width 4: not the bag's 3
+    cases = [
+        # Output 1 (the bag, [rows, 3]) is not per token: its dim 1 is not the width.
+        ([1], rows, r"is per token but has shape \[1, 3\]; expected \[rows, 4, "),
+        (True, rows, r"output 1 of batch \d+ is per token"),
+        ("logits", rows, "per_token names output 'logits' but the model returned"),
+        ([5], rows, "per_token names output 5 but the model returned 2"),
+        # Without per_token, widths that differ between the batches of one
+        # submission fail clearly, and say what to pass.
+        (False, [[1], [2], [3, 4, 5], [6, 7, 8]], "needs per_token"),
+    ]
+    for per_token, batch_rows, message in cases:
+        with (
+            Executor(models.path("per_token"), inputs=spec, per_token=per_token, max_tokens=6) as e,
+            pytest.raises((ModelError, ValueError), match=message),
+        ):
+            e.run(tokens_batch(batch_rows))
+
+
 def _tokens_dense_batch(seed: int, n: int) -> tuple[pa.RecordBatch, torch.Tensor, list]:
     rng = np.random.default_rng(seed)
     rows = ragged(rng, n, 1, 12)

@@ -265,6 +265,34 @@ def test_token_column_padded_with_token_budget(df, source, models):
     assert report.model_calls >= tokens / 96 > 10 * report.arrow_batches
 
 
+def test_per_token_outputs_under_a_token_budget(df, source, models):
+    """Token-classification style: with max_tokens an Arrow batch is scored in
+    calls of different widths; per_token brings each row back at its Arrow
+    batch's padded width, zero past its own length."""
+    scored = torchspark.predict(
+        df,
+        models.path("per_token"),
+        inputs=Input("tokens", kind="pad"),
+        output=["per_token", "bag"],
+        keep=["id"],
+        batch_size=64,
+        max_tokens=96,
+        sort_window=64,
+        per_token=[0],
+    )
+    assert scored.schema.simpleString() == (
+        "struct<id:bigint,per_token:array<array<float>>,bag:array<float>>"
+    )
+    table = collect(scored, ids(source))
+    module = models.module("per_token")
+    rows = source.column("tokens").to_pylist()
+    for got, tokens in zip(table.column("per_token").to_pylist(), rows, strict=True):
+        got = torch.tensor(got).view(-1, 3)
+        assert len(got) >= len(tokens)
+        torch.testing.assert_close(got, module.reference([tokens], len(got))[0])
+    torch.testing.assert_close(floats(table, "bag"), module.bag.reference(rows))
+
+
 def test_named_inputs_for_a_multi_input_model(df, source, models):
     # forward(dense, tokens): the dict, in the other order, is matched by name.
     scored = torchspark.predict(

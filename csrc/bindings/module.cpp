@@ -452,7 +452,9 @@ void bind_executor(py::module_& m) {
       .def(py::init([](std::shared_ptr<Model> model, const at::Device& device, int64_t batch_size,
                        int64_t max_tokens, double max_delay_ms, const std::string& precision,
                        int64_t threads, int64_t inflight, bool static_batch, int64_t sort_window,
-                       int64_t inject_oom_above_rows, double inline_below_us, py::object specs) {
+                       int64_t inject_oom_above_rows, double inline_below_us, bool per_token_all,
+                       std::vector<int64_t> per_token_indices,
+                       std::vector<std::string> per_token_names, py::object specs) {
              ExecutorOptions options;
              options.device = device;
              options.batch_size = batch_size;
@@ -465,13 +467,17 @@ void bind_executor(py::module_& m) {
              options.sort_window = sort_window;
              options.inject_oom_above_rows = inject_oom_above_rows;
              options.inline_below_seconds = inline_below_us * 1e-6;
+             options.per_token.all = per_token_all;
+             options.per_token.indices = std::move(per_token_indices);
+             options.per_token.names = std::move(per_token_names);
              return std::make_unique<PyExecutor>(std::move(model), std::move(options),
                                                  std::move(specs));
            }),
            py::arg("model"), py::arg("device"), py::arg("batch_size"), py::arg("max_tokens"),
            py::arg("max_delay_ms"), py::arg("precision"), py::arg("threads"), py::arg("inflight"),
            py::arg("static_batch"), py::arg("sort_window"), py::arg("inject_oom_above_rows"),
-           py::arg("inline_below_us"), py::arg("specs"))
+           py::arg("inline_below_us"), py::arg("per_token_all"), py::arg("per_token_indices"),
+           py::arg("per_token_names"), py::arg("specs"))
       .def("run_tensors", &PyExecutor::run_tensors, py::arg("tensors"), py::arg("try_inline"),
            py::arg("partial"))
       .def("run_arrow", &PyExecutor::run_arrow, py::arg("batch"), py::arg("try_inline"),

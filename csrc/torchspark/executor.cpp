@@ -6,6 +6,7 @@
 #include <c10/core/InferenceMode.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/util/Exception.h>
+#include <c10/util/StringUtil.h>
 
 #include <algorithm>
 #include <cmath>
@@ -696,12 +697,7 @@ void Executor::stage(Batch& batch) {
   if (batch.padded_len >= 0) {
     int64_t real = 0;
     for (const Piece& piece : batch.pieces) {
-      const at::Tensor& lengths = piece.inputs->lengths;
-      at::Tensor rows =
-          piece.request->order_.defined()
-              ? lengths.index_select(0, piece.request->order_.narrow(0, piece.begin, piece.count))
-              : lengths.narrow(0, piece.begin, piece.count);
-      real += rows.clamp_max(batch.padded_len).sum().item<int64_t>();
+      real += piece_lengths(piece).clamp_max(batch.padded_len).sum().item<int64_t>();
     }
     stat_token_slots_ += staged_rows * batch.padded_len;
     stat_token_padding_ += staged_rows * batch.padded_len - real;
@@ -783,9 +779,48 @@ void Executor::check_outputs(const ModelOutputs& outputs, int64_t rows, int64_t 
   }
 }
 
+at::Tensor Executor::piece_lengths(const Piece& piece) {
+  const at::Tensor& lengths = piece.inputs->lengths;
+  const at::Tensor& order = piece.request->order_;
+  return order.defined() ? lengths.index_select(0, order.narrow(0, piece.begin, piece.count))
+                         : lengths.narrow(0, piece.begin, piece.count);
+}
+
+std::vector<bool> Executor::per_token_outputs(const Batch& batch,
+                                              const ModelOutputs& outputs) const {
+  const ExecutorOptions::PerToken& wanted = options_.per_token;
+  std::vector<bool> flags(outputs.tensors.size(), false);
+  if (!wanted.any()) return flags;
+  TORCH_CHECK_VALUE(batch.padded_len >= 0, model_->label(),
+                    ": per-token outputs need a padded token input (kind 'pad')");
+  for (const int64_t j : wanted.indices) {
+    TORCH_CHECK_VALUE(j >= 0 && j < static_cast<int64_t>(flags.size()), model_->label(),
+                      ": per_token names output ", j, " but the model returned ", flags.size(),
+                      " outputs");
+    flags[j] = true;
+  }
+  for (const std::string& name : wanted.names) {
+    auto it = std::find(outputs.names.begin(), outputs.names.end(), name);
+    TORCH_CHECK_VALUE(it != outputs.names.end(), model_->label(), ": per_token names output '",
+                      name, "' but the model returned ", c10::Join(", ", outputs.names));
+    flags[it - outputs.names.begin()] = true;
+  }
+  for (size_t j = 0; j < flags.size(); ++j) {
+    flags[j] = flags[j] || wanted.all;
+    const at::Tensor& out = outputs.tensors[j];
+    TORCH_CHECK_VALUE(!flags[j] || (out.dim() >= 2 && out.size(1) == batch.padded_len),
+                      model_->label(), ": output ", j, " of batch ", batch.index,
+                      " is per token but has shape ", out.sizes(), "; expected [rows, ",
+                      batch.padded_len, ", ...] (dim 1: the batch's padded token width)");
+  }
+  return flags;
+}
+
 void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
   c10::AutoGradMode no_grad(false);
   check_outputs(outputs, batch.inputs.empty() ? batch.rows : batch.inputs[0].size(0), batch.index);
+  const std::vector<bool> per_token = per_token_outputs(batch, outputs);
+  const bool any_per_token = std::find(per_token.begin(), per_token.end(), true) != per_token.end();
   for (at::Tensor& out : outputs.tensors) {
     if (!out.device().is_cpu()) {
       out = out.to(at::kCPU);
@@ -808,8 +843,11 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
       std::lock_guard<std::mutex> lock(request.mutex_);
       if (!request.done_ && !request.finishing_) {
         try {
+          // Per-token outputs are always assembled: to the submission's width,
+          // zero past each row's length.
           const bool whole = piece.begin == 0 && piece.count == request.rows_ &&
-                             !request.order_.defined() && request.outputs_.tensors.empty();
+                             !request.order_.defined() && request.outputs_.tensors.empty() &&
+                             !any_per_token;
           if (whole) {
             // The request is this one piece: its outputs are views of the batch's.
             for (const at::Tensor& out : outputs.tensors) {
@@ -820,9 +858,13 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
             for (size_t j = 0; j < outputs.tensors.size(); ++j) {
               std::vector<int64_t> sizes = outputs.tensors[j].sizes().vec();
               sizes[0] = request.rows_;
+              const auto options = outputs.tensors[j].options().device(at::kCPU);
+              if (per_token[j]) {
+                sizes[1] = piece.inputs->sources.at(piece.inputs->token_input).tensor.size(1);
+              }
               // Assembled from several batches (or reordered): one copy.
-              request.outputs_.tensors.push_back(
-                  at::empty(sizes, outputs.tensors[j].options().device(at::kCPU)));
+              request.outputs_.tensors.push_back(per_token[j] ? at::zeros(sizes, options)
+                                                              : at::empty(sizes, options));
             }
             request.outputs_.names = outputs.names;
           }
@@ -833,14 +875,30 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
                             request.id_, " returned ", request.outputs_.tensors.size(),
                             " (or other names)");
           for (size_t j = 0; j < outputs.tensors.size() && !whole; ++j) {
-            at::Tensor& dst = request.outputs_.tensors[j];
-            const at::Tensor src = outputs.tensors[j].narrow(0, offset, piece.count);
-            TORCH_CHECK_VALUE(dst.sizes().slice(1) == src.sizes().slice(1) &&
+            at::Tensor dst = request.outputs_.tensors[j];
+            at::Tensor src = outputs.tensors[j].narrow(0, offset, piece.count);
+            const size_t fixed = per_token[j] ? 2 : 1;  // dims that must agree from here on
+            TORCH_CHECK_VALUE(dst.sizes().slice(fixed) == src.sizes().slice(fixed) &&
                                   dst.scalar_type() == src.scalar_type(),
                               model_->label(), ": output ", j, " of batch ", batch.index,
                               " has rows of shape ", src.sizes().slice(1), " (", src.scalar_type(),
                               ") but an earlier batch of request ", request.id_, " gave ",
-                              dst.sizes().slice(1), " (", dst.scalar_type(), ")");
+                              dst.sizes().slice(1), " (", dst.scalar_type(), ")",
+                              batch.padded_len >= 0 && !per_token[j]
+                                  ? "; an output per token of the padded input needs per_token"
+                                  : "");
+            if (per_token[j]) {
+              // The batch's width cut to (or within) the submission's; zero at
+              // and past each row's length, whatever the model computed there.
+              const int64_t width = std::min(dst.size(1), src.size(1));
+              const at::Tensor lengths = piece_lengths(piece);
+              std::vector<int64_t> mask_shape{piece.count, width};
+              mask_shape.resize(static_cast<size_t>(src.dim()), 1);
+              const at::Tensor past_end =
+                  at::arange(width, lengths.options()).unsqueeze(0).ge(lengths.unsqueeze(1));
+              src = src.narrow(1, 0, width).masked_fill(past_end.view(mask_shape), 0);
+              dst = dst.narrow(1, 0, width);
+            }
             if (request.order_.defined()) {
               dst.index_copy_(0, request.order_.narrow(0, piece.begin, piece.count), src);
             } else {

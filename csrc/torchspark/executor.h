@@ -95,6 +95,16 @@ struct ExecutorOptions {
   // Token inputs: sort rows by length within windows of this many rows to cut
   // padding (outputs keep the submission order); 0 = off.
   int64_t sort_window = 0;
+  // Per-token outputs of the padded token input ([rows, L, ...], L the batch's
+  // padded width): every output (all), or those numbered or named here. Each
+  // comes back [rows, W, ...], W the submission's own padded width, with 0 at
+  // and past each row's length: the same whatever the batching.
+  struct PerToken {
+    bool all = false;
+    std::vector<int64_t> indices;
+    std::vector<std::string> names;
+    bool any() const { return all || !indices.empty() || !names.empty(); }
+  } per_token;
   // Tests: a model call with more rows than this fails as out of memory; 0 = off.
   int64_t inject_oom_above_rows = 0;
   // try_run_inline may run a batch inline while the model's calls average
@@ -264,6 +274,10 @@ class Executor {
   void stage(Batch& batch);
   ModelOutputs run_model(const std::vector<at::Tensor>& inputs, const Batch& batch);
   void deliver(Batch& batch, ModelOutputs& outputs);
+  // The token lengths of a piece's rows, in staging order.
+  static at::Tensor piece_lengths(const Piece& piece);
+  // Which outputs of a token batch are per token (checked: [rows, padded_len, ...]).
+  std::vector<bool> per_token_outputs(const Batch& batch, const ModelOutputs& outputs) const;
   void fail(Batch& batch, std::exception_ptr error, bool wrap = true);
   // Marks a request done (with `error` if set) unless it already is: records
   // its latency, moves its inputs and keepalive to the garbage list, then

@@ -225,6 +225,31 @@ class _WayChooser:
         return best
 
 
+def _per_token(
+    per_token: bool | Sequence[int | str], inputs: Sequence[Input] | None
+) -> tuple[bool, list[int], list[str]]:
+    """``Executor(per_token=...)`` as (all, indices, names), checked."""
+    if isinstance(per_token, (str, int)) and not isinstance(per_token, bool):
+        per_token = [per_token]
+    if per_token is False or (not isinstance(per_token, bool) and not list(per_token)):
+        return False, [], []
+    if not inputs or not any(i.resolved_kind == "pad" for i in inputs):
+        raise ValueError(
+            "per_token: expected a padded token input (inputs=[Input(column, kind='pad')]), "
+            f"got inputs={inputs!r}"
+        )
+    if per_token is True:
+        return True, [], []
+    items = list(per_token)
+    if not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in items):
+        raise TypeError(f"per_token: expected True or output indices / names, got {per_token!r}")
+    return (
+        False,
+        [i for i in items if isinstance(i, int)],
+        [i for i in items if isinstance(i, str)],
+    )
+
+
 def _rows(item: Any) -> int | None:
     """Rows of a submission of tensors (None when that is not cheap to tell)."""
     if isinstance(item, torch.Tensor):
@@ -328,6 +353,12 @@ class Executor:
         sort_window: with a padded input, sort rows by length within windows of
             this many rows.
         inputs: how Arrow batches feed the model, one :class:`Input` per model input.
+        per_token: outputs that are per token of the padded input (``[rows, L,
+            ...]`` with ``L`` the batch's padded width, e.g. token-classification
+            logits): ``True`` for every output, or their indices or names. Each
+            comes back ``[rows, W, ...]``, ``W`` the submission's own padded width,
+            with 0 at and past each row's length, the same whatever the batching
+            (``max_tokens`` batches are cut to their longest row).
         sha256: expected hex digest of the model file.
 
     >>> import torch, torchspark, tempfile, os
@@ -353,6 +384,7 @@ class Executor:
         static_batch: bool = False,
         sort_window: int = 0,
         inputs: Sequence[Input] | None = None,
+        per_token: bool | Sequence[int | str] = False,
         sha256: str | None = None,
         _inject_oom_above_rows: int = 0,
         _inline_below_us: float = 1000.0,
@@ -378,6 +410,7 @@ class Executor:
                 raise TypeError("inputs: expected a list of torchspark.Input")
             if sum(i.resolved_kind == "pad" for i in inputs) > 1:
                 raise ValueError("inputs: at most one Input may have kind='pad'")
+        token_all, token_indices, token_names = _per_token(per_token, inputs)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model '{path}': no such file")
         if sha256 is not None:
@@ -414,6 +447,9 @@ class Executor:
             sort_window,
             int(_inject_oom_above_rows),
             float(_inline_below_us),
+            token_all,
+            token_indices,
+            token_names,
             None if inputs is None else [i._native() for i in inputs],
         )
         with _live_lock:

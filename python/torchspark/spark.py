@@ -441,6 +441,7 @@ def _executor_options(
         "inflight",
         "static_batch",
         "sort_window",
+        "per_token",
     }
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -724,7 +725,9 @@ def predict(
             Arrow batch is one model call on a zero-copy view of it.
         precision, executor options (``max_tokens``,
             ``max_delay_ms``, ``threads``, ``inflight``, ``static_batch``,
-            ``sort_window``): see :class:`torchspark.Executor`.
+            ``sort_window``, ``per_token``): see :class:`torchspark.Executor`.
+            ``per_token`` outputs become ``array<array<...>>`` columns, each row
+            as wide as its Arrow batch's longest token list, 0 past its length.
         sha256: expected digest of the model file, checked before loading.
         schema: the output columns' schema (StructType or DDL), checked
             against what the model returns on a probe batch.
