@@ -286,6 +286,48 @@ def test_concurrent_submitters_do_not_mix(models, workers):
     assert stats["rows"] == total
 
 
+def test_concurrent_inline_runs_maps_and_submits_do_not_mix(models):
+    """Threads calling run (inline when the engine is idle), map (inline or
+    threaded by its own timing) and submit on one executor: every output is
+    its own input's, and the engine ends idle with every row counted once."""
+    n_threads, per_thread, rows = 4, 3 * _WayChooser.STRETCH, 8
+    errors: list[BaseException] = []
+
+    def ids(t: int, i: int) -> torch.Tensor:
+        base = (t * per_thread + i) * 100
+        return torch.arange(base, base + rows, dtype=torch.long).view(rows, 1)
+
+    def caller(t: int, ex: Executor) -> None:
+        try:
+            items = [ids(t, i) for i in range(per_thread)]
+            if t % 3 == 0:
+                outs = [ex.run(x) for x in items]
+            elif t % 3 == 1:
+                outs = list(ex.map(items))
+            else:
+                futures = [ex.submit(x) for x in items]
+                ex.flush()
+                outs = [f.result(timeout=TIMEOUT) for f in futures]
+            for x, (doubled, _) in zip(items, outs, strict=True):
+                assert torch.equal(doubled, x * 2 + 1)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    with Executor(models.path("rows"), batch_size=rows, max_delay_ms=1, _inline_below_us=1e6) as ex:
+        ex.run(ids(99, 0))  # measured once: inline is possible from here on
+        threads = [threading.Thread(target=caller, args=(t, ex)) for t in range(n_threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert not any(thread.is_alive() for thread in threads)
+        assert not errors, errors
+        stats = ex.stats()
+    assert stats["requests"] == n_threads * per_thread + 1
+    assert stats["rows"] == (n_threads * per_thread + 1) * rows
+    assert stats["inline_batches"] > 0
+
+
 def test_outputs_are_writable_and_independent(models):
     module = models.module("mlp")
     x = torch.randn(9, FEATURES)
