@@ -17,6 +17,7 @@ import time
 import warnings
 import weakref
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +48,17 @@ def results(futures, timeout: float = TIMEOUT):
 
 def tokens_batch(rows: list[list[int]]) -> pa.RecordBatch:
     return pa.record_batch({"tokens": pa.array(rows, pa.list_(pa.int64()))})
+
+
+def run_threads(target: Callable[[int], None], n: int, errors: list[BaseException]) -> None:
+    """Run target(0..n-1) on n threads at once; fail if one hangs or reported an error."""
+    threads = [threading.Thread(target=target, args=(t,)) for t in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
 
 
 def ragged(rng: np.random.Generator, n: int, low: int, high: int) -> list[list[int]]:
@@ -267,13 +279,7 @@ def test_concurrent_submitters_do_not_mix(models, workers):
             errors.append(e)
 
     with ex:
-        threads = [threading.Thread(target=submitter, args=(t,)) for t in range(n_threads)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(TIMEOUT)
-        assert not any(thread.is_alive() for thread in threads)
-        assert not errors, errors
+        run_threads(submitter, n_threads, errors)
         ex.flush()
         total = 0
         for mine in outcomes.values():
@@ -315,13 +321,7 @@ def test_concurrent_inline_runs_maps_and_submits_do_not_mix(models):
 
     with Executor(models.path("rows"), batch_size=rows, max_delay_ms=1, _inline_below_us=1e6) as ex:
         ex.run(ids(99, 0))  # measured once: inline is possible from here on
-        threads = [threading.Thread(target=caller, args=(t, ex)) for t in range(n_threads)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(TIMEOUT)
-        assert not any(thread.is_alive() for thread in threads)
-        assert not errors, errors
+        run_threads(lambda t: caller(t, ex), n_threads, errors)
         stats = ex.stats()
     assert stats["requests"] == n_threads * per_thread + 1
     assert stats["rows"] == (n_threads * per_thread + 1) * rows
