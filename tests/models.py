@@ -1,4 +1,4 @@
-"""Small models for the executor tests, and a cache of their exported files.
+"""Small models for the engine tests, and a cache of their exported files.
 
 Every model is deterministic (seeded weights) and tiny, so that exports are
 cheap and eager references are exact. ``ModelFiles`` exports each model once
@@ -75,14 +75,14 @@ class DictOut(torch.nn.Module):
 class Rows(torch.nn.Module):
     """ids [rows, k] int64 -> (ids * 2 + 1, rows of the model call, per row).
 
-    The second output shows how the executor batched each row."""
+    The second output shows how the engine batched each row."""
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ids * 2 + 1, torch.zeros_like(ids[:, 0]) + ids.size(0)
 
 
 class Identity(torch.nn.Module):
-    """Returns (views of) its input: outputs alias whatever the executor staged."""
+    """Returns (views of) its input: outputs alias whatever the engine staged."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, x[:, 0]
@@ -116,7 +116,7 @@ class Bag(torch.nn.Module):
 class PerToken(torch.nn.Module):
     """tokens [rows, L] int64, 0 = padding -> (per-token embeddings [rows, L, 3],
     with the width of the call at pad positions; bag of the row [rows, 3]): the
-    first output's pad positions depend on how the executor batched the row,
+    first output's pad positions depend on how the engine batched the row,
     its real positions do not."""
 
     def __init__(self) -> None:

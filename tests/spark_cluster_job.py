@@ -7,7 +7,7 @@ a URI into ``$TORCHSPARK_CACHE``. One SparkContext per process, hence the
 subprocess. ``pip install pyspark`` is enough (no separate Spark install).
 
 Usage: ``python spark_cluster_job.py WORKDIR`` writes ``WORKDIR/result.json``
-with what the test asserts on; logs go to stderr. Executor logs (and the
+with what the test asserts on; logs go to stderr. Engine logs (and the
 Python workers' stderr, where torchspark's per-task lines go) land under
 ``WORKDIR/spark_home/work``, read back here.
 """
@@ -119,7 +119,7 @@ def main(workdir: str) -> dict:
         for _ in batches:
             pass
         path = _os.path.abspath(SparkFiles.get(name))
-        cached = any(key[0].location == name for key in ts_spark._executors)
+        cached = any(key[0].location == name for key in ts_spark._engines)
         yield pa.RecordBatch.from_pylist(
             [{"pid": _os.getpid(), "path": path, "exists": _os.path.isfile(path), "cached": cached}]
         )

@@ -15,8 +15,8 @@ import torchspark
 def test_public_api_is_small_and_documented():
     expected = {
         "ArrowPredictor",
-        "Executor",
-        "ExecutorClosedError",
+        "Engine",
+        "EngineClosedError",
         "Future",
         "Input",
         "InvalidArrowError",
@@ -49,13 +49,13 @@ def test_error_hierarchy():
     assert issubclass(torchspark.InvalidArrowError, ValueError)
     assert issubclass(torchspark.NullValueError, ValueError)
     assert issubclass(torchspark.ModelError, RuntimeError)
-    assert issubclass(torchspark.ExecutorClosedError, RuntimeError)
+    assert issubclass(torchspark.EngineClosedError, RuntimeError)
     for cls in (
         torchspark.UnsupportedTypeError,
         torchspark.InvalidArrowError,
         torchspark.NullValueError,
         torchspark.ModelError,
-        torchspark.ExecutorClosedError,
+        torchspark.EngineClosedError,
     ):
         assert issubclass(cls, torchspark.TorchSparkError)
 
@@ -93,7 +93,7 @@ def test_docstring_examples_run():
     assert tried >= 10 and failures == 0
     failures, tried = doctest.testmod(torchspark, verbose=False)
     assert tried >= 1 and failures == 0
-    for name in ("torchspark.executor", "torchspark.export"):
+    for name in ("torchspark.engine", "torchspark.export"):
         module = sys.modules[name]  # torchspark.export is also the function's name
         failures, tried = doctest.testmod(module, verbose=False)
         assert tried >= 1 and failures == 0, name

@@ -652,7 +652,7 @@ def test_output_names_and_options_checked(df, models):
         torchspark.predict(df, models.path("tuple_out"), inputs="features", output=["a", "b"])
     with pytest.raises(ValueError, match="clash"):
         torchspark.predict(df, models.path("mlp"), inputs="features", output="label")
-    with pytest.raises(TypeError, match=r"unexpected executor options \['bogus'\]"):
+    with pytest.raises(TypeError, match=r"unexpected engine options \['bogus'\]"):
         torchspark.predict(df, models.path("mlp"), inputs="features", bogus=1)
 
 

@@ -11,8 +11,8 @@
 #include "torchspark/arrow_export.h"
 #include "torchspark/arrow_import.h"
 #include "torchspark/arrow_owner.h"
+#include "torchspark/engine/engine.h"
 #include "torchspark/errors.h"
-#include "torchspark/executor.h"
 #include "torchspark/gather.h"
 #include "torchspark/model.h"
 #include "torchspark/pad.h"
@@ -29,15 +29,15 @@ PyObject* g_unsupported_type_error = PyExc_TypeError;
 PyObject* g_invalid_arrow_error = PyExc_ValueError;
 PyObject* g_null_value_error = PyExc_ValueError;
 PyObject* g_model_error = PyExc_RuntimeError;
-PyObject* g_executor_closed_error = PyExc_RuntimeError;
+PyObject* g_engine_closed_error = PyExc_RuntimeError;
 
 void set_error_types(py::object unsupported, py::object invalid, py::object null_value,
-                     py::object model, py::object executor_closed) {
+                     py::object model, py::object engine_closed) {
   g_unsupported_type_error = unsupported.release().ptr();
   g_invalid_arrow_error = invalid.release().ptr();
   g_null_value_error = null_value.release().ptr();
   g_model_error = model.release().ptr();
-  g_executor_closed_error = executor_closed.release().ptr();
+  g_engine_closed_error = engine_closed.release().ptr();
 }
 
 void translate(std::exception_ptr error) {
@@ -51,8 +51,8 @@ void translate(std::exception_ptr error) {
     PyErr_SetString(g_null_value_error, e.what_without_backtrace());
   } catch (const ModelError& e) {
     PyErr_SetString(g_model_error, e.what_without_backtrace());
-  } catch (const ExecutorClosedError& e) {
-    PyErr_SetString(g_executor_closed_error, e.what_without_backtrace());
+  } catch (const EngineClosedError& e) {
+    PyErr_SetString(g_engine_closed_error, e.what_without_backtrace());
   } catch (const c10::TypeError& e) {
     PyErr_SetString(PyExc_TypeError, e.what_without_backtrace());
   } catch (const c10::ValueError& e) {
@@ -254,7 +254,7 @@ class TensorExport {
   ExportOptions options_;
 };
 
-// ---- models and the executor ----
+// ---- models and the engine ----
 
 std::vector<std::string> string_list(py::handle value, const char* what) {
   if (py::isinstance<py::str>(value)) {
@@ -272,7 +272,7 @@ std::optional<at::ScalarType> optional_dtype(py::handle value) {
   return value.cast<at::ScalarType>();
 }
 
-// One Input spec from the Python layer's dict (torchspark.executor.Input).
+// One Input spec from the Python layer's dict (torchspark.engine.Input).
 InputSpec parse_spec(py::handle item) {
   py::dict spec = py::reinterpret_borrow<py::dict>(item);
   InputSpec out;
@@ -306,19 +306,19 @@ py::tuple outputs_tuple(const ModelOutputs& outputs) {
   return py::make_tuple(outputs.names, outputs.tensors);
 }
 
-// The executor as Python sees it: every call that may hand back finished
+// The engine as Python sees it: every call that may hand back finished
 // requests' Arrow data destroys it here, on the calling (GIL-holding) thread.
-class PyExecutor {
+class PyEngine {
  public:
-  PyExecutor(std::shared_ptr<const Model> model, ExecutorOptions options, py::object specs)
-      : executor_(std::make_shared<Executor>(std::move(model), std::move(options))) {
+  PyEngine(std::shared_ptr<const Model> model, EngineOptions options, py::object specs)
+      : engine_(std::make_shared<Engine>(std::move(model), std::move(options))) {
     if (!specs.is_none()) {
       for (py::handle item : specs) specs_.push_back(parse_spec(item));
     }
   }
 
   // One submission of tensors or of an Arrow batch: with `try_inline`, run
-  // inline and returned as (names, tensors) when Executor::try_run_inline
+  // inline and returned as (names, tensors) when Engine::try_run_inline
   // takes it; else queued and returned as its Request.
   py::object run_tensors(std::vector<at::Tensor> tensors, bool try_inline, bool partial) {
     collect_garbage();
@@ -335,8 +335,8 @@ class PyExecutor {
   py::object run_arrow(py::handle obj, bool try_inline, bool partial) {
     collect_garbage();
     if (specs_.empty()) {
-      throw py::value_error(executor_->model().label() +
-                            ": Arrow input needs inputs=[Input(...), ...] on the Executor");
+      throw py::value_error(engine_->model().label() +
+                            ": Arrow input needs inputs=[Input(...), ...] on the Engine");
     }
     auto table = std::make_shared<ImportedTable>(import_arrow(obj, "batch"));
     Inputs inputs;
@@ -349,23 +349,23 @@ class PyExecutor {
                          partial);
   }
 
-  bool inline_possible() const { return executor_->inline_possible(); }
+  bool inline_possible() const { return engine_->inline_possible(); }
 
-  void flush() { executor_->flush(); }
+  void flush() { engine_->flush(); }
 
   void close(bool drain) {
     {
       py::gil_scoped_release nogil;
-      executor_->close(drain);
+      engine_->close(drain);
     }
     collect_garbage();
   }
 
-  bool closed() const { return executor_->closed(); }
+  bool closed() const { return engine_->closed(); }
 
   py::dict stats() {
     collect_garbage();
-    ExecutorStats s = executor_->stats();
+    EngineStats s = engine_->stats();
     py::dict d;
     d["requests"] = s.requests;
     d["rows"] = s.rows;
@@ -382,7 +382,7 @@ class PyExecutor {
     return d;
   }
 
-  void collect_garbage() { executor_->take_garbage(); }
+  void collect_garbage() { engine_->take_garbage(); }
 
  private:
   py::object run_or_submit(Inputs inputs, std::shared_ptr<void> keepalive, bool try_inline,
@@ -390,19 +390,19 @@ class PyExecutor {
     std::optional<ModelOutputs> outputs;
     if (try_inline) {
       py::gil_scoped_release nogil;
-      outputs = executor_->try_run_inline(inputs, partial);
+      outputs = engine_->try_run_inline(inputs, partial);
     }
     // Inputs, keepalive and outputs of an inline run end here, with the GIL.
     if (outputs) return outputs_tuple(*outputs);
     std::shared_ptr<Request> request;
     {
       py::gil_scoped_release nogil;
-      request = executor_->submit(std::move(inputs), std::move(keepalive));
+      request = engine_->submit(std::move(inputs), std::move(keepalive));
     }
     return py::cast(std::move(request));
   }
 
-  std::shared_ptr<Executor> executor_;
+  std::shared_ptr<Engine> engine_;
   std::vector<InputSpec> specs_;
 };
 
@@ -415,7 +415,7 @@ py::tuple request_result(Request& request) {
   return outputs_tuple(outputs);
 }
 
-void bind_executor(py::module_& m) {
+void bind_engine(py::module_& m) {
   py::class_<Model, std::shared_ptr<Model>>(m, "Model")
       .def_property_readonly("format",
                              [](const Model& model) { return format_name(model.format()); })
@@ -448,14 +448,14 @@ void bind_executor(py::module_& m) {
           py::arg("timeout") = -1.0)
       .def("result", &request_result);
 
-  py::class_<PyExecutor>(m, "Executor")
+  py::class_<PyEngine>(m, "Engine")
       .def(py::init([](std::shared_ptr<Model> model, const at::Device& device, int64_t batch_size,
                        int64_t max_tokens, double max_delay_ms, const std::string& precision,
                        int64_t threads, int64_t inflight, bool static_batch, int64_t sort_window,
                        int64_t inject_oom_above_rows, double inline_below_us, bool per_token_all,
                        std::vector<int64_t> per_token_indices,
                        std::vector<std::string> per_token_names, py::object specs) {
-             ExecutorOptions options;
+             EngineOptions options;
              options.device = device;
              options.batch_size = batch_size;
              options.max_tokens = max_tokens;
@@ -470,24 +470,24 @@ void bind_executor(py::module_& m) {
              options.per_token.all = per_token_all;
              options.per_token.indices = std::move(per_token_indices);
              options.per_token.names = std::move(per_token_names);
-             return std::make_unique<PyExecutor>(std::move(model), std::move(options),
-                                                 std::move(specs));
+             return std::make_unique<PyEngine>(std::move(model), std::move(options),
+                                               std::move(specs));
            }),
            py::arg("model"), py::arg("device"), py::arg("batch_size"), py::arg("max_tokens"),
            py::arg("max_delay_ms"), py::arg("precision"), py::arg("threads"), py::arg("inflight"),
            py::arg("static_batch"), py::arg("sort_window"), py::arg("inject_oom_above_rows"),
            py::arg("inline_below_us"), py::arg("per_token_all"), py::arg("per_token_indices"),
            py::arg("per_token_names"), py::arg("specs"))
-      .def("run_tensors", &PyExecutor::run_tensors, py::arg("tensors"), py::arg("try_inline"),
+      .def("run_tensors", &PyEngine::run_tensors, py::arg("tensors"), py::arg("try_inline"),
            py::arg("partial"))
-      .def("run_arrow", &PyExecutor::run_arrow, py::arg("batch"), py::arg("try_inline"),
+      .def("run_arrow", &PyEngine::run_arrow, py::arg("batch"), py::arg("try_inline"),
            py::arg("partial"))
-      .def_property_readonly("inline_possible", &PyExecutor::inline_possible)
-      .def("flush", &PyExecutor::flush)
-      .def("close", &PyExecutor::close, py::arg("drain") = true)
-      .def_property_readonly("closed", &PyExecutor::closed)
-      .def("stats", &PyExecutor::stats)
-      .def("collect_garbage", &PyExecutor::collect_garbage);
+      .def_property_readonly("inline_possible", &PyEngine::inline_possible)
+      .def("flush", &PyEngine::flush)
+      .def("close", &PyEngine::close, py::arg("drain") = true)
+      .def_property_readonly("closed", &PyEngine::closed)
+      .def("stats", &PyEngine::stats)
+      .def("collect_garbage", &PyEngine::collect_garbage);
 }
 
 }  // namespace
@@ -501,8 +501,8 @@ PYBIND11_MODULE(_C, m) {
   register_simulated_device();  // torch.ops.torchspark.simulated_kernel
 
   m.def("_set_error_types", &set_error_types, py::arg("unsupported_type"), py::arg("invalid_arrow"),
-        py::arg("null_value"), py::arg("model"), py::arg("executor_closed"));
-  bind_executor(m);
+        py::arg("null_value"), py::arg("model"), py::arg("engine_closed"));
+  bind_engine(m);
   m.def("to_tensor", &py_to_tensor, py::arg("obj"), py::arg("dtype") = py::none(),
         py::arg("nulls") = "error", py::arg("fill") = 0, py::arg("dictionary") = "indices",
         py::arg("shape") = py::none());

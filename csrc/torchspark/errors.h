@@ -35,9 +35,9 @@ class ModelError : public c10::Error {
   using c10::Error::Error;
 };
 
-// A request still queued when its executor was closed without draining.
+// A request still queued when its engine was closed without draining.
 // Python: RuntimeError.
-class ExecutorClosedError : public c10::Error {
+class EngineClosedError : public c10::Error {
  public:
   using c10::Error::Error;
 };

@@ -11,7 +11,7 @@
 // through a scratch tile otherwise. Large N is split across torch's intra-op
 // threads (at::parallel_for).
 //
-// `out`, when given, is written in place (the executor's staging buffers);
+// `out`, when given, is written in place (the engine's staging buffers);
 // it must be a contiguous CPU tensor of shape [N, F] and the requested dtype.
 // Thread safety: reentrant; concurrent calls must use distinct `out` tensors.
 #pragma once
@@ -48,12 +48,12 @@ at::Tensor gather(const std::vector<Column>& columns, int64_t num_rows,
                   const GatherOptions& options, const std::optional<at::Tensor>& out);
 
 // Checks what gather_rows would (types, lengths, nulls under kError) without
-// writing: the executor calls it when a batch is submitted.
+// writing: the engine calls it when a batch is submitted.
 void check_gather(const std::vector<Column>& columns, int64_t begin, int64_t count,
                   const GatherOptions& options);
 
 // Gathers rows [begin, begin + count) of `columns` into `out` ([count, F],
-// contiguous, CPU, options.dtype): what the executor stages a batch with.
+// contiguous, CPU, options.dtype): what the engine stages a batch with.
 void gather_rows(const std::vector<Column>& columns, int64_t begin, int64_t count,
                  const GatherOptions& options, const at::Tensor& out);
 

@@ -1,11 +1,11 @@
 // Loaded models: TorchScript archives and AOTInductor packages, behind one
-// interface the executor calls from its worker threads.
+// interface the engine calls from its worker threads.
 //
 // Contract: `forward` is thread-safe. TorchScript modules are run concurrently
 // from several threads (inference only, no state mutation); an AOTInductor
 // package is loaded with `num_runners` runner slots, one per worker thread, so
 // concurrent calls do not queue. `forward` does not set InferenceMode,
-// autocast or streams: the caller (the executor) owns that per-thread state.
+// autocast or streams: the caller (the engine) owns that per-thread state.
 // Nothing here touches Python.
 #pragma once
 
@@ -24,7 +24,7 @@ const char* format_name(ModelFormat format);
 struct ModelOptions {
   // Where parameters live and inputs must be (CPU, or an accelerator device).
   c10::Device device = c10::Device(c10::kCPU);
-  // AOTInductor: concurrent runners (match the executor's worker threads).
+  // AOTInductor: concurrent runners (match the engine's worker threads).
   int64_t num_runners = 1;
 };
 

@@ -1,4 +1,4 @@
-// Latency and counter statistics of the executor.
+// Latency and counter statistics of the engine.
 //
 // LatencyRecorder keeps the most recent kLatencySamples samples of one
 // latency (a ring buffer), so percentiles are exact over that window and the

@@ -31,15 +31,15 @@ if _public_version(torch.__version__) != _public_version(_BUILT_TORCH_VERSION):
 
 from . import _C  # noqa: E402
 from .arrow import from_tensor, gather, pad, to_batch, to_tensor, to_tensors  # noqa: E402
+from .engine import Engine, Future, Input  # noqa: E402
 from .errors import (  # noqa: E402
-    ExecutorClosedError,
+    EngineClosedError,
     InvalidArrowError,
     ModelError,
     NullValueError,
     TorchSparkError,
     UnsupportedTypeError,
 )
-from .executor import Executor, Future, Input  # noqa: E402
 from .export import export  # noqa: E402
 from .spark import (  # noqa: E402
     ArrowPredictor,
@@ -51,15 +51,15 @@ from .spark import (  # noqa: E402
 )
 
 _C._set_error_types(
-    UnsupportedTypeError, InvalidArrowError, NullValueError, ModelError, ExecutorClosedError
+    UnsupportedTypeError, InvalidArrowError, NullValueError, ModelError, EngineClosedError
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArrowPredictor",
-    "Executor",
-    "ExecutorClosedError",
+    "Engine",
+    "EngineClosedError",
     "Future",
     "Input",
     "InvalidArrowError",

@@ -8,7 +8,7 @@ and what was found. Besides these, argument errors are plain ``TypeError`` /
 from __future__ import annotations
 
 __all__ = [
-    "ExecutorClosedError",
+    "EngineClosedError",
     "InvalidArrowError",
     "ModelError",
     "NullValueError",
@@ -43,5 +43,5 @@ class ModelError(TorchSparkError, RuntimeError):
     batch and the rows of each request in it; other batches are unaffected."""
 
 
-class ExecutorClosedError(TorchSparkError, RuntimeError):
-    """A request was still queued when its executor was closed without draining."""
+class EngineClosedError(TorchSparkError, RuntimeError):
+    """A request was still queued when its engine was closed without draining."""

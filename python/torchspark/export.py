@@ -1,4 +1,4 @@
-"""Turn an ``nn.Module`` into a file the native executor loads."""
+"""Turn an ``nn.Module`` into a file the native engine loads."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def export(
             # torch.jit is deprecated in favour of torch.export, but its archives
             # are what LibTorch loads without a compiler.
             warnings.simplefilter("ignore")
-            # strict=False: dict and list outputs are fine for the executor.
+            # strict=False: dict and list outputs are fine for the engine.
             traced = torch.jit.trace(model, inputs, check_trace=False, strict=False)
             torch.jit.save(traced, path)
         return path

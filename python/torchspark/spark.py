@@ -2,7 +2,7 @@
 
 Everything runs through Spark's Arrow paths (``mapInArrow``, ``arrow_udf``):
 each Arrow batch Spark streams into a Python worker is handed, zero-copy, to
-the native :class:`torchspark.Executor`, which converts, batches and runs the
+the native :class:`torchspark.Engine`, which converts, batches and runs the
 model in C++ threads while the worker reads the next batch, so a task costs
 about max(IPC, compute) rather than their sum. The model is loaded once per
 Python worker and reused across tasks; each task binds to its GPU (from
@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from .distribute import ModelRef, fetch, ship
-from .executor import Executor, Input, check_argument_names, size_intra_op_threads
+from .engine import Engine, Input, check_argument_names, size_intra_op_threads
 
 __all__ = ["ArrowPredictor", "Report", "arrow_predictor", "last_report", "predict", "torch_udf"]
 
@@ -203,8 +203,8 @@ def _flatten(result: Any) -> tuple[list[str], list[torch.Tensor]]:
 # ---------------------------------------------------------------------------
 # The per-worker side: model cache, device and thread binding, metrics
 
-_executors: collections.OrderedDict[tuple[Any, ...], Executor] = collections.OrderedDict()
-_executors_lock = threading.Lock()
+_engines: collections.OrderedDict[tuple[Any, ...], Engine] = collections.OrderedDict()
+_engines_lock = threading.Lock()
 _MAX_CACHED = 4
 
 
@@ -219,28 +219,28 @@ def _task_device(device: str) -> torch.device:
         accelerator = torch.accelerator.current_accelerator()
         if accelerator is not None and torch.accelerator.device_count() > 0:
             return torch.device(accelerator.type, int(gpus.addresses[0]))
-    from .executor import _resolve_device
+    from .engine import _resolve_device
 
     return _resolve_device("auto")
 
 
-def _cached_executor(
+def _cached_engine(
     ref: ModelRef, device: torch.device, specs: Sequence[Input], options: Mapping[str, Any]
-) -> Executor:
+) -> Engine:
     key = (ref, str(device), repr(list(specs)), repr(sorted(options.items())))
-    with _executors_lock:
-        executor = _executors.get(key)
-        if executor is not None and not executor.closed:
-            _executors.move_to_end(key)
-            return executor
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is not None and not engine.closed:
+            _engines.move_to_end(key)
+            return engine
     path = fetch(ref)
-    executor = Executor(path, device=device, inputs=list(specs), **options)
-    with _executors_lock:
-        _executors[key] = executor
-        while len(_executors) > _MAX_CACHED:
-            _, old = _executors.popitem(last=False)
+    engine = Engine(path, device=device, inputs=list(specs), **options)
+    with _engines_lock:
+        _engines[key] = engine
+        while len(_engines) > _MAX_CACHED:
+            _, old = _engines.popitem(last=False)
             old.close()
-    return executor
+    return engine
 
 
 def _log(message: str) -> None:
@@ -328,7 +328,7 @@ class ArrowPredictor:
         if device.type == "cpu":
             # spark.task.cpus cores per task, one Python worker per task.
             size_intra_op_threads(1, self.options.get("intra_op_threads") or cpus)
-        executor = _cached_executor(self.ref, device, self.specs, self.options)
+        engine = _cached_engine(self.ref, device, self.specs, self.options)
         where = (
             f"stage {task.stageId()} partition {task.partitionId()} attempt {task.attemptNumber()}"
             if task is not None
@@ -339,7 +339,7 @@ class ArrowPredictor:
             and self._inject_crash_partition == task.partitionId()
             and task.attemptNumber() == 0
         )
-        calls_before = executor.stats()["batches"]
+        calls_before = engine.stats()["batches"]
         pending: collections.deque[tuple[Any, float]] = collections.deque()
         latencies: list[float] = []
         rows = 0
@@ -353,7 +353,7 @@ class ArrowPredictor:
                 yield batch
 
         try:
-            for result in executor.map(feed()):
+            for result in engine.map(feed()):
                 batch, submitted = pending.popleft()
                 names, tensors = _flatten(result)
                 arrays = [batch.column(name) for name in self.keep]
@@ -378,21 +378,21 @@ class ArrowPredictor:
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "model": self.ref.name,
-                "format": executor.model.format,
+                "format": engine.model.format,
                 "device": str(device),
-                "batch_size": executor.batch_size,
+                "batch_size": engine.batch_size,
                 "intra_op_threads": torch.get_num_threads(),
                 "rows": rows,
                 "arrow_batches": count,
-                "model_calls": executor.stats()["batches"] - calls_before,
+                "model_calls": engine.stats()["batches"] - calls_before,
                 "start": start,
                 "end": end,
                 "latency_ms": _sample(latencies, _LATENCY_SAMPLES),
                 "error": error,
             }
             _log(
-                f"{where}: model '{self.ref.name}' ({executor.model.format}) on {device}, "
-                f"batch_size {executor.batch_size}, intra-op threads {torch.get_num_threads()}: "
+                f"{where}: model '{self.ref.name}' ({engine.model.format}) on {device}, "
+                f"batch_size {engine.batch_size}, intra-op threads {torch.get_num_threads()}: "
                 f"{rows} rows in {count} Arrow batches, {end - start:.3f} s"
                 + (f"; failed: {error}" if error else "")
             )
@@ -430,9 +430,7 @@ def _arrow_batch_rows(df_or_session: Any) -> int:
     return rows if rows > 0 else 10000  # <= 0 means unlimited in Spark: one batch per task
 
 
-def _executor_options(
-    batch_size: int, precision: str, options: Mapping[str, Any]
-) -> dict[str, Any]:
+def _engine_options(batch_size: int, precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
     allowed = {
         "max_tokens",
         "max_delay_ms",
@@ -445,9 +443,7 @@ def _executor_options(
     }
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise TypeError(
-            f"unexpected executor options {unknown}; expected some of {sorted(allowed)}"
-        )
+        raise TypeError(f"unexpected engine options {unknown}; expected some of {sorted(allowed)}")
     return {"batch_size": batch_size, "precision": precision, **options}
 
 
@@ -505,9 +501,7 @@ def _plan(
     probe_options = {**options, "max_delay_ms": 0.0}
     probe_options.pop("intra_op_threads", None)  # the driver's threads are left alone
     try:
-        with Executor(
-            path, device=probe_device, inputs=specs, _model=loaded, **probe_options
-        ) as ex:
+        with Engine(path, device=probe_device, inputs=specs, _model=loaded, **probe_options) as ex:
             names, tensors = _flatten(ex.run(batch))
     except Exception as e:
         raise _probe_error(e, ref, len(probe)) from e
@@ -640,7 +634,7 @@ def arrow_predictor(
     precision: str = "fp32",
     sha256: str | None = None,
     schema: Any = None,
-    **executor_options: Any,
+    **engine_options: Any,
 ) -> ArrowPredictor:
     """The function to hand to ``df.mapInArrow`` yourself; its ``.schema`` is the output schema.
 
@@ -655,7 +649,7 @@ def arrow_predictor(
     2
     """
     batch_size = batch_size or _arrow_batch_rows(df_or_schema)
-    options = _executor_options(batch_size, precision, executor_options)
+    options = _engine_options(batch_size, precision, engine_options)
     plan = _plan(df_or_schema, model, inputs, output, keep, device, options, sha256, schema)
     return _predictor(df_or_schema, plan)
 
@@ -698,7 +692,7 @@ def predict(
     sha256: str | None = None,
     schema: Any = None,
     _inject_crash_partition: int | None = None,
-    **executor_options: Any,
+    **engine_options: Any,
 ) -> Any:
     """Score ``df`` with a TorchScript or AOTInductor model; returns a new DataFrame.
 
@@ -723,9 +717,9 @@ def predict(
         batch_size: rows per model call; default: Spark's Arrow batch size
             (``spark.sql.execution.arrow.maxRecordsPerBatch``), so that each
             Arrow batch is one model call on a zero-copy view of it.
-        precision, executor options (``max_tokens``,
+        precision, engine options (``max_tokens``,
             ``max_delay_ms``, ``threads``, ``inflight``, ``static_batch``,
-            ``sort_window``, ``per_token``): see :class:`torchspark.Executor`.
+            ``sort_window``, ``per_token``): see :class:`torchspark.Engine`.
             ``per_token`` outputs become ``array<array<...>>`` columns, each row
             as wide as its Arrow batch's longest token list, 0 past its length.
         sha256: expected digest of the model file, checked before loading.
@@ -747,7 +741,7 @@ def predict(
     2
     """
     batch_size = batch_size or _arrow_batch_rows(df)
-    options = _executor_options(batch_size, precision, executor_options)
+    options = _engine_options(batch_size, precision, engine_options)
     df, inputs, keep = _packed(df, inputs, keep)
     plan = _plan(df, model, inputs, output, keep, device, options, sha256, schema)
     used = [c for spec in plan.specs for c in spec.column_list]
@@ -1027,7 +1021,7 @@ def torch_udf(
     batch_size: int | None = None,
     precision: str = "fp32",
     sha256: str | None = None,
-    **executor_options: Any,
+    **engine_options: Any,
 ) -> Any:
     """A column function running ``model``, built on Spark's ``arrow_udf`` (Spark 4.1+).
 
@@ -1063,7 +1057,7 @@ def torch_udf(
     if spark is None:
         raise RuntimeError("torch_udf: no active SparkSession")
     batch_size = batch_size or _arrow_batch_rows(spark)
-    options = _executor_options(batch_size, precision, executor_options)
+    options = _engine_options(batch_size, precision, engine_options)
     ref = ship(model, spark.sparkContext, sha256)
     if return_type is None:
         if example is None:
@@ -1097,7 +1091,7 @@ def _udf_type_from_example(
 
     probe_options = {**options, "max_delay_ms": 0.0}
     probe_options.pop("intra_op_threads", None)
-    with Executor(fetch(ref), device="cpu", **probe_options) as ex:
+    with Engine(fetch(ref), device="cpu", **probe_options) as ex:
         names, tensors = _flatten(ex.run(example))
     outs = _output_names(output, names, len(tensors))
     types = [_spark_type(t, n) for t, n in zip(tensors, outs, strict=True)]

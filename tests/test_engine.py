@@ -1,8 +1,8 @@
-"""torchspark.Executor: batching, Arrow inputs, errors, closing and loading,
+"""torchspark.Engine: batching, Arrow inputs, errors, closing and loading,
 always checked against eager PyTorch on the same rows.
 
 Models are tiny (tests/models.py) and exported once per session. Every wait on
-the executor has a timeout, so a hang fails a test instead of the run.
+the engine has a timeout, so a hang fails a test instead of the run.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 from models import FEATURES, VOCAB, ModelFiles
 
 import torchspark
-from torchspark import Executor, ExecutorClosedError, Input, ModelError, NullValueError
-from torchspark.executor import _WayChooser
+from torchspark import Engine, EngineClosedError, Input, ModelError, NullValueError
+from torchspark.engine import _WayChooser
 
 TIMEOUT = 30.0
 
@@ -71,7 +71,7 @@ def ragged(rng: np.random.Generator, n: int, low: int, high: int) -> list[list[i
 
 def test_run_single_input_mlp(models):
     x = torch.randn(37, FEATURES)
-    with Executor(models.path("mlp"), batch_size=16) as ex:
+    with Engine(models.path("mlp"), batch_size=16) as ex:
         out = ex.run(x)
     assert out.dtype == torch.float32 and out.shape == (37, 4)
     torch.testing.assert_close(out, eager(models.module("mlp"), x))
@@ -79,7 +79,7 @@ def test_run_single_input_mlp(models):
 
 def test_submit_future_api(models):
     x = torch.randn(21, FEATURES)
-    with Executor(models.path("mlp"), max_delay_ms=60_000) as ex:
+    with Engine(models.path("mlp"), max_delay_ms=60_000) as ex:
         future = ex.submit(x)
         assert isinstance(future, torchspark.Future)
         assert future.rows == 21
@@ -99,7 +99,7 @@ def test_multi_input_positional_and_by_name(models):
     module = models.module("two_input")
     x, y = torch.randn(13, FEATURES), torch.randn(13, 3)
     expected = eager(module, x, y)
-    with Executor(models.path("two_input")) as ex:
+    with Engine(models.path("two_input")) as ex:
         assert list(ex.model.input_names) == ["x", "y"]
         torch.testing.assert_close(ex.run((x, y)), expected)
         torch.testing.assert_close(ex.run([x, y]), expected)
@@ -114,7 +114,7 @@ def test_multi_input_positional_and_by_name(models):
 def test_tuple_outputs(models):
     module = models.module("tuple_out")
     parts = [torch.randn(n, FEATURES) for n in (3, 9, 1)]
-    with Executor(models.path("tuple_out"), max_delay_ms=200) as ex:
+    with Engine(models.path("tuple_out"), max_delay_ms=200) as ex:
         futures = [ex.submit(x) for x in parts]
         ex.flush()
         for x, out in zip(parts, results(futures), strict=True):
@@ -128,7 +128,7 @@ def test_tuple_outputs(models):
 def test_dict_outputs(models):
     module = models.module("dict_out")
     inputs = [(torch.randn(n, 4), torch.randn(n, 4)) for n in (5, 2)]
-    with Executor(models.path("dict_out"), max_delay_ms=200) as ex:
+    with Engine(models.path("dict_out"), max_delay_ms=200) as ex:
         futures = [ex.submit({"x": x, "y": y}) for x, y in inputs]
         ex.flush()
         for (x, y), out in zip(inputs, results(futures), strict=True):
@@ -142,7 +142,7 @@ def test_export_dict_output_model(models, tmp_path):
     module = models.module("dict_out")
     x, y = torch.randn(4, 4), torch.randn(4, 4)
     path = torchspark.export(module, (x, y), tmp_path / "dict.pt")
-    with Executor(path) as ex:
+    with Engine(path) as ex:
         out = ex.run((x, y))
     expected = eager(module, x, y)
     for key in expected:
@@ -157,7 +157,7 @@ def test_map_over_generator(models):
     def produce():
         yield from inputs
 
-    with Executor(models.path("mlp"), batch_size=16, inflight=2) as ex:
+    with Engine(models.path("mlp"), batch_size=16, inflight=2) as ex:
         outs = list(ex.map(produce()))
     assert len(outs) == len(inputs)
     for x, out in zip(inputs, outs, strict=True):
@@ -174,14 +174,14 @@ def test_map_closed_early_then_reused(models):
             consumed.append(x)
             yield x
 
-    with Executor(models.path("mlp"), batch_size=8, inflight=2) as ex:
+    with Engine(models.path("mlp"), batch_size=8, inflight=2) as ex:
         it = ex.map(produce())
         first = [next(it) for _ in range(3)]
         it.close()
         assert len(consumed) < len(inputs)
         for x, out in zip(inputs, first, strict=False):
             torch.testing.assert_close(out, eager(module, x))
-        # The executor keeps serving after the abandoned map.
+        # The engine keeps serving after the abandoned map.
         x = torch.randn(7, FEATURES)
         torch.testing.assert_close(ex.run(x), eager(module, x))
         again = list(ex.map(iter(inputs[:4])))
@@ -200,7 +200,7 @@ def test_small_submissions_are_coalesced(models, rng):
     for n in sizes:
         inputs.append(torch.arange(start, start + 2 * n, dtype=torch.long).view(n, 2))
         start += 2 * n
-    with Executor(models.path("rows"), batch_size=1024, max_delay_ms=200) as ex:
+    with Engine(models.path("rows"), batch_size=1024, max_delay_ms=200) as ex:
         futures = [ex.submit(ids) for ids in inputs]
         ex.flush()
         outs = results(futures)
@@ -216,7 +216,7 @@ def test_small_submissions_are_coalesced(models, rng):
 
 def test_big_submission_is_split(models):
     ids = torch.arange(200, dtype=torch.long).view(100, 2)
-    with Executor(models.path("rows"), batch_size=16) as ex:
+    with Engine(models.path("rows"), batch_size=16) as ex:
         doubled, call_rows = ex.run(ids)
         stats = ex.stats()
     assert torch.equal(doubled, ids * 2 + 1)
@@ -226,7 +226,7 @@ def test_big_submission_is_split(models):
 
 def test_zero_row_submission(models):
     module = models.module("mlp")
-    with Executor(models.path("mlp")) as ex:
+    with Engine(models.path("mlp")) as ex:
         out = ex.run(torch.empty(0, FEATURES))
         assert out.shape == (0, 4) and out.dtype == torch.float32
         # Between other submissions of one batch.
@@ -240,7 +240,7 @@ def test_zero_row_submission(models):
 
 
 def test_zero_rows_tuple_outputs(models):
-    with Executor(models.path("tuple_out")) as ex:
+    with Engine(models.path("tuple_out")) as ex:
         out = ex.run(torch.empty(0, FEATURES))
     assert [tuple(t.shape) for t in out] == [(0, 4), (0,), (0,)]
     assert out[2].dtype == torch.int64
@@ -248,7 +248,7 @@ def test_zero_rows_tuple_outputs(models):
 
 def test_single_row(models):
     x = torch.randn(1, FEATURES)
-    with Executor(models.path("mlp")) as ex:
+    with Engine(models.path("mlp")) as ex:
         out = ex.run(x)
     torch.testing.assert_close(out, eager(models.module("mlp"), x))
 
@@ -260,7 +260,7 @@ def test_concurrent_submitters_do_not_mix(models, workers):
     errors: list[BaseException] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # oversubscription warning
-        ex = Executor(models.path("rows"), batch_size=32, max_delay_ms=1, threads=workers)
+        ex = Engine(models.path("rows"), batch_size=32, max_delay_ms=1, threads=workers)
 
     def submitter(t: int) -> None:
         try:
@@ -294,7 +294,7 @@ def test_concurrent_submitters_do_not_mix(models, workers):
 
 def test_concurrent_inline_runs_maps_and_submits_do_not_mix(models):
     """Threads calling run (inline when the engine is idle), map (inline or
-    threaded by its own timing) and submit on one executor: every output is
+    threaded by its own timing) and submit on one engine: every output is
     its own input's, and the engine ends idle with every row counted once."""
     n_threads, per_thread, rows = 4, 3 * _WayChooser.STRETCH, 8
     errors: list[BaseException] = []
@@ -303,7 +303,7 @@ def test_concurrent_inline_runs_maps_and_submits_do_not_mix(models):
         base = (t * per_thread + i) * 100
         return torch.arange(base, base + rows, dtype=torch.long).view(rows, 1)
 
-    def caller(t: int, ex: Executor) -> None:
+    def caller(t: int, ex: Engine) -> None:
         try:
             items = [ids(t, i) for i in range(per_thread)]
             if t % 3 == 0:
@@ -319,7 +319,7 @@ def test_concurrent_inline_runs_maps_and_submits_do_not_mix(models):
         except BaseException as e:  # reported below
             errors.append(e)
 
-    with Executor(models.path("rows"), batch_size=rows, max_delay_ms=1, _inline_below_us=1e6) as ex:
+    with Engine(models.path("rows"), batch_size=rows, max_delay_ms=1, _inline_below_us=1e6) as ex:
         ex.run(ids(99, 0))  # measured once: inline is possible from here on
         run_threads(lambda t: caller(t, ex), n_threads, errors)
         stats = ex.stats()
@@ -331,7 +331,7 @@ def test_concurrent_inline_runs_maps_and_submits_do_not_mix(models):
 def test_outputs_are_writable_and_independent(models):
     module = models.module("mlp")
     x = torch.randn(9, FEATURES)
-    with Executor(models.path("mlp")) as ex:
+    with Engine(models.path("mlp")) as ex:
         out = ex.run(x)
         assert not out.requires_grad
         out.add_(1)  # not an inference tensor: callers may modify it
@@ -340,9 +340,9 @@ def test_outputs_are_writable_and_independent(models):
 
 
 def test_outputs_aliasing_the_staging_buffer_survive_later_batches(models):
-    """An identity model returns the staged batch itself; the executor reuses
+    """An identity model returns the staged batch itself; the engine reuses
     that buffer for later batches, so results must not alias it."""
-    with Executor(models.path("identity"), batch_size=64, max_delay_ms=200) as ex:
+    with Engine(models.path("identity"), batch_size=64, max_delay_ms=200) as ex:
         kept = []
         for round_ in range(3):
             parts = [torch.full((n, FEATURES), float(10 * round_ + n)) for n in (3, 5)]
@@ -363,7 +363,7 @@ def test_non_contiguous_inputs(models):
     wide = torch.randn(30, 2 * FEATURES)
     parts = [wide[:10, ::2], wide[10:, 1::2], torch.randn(FEATURES, 6).t()]
     assert not any(p.is_contiguous() for p in parts)
-    with Executor(models.path("mlp"), max_delay_ms=100) as ex:
+    with Engine(models.path("mlp"), max_delay_ms=100) as ex:
         torch.testing.assert_close(ex.run(parts[0]), eager(module, parts[0]))  # alone
         futures = [ex.submit(p) for p in parts]  # coalesced
         ex.flush()
@@ -373,7 +373,7 @@ def test_non_contiguous_inputs(models):
 
 def test_map_propagates_model_error(models):
     items = [torch.ones(2, 2), -torch.ones(2, 2), torch.ones(2, 2)]
-    with Executor(models.path("negative_raises"), batch_size=2, inflight=1) as ex:
+    with Engine(models.path("negative_raises"), batch_size=2, inflight=1) as ex:
         it = ex.map(iter(items))
         torch.testing.assert_close(next(it), items[0] * 2 + 1)
         with pytest.raises(ModelError, match="negative input"):
@@ -383,7 +383,7 @@ def test_map_propagates_model_error(models):
 
 def test_mixed_arity_rejected(models):
     x, y = torch.randn(3, FEATURES), torch.randn(3, 3)
-    with Executor(models.path("two_input")) as ex:
+    with Engine(models.path("two_input")) as ex:
         ex.run((x, y))
         with pytest.raises(ValueError, match="same inputs"):
             ex.submit((x,))
@@ -396,7 +396,7 @@ def test_mixed_arity_rejected(models):
 def test_static_batch_identical_results(models):
     parts = [torch.arange(s, s + 2 * n, dtype=torch.long).view(n, 2) for s, n in ((0, 5), (9, 40))]
     parts.append(torch.empty(0, 2, dtype=torch.long))
-    with Executor(models.path("rows"), batch_size=16, static_batch=True, max_delay_ms=100) as ex:
+    with Engine(models.path("rows"), batch_size=16, static_batch=True, max_delay_ms=100) as ex:
         futures = [ex.submit(p) for p in parts]
         ex.flush()
         outs = results(futures)
@@ -406,16 +406,16 @@ def test_static_batch_identical_results(models):
 
     module = models.module("mlp")
     x = torch.randn(37, FEATURES)
-    with Executor(models.path("mlp"), batch_size=16, static_batch=True) as ex:
+    with Engine(models.path("mlp"), batch_size=16, static_batch=True) as ex:
         torch.testing.assert_close(ex.run(x), eager(module, x))
 
 
 def test_out_of_memory_split_matches_unsplit_run(models):
     ids = torch.arange(200, dtype=torch.long).view(100, 2)
-    with Executor(models.path("rows"), batch_size=32) as ex:
+    with Engine(models.path("rows"), batch_size=32) as ex:
         unsplit, unsplit_rows = ex.run(ids)
         assert ex.stats()["retries"] == 0
-    with Executor(models.path("rows"), batch_size=32, _inject_oom_above_rows=5) as ex:
+    with Engine(models.path("rows"), batch_size=32, _inject_oom_above_rows=5) as ex:
         doubled, call_rows = ex.run(ids)
         stats = ex.stats()
     assert torch.equal(doubled, unsplit)
@@ -426,9 +426,9 @@ def test_out_of_memory_split_matches_unsplit_run(models):
 
     module = models.module("mlp")
     x = torch.randn(70, FEATURES)
-    with Executor(models.path("mlp"), batch_size=32) as ex:
+    with Engine(models.path("mlp"), batch_size=32) as ex:
         reference = ex.run(x)
-    with Executor(models.path("mlp"), batch_size=32, _inject_oom_above_rows=5) as ex:
+    with Engine(models.path("mlp"), batch_size=32, _inject_oom_above_rows=5) as ex:
         split = ex.run(x)
         assert ex.stats()["retries"] > 0
     torch.testing.assert_close(split, reference)
@@ -436,7 +436,7 @@ def test_out_of_memory_split_matches_unsplit_run(models):
 
 
 def test_stats_shape(models):
-    with Executor(models.path("mlp"), batch_size=8) as ex:
+    with Engine(models.path("mlp"), batch_size=8) as ex:
         for n in (3, 20, 1):
             ex.run(torch.randn(n, FEATURES))
     # After close: a request's end-to-end latency is recorded just after its
@@ -475,7 +475,7 @@ def test_arrow_gather_scalar_columns(models):
     batches = [batch(n, i) for i, n in enumerate((10, 25, 1, 0, 7))]
     spec = Input(["a", "b", "c"])
     assert spec.resolved_kind == "gather"
-    with Executor(models.path("features3"), inputs=[spec], batch_size=16, max_delay_ms=100) as ex:
+    with Engine(models.path("features3"), inputs=[spec], batch_size=16, max_delay_ms=100) as ex:
         futures = [ex.submit(b) for b in batches]
         ex.flush()
         outs = results(futures)
@@ -494,7 +494,7 @@ def test_arrow_tensor_list_column(models):
     rng = np.random.default_rng(7)
     values = [rng.normal(size=(n, 5)).astype(np.float32) for n in (12, 3)]
     batches = [pa.record_batch({"v": pa.array(v.tolist(), pa.list_(pa.float32()))}) for v in values]
-    with Executor(
+    with Engine(
         models.path("features5"), inputs=[Input("v", kind="tensor")], max_delay_ms=100
     ) as ex:
         futures = [ex.submit(b) for b in batches]
@@ -511,7 +511,7 @@ def test_arrow_many_small_numpy_backed_batches(models):
     rng = np.random.default_rng(3)
     spec = Input("v", kind="tensor")
     pending = []
-    with Executor(models.path("features5"), inputs=[spec], max_delay_ms=0.5) as ex:
+    with Engine(models.path("features5"), inputs=[spec], max_delay_ms=0.5) as ex:
         for i in range(120):
             values = rng.normal(size=(int(rng.integers(1, 9)), 5)).astype(np.float32)
             column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), 5)
@@ -529,7 +529,7 @@ def test_arrow_many_small_numpy_backed_batches(models):
 
 
 def test_arrow_without_inputs_spec_rejected(models):
-    with Executor(models.path("features3")) as ex, pytest.raises(ValueError, match="Input"):
+    with Engine(models.path("features3")) as ex, pytest.raises(ValueError, match="Input"):
         ex.submit(pa.record_batch({"a": [1.0]}))
 
 
@@ -547,7 +547,7 @@ def test_input_spec_validation():
 def test_pad_input_matches_eager(models, rng, max_tokens):
     module = models.module("bag")
     rows = ragged(rng, 40, 0, 12)
-    with Executor(
+    with Engine(
         models.path("bag"), inputs=[Input("tokens", kind="pad")], max_tokens=max_tokens
     ) as ex:
         bag, _, width = ex.run(tokens_batch(rows))
@@ -558,7 +558,7 @@ def test_pad_input_matches_eager(models, rng, max_tokens):
 def test_pad_coalesces_batches_of_different_widths(models):
     module = models.module("bag")
     parts = [[[1, 2, 3], [4], [5, 6, 7, 8, 9]], [[1, 2], [3]]]
-    with Executor(
+    with Engine(
         models.path("bag"),
         inputs=[Input("tokens", kind="pad")],
         max_tokens=1000,
@@ -574,7 +574,7 @@ def test_pad_coalesces_batches_of_different_widths(models):
 @pytest.mark.parametrize("max_tokens", [None, 64])
 def test_pad_all_empty_rows(models, max_tokens):
     spec = Input("tokens", kind="pad")
-    with Executor(models.path("bag"), inputs=[spec], max_tokens=max_tokens) as ex:
+    with Engine(models.path("bag"), inputs=[spec], max_tokens=max_tokens) as ex:
         bag, _, _ = ex.run(tokens_batch([[], []]))
     torch.testing.assert_close(bag, torch.zeros(2, 3))
 
@@ -596,7 +596,7 @@ def test_per_token_outputs_come_back_at_the_submission_width(models, rng, batchi
     width, zero past each row's length, whatever the batching."""
     module = models.module("per_token")
     parts = [ragged(rng, 30, 0, 12), ragged(rng, 7, 1, 4), ragged(rng, 20, 0, 9)]
-    with Executor(
+    with Engine(
         models.path("per_token"),
         inputs=[Input("tokens", kind="pad")],
         per_token=per_token,
@@ -617,9 +617,9 @@ def test_per_token_outputs_come_back_at_the_submission_width(models, rng, batchi
 def test_per_token_checks(models):
     spec = [Input("tokens", kind="pad")]
     with pytest.raises(ValueError, match="per_token: expected a padded token input"):
-        Executor(models.path("per_token"), per_token=True)
+        Engine(models.path("per_token"), per_token=True)
     with pytest.raises(TypeError, match="per_token"):
-        Executor(models.path("per_token"), inputs=spec, per_token=[1.5])
+        Engine(models.path("per_token"), inputs=spec, per_token=[1.5])
     rows = [[1, 2, 3, 4], [5]]  # width 4: not the bag's 3
     cases = [
         # Output 1 (the bag, [rows, 3]) is not per token: its dim 1 is not the width.
@@ -633,7 +633,7 @@ def test_per_token_checks(models):
     ]
     for per_token, batch_rows, message in cases:
         with (
-            Executor(models.path("per_token"), inputs=spec, per_token=per_token, max_tokens=6) as e,
+            Engine(models.path("per_token"), inputs=spec, per_token=per_token, max_tokens=6) as e,
             pytest.raises((ModelError, ValueError), match=message),
         ):
             e.run(tokens_batch(batch_rows))
@@ -660,7 +660,7 @@ def test_pad_with_tensor_input_keeps_rows_aligned(models, sort_window):
     module = models.module("tokens_dense")
     batch, dense, rows = _tokens_dense_batch(5, 40)
     specs = [Input("dense", kind="tensor"), Input("tokens", kind="pad")]
-    with Executor(
+    with Engine(
         models.path("tokens_dense"), inputs=specs, max_tokens=64, sort_window=sort_window
     ) as ex:
         out = ex.run(batch)
@@ -672,7 +672,7 @@ def test_pad_with_gather_input_keeps_rows_aligned(models, sort_window):
     module = models.module("tokens_dense")
     batch, dense, rows = _tokens_dense_batch(6, 40)
     specs = [Input(["a", "b", "c"]), Input("tokens", kind="pad")]
-    with Executor(
+    with Engine(
         models.path("tokens_dense"), inputs=specs, max_tokens=64, sort_window=sort_window
     ) as ex:
         out = ex.run(batch)
@@ -683,7 +683,7 @@ def test_pad_max_len_truncates(models, rng):
     module = models.module("bag")
     rows = ragged(rng, 20, 1, 15)
     spec = Input("tokens", kind="pad", max_len=4)
-    with Executor(models.path("bag"), inputs=[spec], max_tokens=4096) as ex:
+    with Engine(models.path("bag"), inputs=[spec], max_tokens=4096) as ex:
         bag, _, width = ex.run(tokens_batch(rows))
     assert int(width.max()) <= 4
     torch.testing.assert_close(bag, module.reference([r[:4] for r in rows]))
@@ -701,7 +701,7 @@ def test_max_tokens_budget_and_sort_window(models):
 
     runs = {}
     for sort_window in (0, 64, 300):
-        with Executor(
+        with Engine(
             models.path("bag"),
             inputs=[Input("tokens", kind="pad")],
             batch_size=256,
@@ -734,10 +734,10 @@ def test_gather_nulls_error_raises_at_submit(models):
         {"a": pa.array([1.0, None, 3.0]), "b": pa.array([1, 2, 3]), "c": pa.array([4, 5, 6])}
     )
     clean = pa.record_batch({"a": [1.0, 2.0], "b": [1, 2], "c": [3, 4]})
-    with Executor(models.path("features3"), inputs=[Input(["a", "b", "c"])]) as ex:
+    with Engine(models.path("features3"), inputs=[Input(["a", "b", "c"])]) as ex:
         with pytest.raises(NullValueError, match="a"):
             ex.submit(batch)
-        # Nothing was queued for it; the executor keeps serving.
+        # Nothing was queued for it; the engine keeps serving.
         out = ex.run(clean)
         torch.testing.assert_close(
             out, eager(models.module("features3"), torchspark.gather(clean, ["a", "b", "c"]))
@@ -754,7 +754,7 @@ def test_gather_nulls_fill_matches_eager(models):
         }
     )
     spec = Input(["a", "b", "c"], nulls="fill", fill=-2.5)
-    with Executor(models.path("features3"), inputs=[spec]) as ex:
+    with Engine(models.path("features3"), inputs=[spec]) as ex:
         out = ex.run(batch)
     filled = torch.tensor([[1.0, -2.5, 4.0], [-2.5, 2.0, 5.0], [3.0, 3.0, -2.5], [-2.5, 4.0, 7.0]])
     torch.testing.assert_close(out, eager(models.module("features3"), filled))
@@ -768,7 +768,7 @@ def test_model_error_fails_only_its_batch(models):
     path = models.path("negative_raises")
     good = torch.ones(4, 2)
     bad = -torch.ones(3, 2)
-    with Executor(path, batch_size=64) as ex:
+    with Engine(path, batch_size=64) as ex:
         torch.testing.assert_close(ex.run(good), good * 2 + 1)
         with pytest.raises(ModelError) as info:
             ex.run(bad)
@@ -783,7 +783,7 @@ def test_model_error_fails_only_its_batch(models):
 
 
 def test_model_error_names_every_request_of_the_batch(models):
-    with Executor(models.path("negative_raises"), max_delay_ms=200) as ex:
+    with Engine(models.path("negative_raises"), max_delay_ms=200) as ex:
         futures = [ex.submit(torch.ones(2, 2)), ex.submit(-torch.ones(3, 2))]
         ex.flush()
         messages = []
@@ -799,7 +799,7 @@ def test_failed_request_tail_does_not_poison_next_batch(models):
     bad = torch.ones(6, 2)
     bad[0, 0] = -1  # rows 0-3 (the first batch) fail; rows 4-5 are fine
     good = torch.ones(2, 2)
-    with Executor(models.path("negative_raises"), batch_size=4, inflight=1, max_delay_ms=500) as ex:
+    with Engine(models.path("negative_raises"), batch_size=4, inflight=1, max_delay_ms=500) as ex:
         failing, innocent = ex.submit(bad), ex.submit(good)
         ex.flush()
         with pytest.raises(ModelError, match="negative input"):
@@ -810,7 +810,7 @@ def test_failed_request_tail_does_not_poison_next_batch(models):
 @pytest.mark.parametrize("name", ["first_row", "sum_rows"])
 def test_wrong_output_rows(models, name):
     path = models.path(name)
-    with Executor(path) as ex:
+    with Engine(path) as ex:
         with pytest.raises(ModelError, match="expected 5 rows") as info:
             ex.run(torch.randn(5, FEATURES))
         assert path in str(info.value) and "batch" in str(info.value)
@@ -824,7 +824,7 @@ def test_wrong_output_rows(models, name):
 def test_close_drain_finishes_queued_work(models):
     module = models.module("mlp")
     inputs = [torch.randn(n, FEATURES) for n in (3, 8, 1, 5)]
-    ex = Executor(models.path("mlp"), max_delay_ms=60_000)
+    ex = Engine(models.path("mlp"), max_delay_ms=60_000)
     futures = [ex.submit(x) for x in inputs]
     start = time.monotonic()
     ex.close(drain=True)
@@ -835,7 +835,7 @@ def test_close_drain_finishes_queued_work(models):
         torch.testing.assert_close(future.result(timeout=0), eager(module, x))
 
 
-def _wait_staged(ex: Executor, count: int) -> None:
+def _wait_staged(ex: Engine, count: int) -> None:
     deadline = time.monotonic() + TIMEOUT
     while ex.stats()["stage"]["count"] < count:
         assert time.monotonic() < deadline, "batch never staged"
@@ -844,7 +844,7 @@ def _wait_staged(ex: Executor, count: int) -> None:
 
 def test_close_without_drain_fails_queued_work(models):
     # One slot: while the slow batch computes, later submissions stay queued.
-    ex = Executor(models.path("slow"), batch_size=8192, inflight=1, max_delay_ms=60_000)
+    ex = Engine(models.path("slow"), batch_size=8192, inflight=1, max_delay_ms=60_000)
     running = ex.submit(torch.randn(8192, 256))
     ex.flush()
     _wait_staged(ex, 1)
@@ -854,22 +854,22 @@ def test_close_without_drain_fails_queued_work(models):
     assert running.result(timeout=TIMEOUT).shape == (8192, 256)
     for future in queued:
         assert future.done()
-        with pytest.raises(ExecutorClosedError, match="closed"):
+        with pytest.raises(EngineClosedError, match="closed"):
             future.result(timeout=TIMEOUT)
 
 
 def test_close_without_drain_fails_request_waiting_for_delay(models):
-    ex = Executor(models.path("mlp"), max_delay_ms=60_000)
+    ex = Engine(models.path("mlp"), max_delay_ms=60_000)
     future = ex.submit(torch.randn(3, FEATURES))
     time.sleep(0.1)  # the batcher has picked it up and waits for more rows
     ex.close(drain=False)
     assert future.wait(TIMEOUT)
-    with pytest.raises(ExecutorClosedError):
+    with pytest.raises(EngineClosedError):
         future.result(timeout=TIMEOUT)
 
 
 def test_submit_after_close_raises(models):
-    ex = Executor(models.path("mlp"))
+    ex = Engine(models.path("mlp"))
     ex.close()
     with pytest.raises(RuntimeError, match="closed"):
         ex.submit(torch.randn(2, FEATURES))
@@ -882,32 +882,32 @@ def test_submit_after_close_raises(models):
 
 def test_context_manager_closes(models):
     x = torch.randn(4, FEATURES)
-    with Executor(models.path("mlp")) as ex:
+    with Engine(models.path("mlp")) as ex:
         assert not ex.closed
         torch.testing.assert_close(ex.run(x), eager(models.module("mlp"), x))
     assert ex.closed
     with pytest.raises(RuntimeError, match="closed"):
         ex.submit(x)
 
-    with pytest.raises(KeyError), Executor(models.path("mlp")) as ex2:
+    with pytest.raises(KeyError), Engine(models.path("mlp")) as ex2:
         ex2.run(x)
         raise KeyError("boom")
     assert ex2.closed
 
 
-def test_unclosed_executors_at_exit_and_when_dropped(models):
-    """An executor dropped without close(), and one still open (with queued work
+def test_unclosed_engines_at_exit_and_when_dropped(models):
+    """An engine dropped without close(), and one still open (with queued work
     waiting on a long max_delay_ms) at interpreter exit, neither hang."""
     script = textwrap.dedent(
         f"""
         import gc, torch, torchspark
         path = {models.path("mlp")!r}
-        ex = torchspark.Executor(path, max_delay_ms=60_000)
+        ex = torchspark.Engine(path, max_delay_ms=60_000)
         future = ex.submit(torch.randn(3, {FEATURES}))
         del ex  # the future keeps it alive
         del future
         gc.collect()
-        ex2 = torchspark.Executor(path, max_delay_ms=60_000)
+        ex2 = torchspark.Engine(path, max_delay_ms=60_000)
         pending = ex2.submit(torch.randn(3, {FEATURES}))
         print("exiting", flush=True)
         """
@@ -927,7 +927,7 @@ def test_load_not_a_zip(tmp_path):
     path = tmp_path / "garbage.pt"
     path.write_bytes(b"definitely not a model")
     with pytest.raises(ValueError, match=r"garbage\.pt") as info:
-        Executor(path)
+        Engine(path)
     assert "zip" in str(info.value)
 
 
@@ -936,20 +936,20 @@ def test_load_zip_that_is_not_pytorch(tmp_path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("hello.txt", "hi")
     with pytest.raises(ValueError, match=r"other\.zip"):
-        Executor(path)
+        Engine(path)
 
 
 def test_load_torch_save_state_dict(tmp_path, models):
     path = tmp_path / "weights.pt"
     torch.save(models.module("mlp").state_dict(), path)
     with pytest.raises(ValueError, match=r"weights\.pt") as info:
-        Executor(path)
+        Engine(path)
     assert "export" in str(info.value)
 
 
 def test_load_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
-        Executor(tmp_path / "missing.pt")
+        Engine(tmp_path / "missing.pt")
 
 
 def test_load_sha256(models):
@@ -957,10 +957,10 @@ def test_load_sha256(models):
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     with pytest.raises(ValueError, match="sha256"):
-        Executor(path, sha256="0" * 64)
+        Engine(path, sha256="0" * 64)
     x = torch.randn(3, FEATURES)
     for checksum in (digest, digest.upper()):
-        with Executor(path, sha256=checksum) as ex:
+        with Engine(path, sha256=checksum) as ex:
             torch.testing.assert_close(ex.run(x), eager(models.module("mlp"), x))
 
 
@@ -975,7 +975,7 @@ def test_constructor_argument_errors(models):
         {"sort_window": -1},
     ):
         with pytest.raises(ValueError):
-            Executor(path, **kwargs)
+            Engine(path, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -986,7 +986,7 @@ def test_constructor_argument_errors(models):
 def test_torchscript_autocast_precision(models, precision, dtype):
     module = models.module("mlp")
     x = torch.randn(50, FEATURES)
-    with Executor(models.path("mlp"), precision=precision, batch_size=16) as ex:
+    with Engine(models.path("mlp"), precision=precision, batch_size=16) as ex:
         out = ex.run(x)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         autocast = module(x)
@@ -1001,7 +1001,7 @@ def test_torchscript_export_bf16(models, tmp_path):
         module, (torch.randn(8, FEATURES),), tmp_path / "bf16.pt", precision="bf16"
     )
     x = torch.randn(30, FEATURES)
-    with Executor(path) as ex:
+    with Engine(path) as ex:
         out = ex.run(x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, eager(module, x), rtol=3e-2, atol=3e-2)
@@ -1019,7 +1019,7 @@ def aoti_mlp(models) -> str:
 @pytest.mark.slow
 def test_aoti_matches_eager(models, aoti_mlp):
     module = models.module("mlp")
-    with Executor(aoti_mlp, batch_size=64) as ex:
+    with Engine(aoti_mlp, batch_size=64) as ex:
         assert ex.model.format == "AOTInductor"
         for n in (1, 7, 300):
             x = torch.randn(n, FEATURES)
@@ -1043,7 +1043,7 @@ def test_aoti_bf16_export_close_to_eager(models, tmp_path):
         format="aoti",
         precision="bf16",
     )
-    with Executor(path) as ex:
+    with Engine(path) as ex:
         for n in (1, 7, 300):
             x = torch.randn(n, FEATURES)
             out = ex.run(x)
@@ -1056,7 +1056,7 @@ def test_aoti_dict_inputs_and_outputs_keep_their_names(models, tmp_path):
     module = models.module("dict_out")
     x, y = torch.randn(8, 4), torch.randn(8, 4)
     path = torchspark.export(module, (x, y), tmp_path / "dict.pt2", format="aoti")
-    with Executor(path) as ex:
+    with Engine(path) as ex:
         assert ex.model.input_names == ["x", "y"]
         for n in (1, 5):
             x, y = torch.randn(n, 4), torch.randn(n, 4)
@@ -1072,14 +1072,14 @@ def test_aoti_dict_inputs_and_outputs_keep_their_names(models, tmp_path):
 
 
 def test_inputs_released_after_completion(models):
-    with Executor(models.path("mlp")) as ex:
+    with Engine(models.path("mlp")) as ex:
         x = torch.randn(6, FEATURES)
         ref = weakref.ref(x)
         ex.run(x)
         del x
         deadline = time.monotonic() + TIMEOUT
         while ref() is not None:  # finished requests are dropped on a later call
-            assert time.monotonic() < deadline, "the executor kept the input tensor"
+            assert time.monotonic() < deadline, "the engine kept the input tensor"
             ex.stats()
             gc.collect()
             time.sleep(0.01)
@@ -1087,7 +1087,7 @@ def test_inputs_released_after_completion(models):
 
 def test_many_submissions_do_not_grow_objects(models):
     x = torch.randn(3, FEATURES)
-    with Executor(models.path("mlp"), max_delay_ms=0) as ex:
+    with Engine(models.path("mlp"), max_delay_ms=0) as ex:
 
         def burst(n: int) -> None:
             for _ in range(n):
@@ -1111,7 +1111,7 @@ def test_many_submissions_do_not_grow_objects(models):
 def test_inputs_that_require_grad_leave_no_history(models):
     module = models.module("mlp")
     layer = torch.nn.Linear(FEATURES, FEATURES)
-    with Executor(models.path("mlp"), batch_size=8, max_delay_ms=50) as ex:
+    with Engine(models.path("mlp"), batch_size=8, max_delay_ms=50) as ex:
         x = layer(torch.randn(5, FEATURES))  # requires grad, has a graph
         assert x.requires_grad
         futures = [ex.submit(x), ex.submit(torch.randn(2, FEATURES))]  # staged by copy
@@ -1125,7 +1125,7 @@ def test_inputs_that_require_grad_leave_no_history(models):
         del x, futures
         deadline = time.monotonic() + TIMEOUT
         while ref() is not None:
-            assert time.monotonic() < deadline, "the executor kept the input's graph alive"
+            assert time.monotonic() < deadline, "the engine kept the input's graph alive"
             ex.stats()
             gc.collect()
             time.sleep(0.01)
@@ -1134,7 +1134,7 @@ def test_inputs_that_require_grad_leave_no_history(models):
 def test_sorted_gather_inputs_accept_one_row_batches(models):
     module = models.module("tokens_dense")
     specs = [Input(["a", "b", "c"]), Input("tokens", kind="pad")]
-    with Executor(models.path("tokens_dense"), inputs=specs, sort_window=4) as ex:
+    with Engine(models.path("tokens_dense"), inputs=specs, sort_window=4) as ex:
         for seed, n in ((1, 3), (2, 1), (3, 0), (4, 5)):
             batch, dense, rows = _tokens_dense_batch(seed, n)
             out = ex.run(batch)
@@ -1144,7 +1144,7 @@ def test_sorted_gather_inputs_accept_one_row_batches(models):
 
 
 def test_wait_without_a_finite_timeout(models):
-    with Executor(models.path("mlp")) as ex:
+    with Engine(models.path("mlp")) as ex:
         future = ex.submit(torch.randn(3, FEATURES))
         ex.flush()
         assert future.wait(float("inf"))
@@ -1153,7 +1153,7 @@ def test_wait_without_a_finite_timeout(models):
 
 
 def test_close_from_two_threads_at_once(models):
-    ex = Executor(models.path("mlp"), max_delay_ms=50)
+    ex = Engine(models.path("mlp"), max_delay_ms=50)
     futures = [ex.submit(torch.randn(4, FEATURES)) for _ in range(20)]
     threads = [threading.Thread(target=ex.close, args=(drain,)) for drain in (True, False)]
     for t in threads:
@@ -1184,23 +1184,23 @@ def restore_threads():
 def test_thread_rule_shrinks_the_pool_never_grows_it(
     restore_threads, pool, workers, cores, expected
 ):
-    from torchspark.executor import size_intra_op_threads
+    from torchspark.engine import size_intra_op_threads
 
     torch.set_num_threads(pool)
     assert size_intra_op_threads(workers, cores=cores) == expected
     assert torch.get_num_threads() == expected
 
 
-def test_executor_sizes_intra_op_threads(models, restore_threads):
-    from torchspark.executor import usable_cores
+def test_engine_sizes_intra_op_threads(models, restore_threads):
+    from torchspark.engine import usable_cores
 
     torch.set_num_threads(usable_cores())
-    with Executor(models.path("mlp"), threads=usable_cores() + 1):
+    with Engine(models.path("mlp"), threads=usable_cores() + 1):
         assert torch.get_num_threads() == 1
-    with Executor(models.path("mlp"), intra_op_threads=1):
+    with Engine(models.path("mlp"), intra_op_threads=1):
         assert torch.get_num_threads() == 1
     with pytest.raises(ValueError, match="intra_op_threads"):
-        Executor(models.path("mlp"), intra_op_threads=0)
+        Engine(models.path("mlp"), intra_op_threads=0)
 
 
 # ---------------------------------------------------------------------------
@@ -1209,7 +1209,7 @@ def test_executor_sizes_intra_op_threads(models, restore_threads):
 
 def test_cheap_one_batch_submissions_run_inline(models):
     # A generous bound: the test must not depend on how loaded the machine is.
-    with Executor(models.path("negative_raises"), batch_size=4, _inline_below_us=1e6) as ex:
+    with Engine(models.path("negative_raises"), batch_size=4, _inline_below_us=1e6) as ex:
         xs = [torch.rand(4, 2) + i for i in range(50)]
         # The first call is measured on a worker; later ones run inline when they
         # find the engine idle (a worker may still be retiring the previous batch).
@@ -1241,7 +1241,7 @@ def test_cheap_one_batch_submissions_run_inline(models):
 def test_an_output_that_is_the_input_comes_back_as_eager_pytorch_returns_it(models):
     """Inline and through the engine's threads (a zero-copy batch) alike."""
     for bound in (1e6, 0):
-        with Executor(models.path("identity"), batch_size=8, _inline_below_us=bound) as ex:
+        with Engine(models.path("identity"), batch_size=8, _inline_below_us=bound) as ex:
             for _ in range(5):
                 x = torch.randn(8, 4)
                 same, first = ex.run(x)
@@ -1252,10 +1252,10 @@ def test_an_output_that_is_the_input_comes_back_as_eager_pytorch_returns_it(mode
 def test_dropped_requests_end_on_the_callers_thread(models):
     """Outputs that share a numpy-backed input keep the array alive; releasing
     it takes the GIL, so a request whose Future was dropped must not end on an
-    executor thread (it would wait for the GIL held by a caller waiting on the
-    executor). Every array is released on this thread."""
+    engine thread (it would wait for the GIL held by a caller waiting on the
+    engine). Every array is released on this thread."""
     released = []
-    with Executor(models.path("identity"), batch_size=8, _inline_below_us=0) as ex:
+    with Engine(models.path("identity"), batch_size=8, _inline_below_us=0) as ex:
         for i in range(200):
             base = np.full((8, 4), float(i), dtype=np.float32)
             weakref.finalize(base, lambda: released.append(threading.get_ident()))
@@ -1272,7 +1272,7 @@ def test_map_tries_inline_for_cheap_calls_and_keeps_order(models):
     unknown); the second inline, to time it; then the faster way. Every output
     belongs to its item, in order, across the switches."""
     stretch = _WayChooser.STRETCH
-    with Executor(models.path("rows"), batch_size=16, _inline_below_us=1e6) as ex:
+    with Engine(models.path("rows"), batch_size=16, _inline_below_us=1e6) as ex:
         items = [torch.arange(16 * i, 16 * (i + 1)).view(16, 1) for i in range(6 * stretch)]
         for i, (ids, (doubled, call_rows)) in enumerate(zip(items, ex.map(items), strict=True)):
             assert torch.equal(doubled, ids * 2 + 1), i
@@ -1283,7 +1283,7 @@ def test_map_tries_inline_for_cheap_calls_and_keeps_order(models):
 
 
 def test_map_keeps_coalescing_items_smaller_than_a_batch(models):
-    with Executor(models.path("rows"), batch_size=64, max_delay_ms=200, _inline_below_us=1e6) as ex:
+    with Engine(models.path("rows"), batch_size=64, max_delay_ms=200, _inline_below_us=1e6) as ex:
         items = [torch.full((4, 1), i) for i in range(4 * _WayChooser.STRETCH)]
         outs = list(ex.map(items))
         for i, (doubled, _) in enumerate(outs):
@@ -1346,7 +1346,7 @@ def test_way_chooser_stays_threaded_when_inline_is_not_possible():
 
 
 def test_inline_off_when_the_bound_is_zero(models):
-    with Executor(models.path("negative_raises"), batch_size=4, _inline_below_us=0) as ex:
+    with Engine(models.path("negative_raises"), batch_size=4, _inline_below_us=0) as ex:
         for out in ex.map(torch.ones(4, 2) for _ in range(20)):
             torch.testing.assert_close(out, torch.full((4, 2), 3.0))
         assert ex.stats()["inline_batches"] == 0

@@ -1,4 +1,4 @@
-#include "torchspark/executor.h"
+#include "torchspark/engine/engine.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -168,7 +168,7 @@ void check_compatible(const Inputs& first, const Inputs& next, const std::string
     }
     TORCH_CHECK_VALUE(same, label, ": input ", i, " has ", describe_input(b),
                       " but the first submission had ", describe_input(a),
-                      "; submissions to one executor must match");
+                      "; submissions to one engine must match");
   }
 }
 
@@ -210,11 +210,11 @@ ModelOutputs Request::take_result() {
 }
 
 // ---------------------------------------------------------------------------
-// Executor
+// Engine
 
-Executor::Executor(std::shared_ptr<const Model> model, ExecutorOptions options)
+Engine::Engine(std::shared_ptr<const Model> model, EngineOptions options)
     : model_(std::move(model)), options_(std::move(options)) {
-  TORCH_CHECK_VALUE(model_ != nullptr, "Executor: expected a model, got none");
+  TORCH_CHECK_VALUE(model_ != nullptr, "Engine: expected a model, got none");
   TORCH_CHECK_VALUE(options_.batch_size >= 1, "batch_size must be >= 1, got ", options_.batch_size);
   TORCH_CHECK_VALUE(options_.max_tokens >= 0, "max_tokens must be >= 0, got ", options_.max_tokens);
   TORCH_CHECK_VALUE(options_.max_delay_ms >= 0, "max_delay_ms must be >= 0, got ",
@@ -243,16 +243,16 @@ Executor::Executor(std::shared_ptr<const Model> model, ExecutorOptions options)
   }
 }
 
-Executor::~Executor() {
+Engine::~Engine() {
   close(/*drain=*/false);
 }
 
-bool Executor::closed() const {
+bool Engine::closed() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return closing_;
 }
 
-int64_t Executor::check_inputs(Inputs& inputs) const {
+int64_t Engine::check_inputs(Inputs& inputs) const {
   int64_t rows = -1;
   for (size_t i = 0; i < inputs.sources.size(); ++i) {
     const InputSource& source = inputs.sources[i];
@@ -292,7 +292,7 @@ int64_t Executor::check_inputs(Inputs& inputs) const {
   return rows;
 }
 
-void Executor::check_first(const Inputs& inputs) {
+void Engine::check_first(const Inputs& inputs) {
   // Every submission must feed the model the same way (batches mix them).
   if (!first_) {
     // What the first submission looked like, without holding its data.
@@ -318,7 +318,7 @@ void Executor::check_first(const Inputs& inputs) {
   check_compatible(*first_, inputs, model_->label());
 }
 
-RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
+RequestPtr Engine::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
   auto request = std::make_shared<Request>();
   const int64_t rows = check_inputs(inputs);
   if (options_.sort_window > 0 && inputs.lengths.defined()) {
@@ -351,7 +351,7 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
   request->submitted_ = Clock::now();
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    TORCH_CHECK(!closing_, model_->label(), ": the executor is closed");
+    TORCH_CHECK(!closing_, model_->label(), ": the engine is closed");
     check_first(*request->inputs_);
     request->id_ = next_id_++;
     queue_.push_back(request);
@@ -362,14 +362,14 @@ RequestPtr Executor::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
   return request;
 }
 
-bool Executor::inline_possible() const {
+bool Engine::inline_possible() const {
   // Cheap calls, measured: a moving average of the model's calls.
   const double average = compute_average_s_.load(std::memory_order_relaxed);
   return options_.device.is_cpu() && !options_.static_batch && average >= 0 &&
          average < options_.inline_below_seconds;
 }
 
-std::optional<ModelOutputs> Executor::try_run_inline(Inputs& inputs, bool partial) {
+std::optional<ModelOutputs> Engine::try_run_inline(Inputs& inputs, bool partial) {
   // Tensors already in memory, one batch as they are: nothing to stage.
   if (!inline_possible() || inputs.lengths.defined() ||
       !std::all_of(inputs.sources.begin(), inputs.sources.end(),
@@ -384,7 +384,7 @@ std::optional<ModelOutputs> Executor::try_run_inline(Inputs& inputs, bool partia
   int64_t id = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    TORCH_CHECK(!closing_, model_->label(), ": the executor is closed");
+    TORCH_CHECK(!closing_, model_->label(), ": the engine is closed");
     // Only into an idle engine: queued rows would otherwise be overtaken.
     if (!queue_.empty() || inflight_ > 0) return std::nullopt;
     check_first(inputs);
@@ -421,7 +421,7 @@ std::optional<ModelOutputs> Executor::try_run_inline(Inputs& inputs, bool partia
   return outputs;
 }
 
-void Executor::flush() {
+void Engine::flush() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     flush_ = true;
@@ -429,13 +429,13 @@ void Executor::flush() {
   intake_cv_.notify_all();
 }
 
-std::exception_ptr Executor::closed_error(int64_t request_id) const {
-  return std::make_exception_ptr(ExecutorClosedError(
+std::exception_ptr Engine::closed_error(int64_t request_id) const {
+  return std::make_exception_ptr(EngineClosedError(
       {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-      c10::str(model_->label(), ": the executor was closed before request ", request_id, " ran")));
+      c10::str(model_->label(), ": the engine was closed before request ", request_id, " ran")));
 }
 
-void Executor::close(bool drain) {
+void Engine::close(bool drain) {
   std::deque<RequestPtr> cancelled;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -471,15 +471,15 @@ void Executor::close(bool drain) {
   }
 }
 
-std::vector<std::shared_ptr<const void>> Executor::take_garbage() {
+std::vector<std::shared_ptr<const void>> Engine::take_garbage() {
   std::lock_guard<std::mutex> lock(mutex_);
   std::vector<std::shared_ptr<const void>> out;
   out.swap(garbage_);
   return out;
 }
 
-ExecutorStats Executor::stats() const {
-  ExecutorStats s;
+EngineStats Engine::stats() const {
+  EngineStats s;
   s.requests = stat_requests_;
   s.rows = stat_rows_;
   s.batches = stat_batches_;
@@ -498,7 +498,7 @@ ExecutorStats Executor::stats() const {
 
 // ---- batching ----
 
-bool Executor::next_batch(Batch& batch) {
+bool Engine::next_batch(Batch& batch) {
   std::unique_lock<std::mutex> lock(mutex_);
   intake_cv_.wait(lock, [&] { return !queue_.empty() || closing_; });
   if (queue_.empty() || (closing_ && !draining_)) {
@@ -575,7 +575,7 @@ bool Executor::next_batch(Batch& batch) {
   return !batch.pieces.empty();
 }
 
-at::Tensor Executor::acquire_buffer(c10::ScalarType dtype, at::IntArrayRef sizes) {
+at::Tensor Engine::acquire_buffer(c10::ScalarType dtype, at::IntArrayRef sizes) {
   const int64_t numel = c10::multiply_integers(sizes);
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -595,7 +595,7 @@ at::Tensor Executor::acquire_buffer(c10::ScalarType dtype, at::IntArrayRef sizes
   return at::empty({std::max<int64_t>(numel, 1)}, buffer_options);
 }
 
-void Executor::release_buffers(Batch& batch) {
+void Engine::release_buffers(Batch& batch) {
   std::lock_guard<std::mutex> lock(mutex_);
   for (at::Tensor& buffer : batch.buffers) {
     free_buffers_.push_back(std::move(buffer));
@@ -608,7 +608,7 @@ void Executor::release_buffers(Batch& batch) {
   }
 }
 
-void Executor::stage(Batch& batch) {
+void Engine::stage(Batch& batch) {
   // Staging buffers are reused: no autograd history may attach to them.
   c10::AutoGradMode no_grad(false);
   const auto start = Clock::now();
@@ -705,7 +705,7 @@ void Executor::stage(Batch& batch) {
   stage_latency_.record(seconds_since(start));
 }
 
-ModelOutputs Executor::run_model(const std::vector<at::Tensor>& inputs, const Batch& batch) {
+ModelOutputs Engine::run_model(const std::vector<at::Tensor>& inputs, const Batch& batch) {
   const int64_t rows = inputs.empty() ? 0 : inputs[0].size(0);
   try {
     if (options_.inject_oom_above_rows > 0 && rows > options_.inject_oom_above_rows) {
@@ -750,7 +750,7 @@ ModelOutputs Executor::run_model(const std::vector<at::Tensor>& inputs, const Ba
   return first;
 }
 
-void Executor::outputs_to_host(ModelOutputs& outputs, const c10::Stream& stream) const {
+void Engine::outputs_to_host(ModelOutputs& outputs, const c10::Stream& stream) const {
   bool copied = false;
   for (at::Tensor& out : outputs.tensors) {
     if (!out.defined() || out.device().is_cpu()) continue;
@@ -769,7 +769,7 @@ void Executor::outputs_to_host(ModelOutputs& outputs, const c10::Stream& stream)
   }
 }
 
-void Executor::check_outputs(const ModelOutputs& outputs, int64_t rows, int64_t batch_index) const {
+void Engine::check_outputs(const ModelOutputs& outputs, int64_t rows, int64_t batch_index) const {
   for (size_t j = 0; j < outputs.tensors.size(); ++j) {
     const at::Tensor& out = outputs.tensors[j];
     TORCH_CHECK_VALUE(out.defined() && out.dim() >= 1 && out.size(0) == rows, model_->label(),
@@ -779,16 +779,15 @@ void Executor::check_outputs(const ModelOutputs& outputs, int64_t rows, int64_t 
   }
 }
 
-at::Tensor Executor::piece_lengths(const Piece& piece) {
+at::Tensor Engine::piece_lengths(const Piece& piece) {
   const at::Tensor& lengths = piece.inputs->lengths;
   const at::Tensor& order = piece.request->order_;
   return order.defined() ? lengths.index_select(0, order.narrow(0, piece.begin, piece.count))
                          : lengths.narrow(0, piece.begin, piece.count);
 }
 
-std::vector<bool> Executor::per_token_outputs(const Batch& batch,
-                                              const ModelOutputs& outputs) const {
-  const ExecutorOptions::PerToken& wanted = options_.per_token;
+std::vector<bool> Engine::per_token_outputs(const Batch& batch, const ModelOutputs& outputs) const {
+  const EngineOptions::PerToken& wanted = options_.per_token;
   std::vector<bool> flags(outputs.tensors.size(), false);
   if (!wanted.any()) return flags;
   TORCH_CHECK_VALUE(batch.padded_len >= 0, model_->label(),
@@ -816,7 +815,7 @@ std::vector<bool> Executor::per_token_outputs(const Batch& batch,
   return flags;
 }
 
-void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
+void Engine::deliver(Batch& batch, ModelOutputs& outputs) {
   c10::AutoGradMode no_grad(false);
   check_outputs(outputs, batch.inputs.empty() ? batch.rows : batch.inputs[0].size(0), batch.index);
   const std::vector<bool> per_token = per_token_outputs(batch, outputs);
@@ -921,8 +920,8 @@ void Executor::deliver(Batch& batch, ModelOutputs& outputs) {
   }
 }
 
-std::exception_ptr Executor::batch_error(int64_t batch_index, int64_t rows,
-                                         const std::string& which, std::exception_ptr error) {
+std::exception_ptr Engine::batch_error(int64_t batch_index, int64_t rows, const std::string& which,
+                                       std::exception_ptr error) {
   stat_errors_ += 1;
   return std::make_exception_ptr(
       ModelError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
@@ -930,7 +929,7 @@ std::exception_ptr Executor::batch_error(int64_t batch_index, int64_t rows,
                           ") failed: ", describe(error))));
 }
 
-void Executor::fail(Batch& batch, std::exception_ptr error, bool wrap) {
+void Engine::fail(Batch& batch, std::exception_ptr error, bool wrap) {
   std::exception_ptr final_error = error;
   if (wrap) {
     std::string which;
@@ -955,7 +954,7 @@ void Executor::fail(Batch& batch, std::exception_ptr error, bool wrap) {
   }
 }
 
-void Executor::complete(const RequestPtr& request, std::exception_ptr error) {
+void Engine::complete(const RequestPtr& request, std::exception_ptr error) {
   // Bookkeeping first, so a waiter woken below sees it (stats, freed inputs).
   end_to_end_latency_.record(seconds_since(request->submitted_));
   {
@@ -973,7 +972,7 @@ void Executor::complete(const RequestPtr& request, std::exception_ptr error) {
   request->cv_.notify_all();
 }
 
-void Executor::retire(Batch& batch) {
+void Engine::retire(Batch& batch) {
   // The staging buffers are reused: the copies that read them must be done.
   if (batch.copied) batch.copied->synchronize();
   batch.inputs.clear();
@@ -992,7 +991,7 @@ void Executor::retire(Batch& batch) {
   slots_cv_.notify_one();
 }
 
-void Executor::batch_loop() {
+void Engine::batch_loop() {
   at::init_num_threads();
   // Accelerator: the staged inputs' H2D copies go on the copy stream.
   std::optional<c10::StreamGuard> on_copy_stream;
@@ -1047,7 +1046,7 @@ void Executor::batch_loop() {
   ready_cv_.notify_all();
 }
 
-void Executor::worker_loop() {
+void Engine::worker_loop() {
   // A new thread: take torch's intra-op settings (OpenMP and MKL thread
   // counts are per thread), as ATen asks of every thread it did not start.
   at::init_num_threads();
@@ -1072,7 +1071,7 @@ void Executor::worker_loop() {
   }
 }
 
-void Executor::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
+void Engine::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
   const auto start = Clock::now();
   try {
     if (batch.copied) {
@@ -1094,7 +1093,7 @@ void Executor::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
   retire(batch);
 }
 
-void Executor::record_compute(double seconds) {
+void Engine::record_compute(double seconds) {
   compute_latency_.record(seconds);
   // A moving average of the call's cost: one input of try_run_inline's choice.
   const double average = compute_average_s_.load(std::memory_order_relaxed);

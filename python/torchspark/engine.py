@@ -1,4 +1,4 @@
-"""The batched executor: run a TorchScript or AOTInductor model over a stream of inputs.
+"""The batched engine: run a TorchScript or AOTInductor model over a stream of inputs.
 
 The engine is native: batching, staging, the model call and the splitting of
 outputs back to each submission all run in C++ threads with the GIL released;
@@ -22,7 +22,7 @@ import torch
 from . import _C
 from .distribute import sha256_file
 
-__all__ = ["Executor", "Future", "Input"]
+__all__ = ["Engine", "Future", "Input"]
 
 _KINDS = ("auto", "tensor", "gather", "pad")
 _NULLS = ("error", "fill")
@@ -35,7 +35,7 @@ class Input:
 
     ``kind="tensor"``: one column through :func:`torchspark.to_tensor` (zero-copy
     for numbers and uniform lists). ``kind="gather"``: several scalar columns as
-    ``[rows, F]``, gathered straight into the executor's staging buffer.
+    ``[rows, F]``, gathered straight into the engine's staging buffer.
     ``kind="pad"``: one ragged list column (token ids) right-padded; its lengths
     drive token-budget batching (``max_tokens``). ``"auto"`` picks ``"tensor"``
     for one column and ``"gather"`` for several.
@@ -135,11 +135,11 @@ class Future:
     dict of named tensors, with one row per submitted row in submission order.
     """
 
-    __slots__ = ("_executor", "_outputs", "_request")
+    __slots__ = ("_engine", "_outputs", "_request")
 
-    def __init__(self, request: Any, executor: Executor) -> None:
+    def __init__(self, request: Any, engine: Engine) -> None:
         self._request = request
-        self._executor = executor
+        self._engine = engine
         self._outputs: tuple[list[str], list[torch.Tensor]] | None = None
 
     @property
@@ -162,7 +162,7 @@ class Future:
             try:
                 self._outputs = self._request.result()
             finally:
-                self._executor._collect()
+                self._engine._collect()
         return _unpack(self._outputs)
 
 
@@ -175,7 +175,7 @@ def _unpack(outputs: tuple[list[str], list[torch.Tensor]]) -> Any:
 
 
 class _WayChooser:
-    """Which way ``Executor.map`` runs the next item: inline or through the
+    """Which way ``Engine.map`` runs the next item: inline or through the
     engine's threads. Measured, not modelled: items go in stretches of
     ``STRETCH`` one way, timed end to end (the caller's own work included). The
     first stretch runs threaded (the model's cost is unknown), the second
@@ -228,7 +228,7 @@ class _WayChooser:
 def _per_token(
     per_token: bool | Sequence[int | str], inputs: Sequence[Input] | None
 ) -> tuple[bool, list[int], list[str]]:
-    """``Executor(per_token=...)`` as (all, indices, names), checked."""
+    """``Engine(per_token=...)`` as (all, indices, names), checked."""
     if isinstance(per_token, (str, int)) and not isinstance(per_token, bool):
         per_token = [per_token]
     if per_token is False or (not isinstance(per_token, bool) and not list(per_token)):
@@ -272,7 +272,7 @@ def usable_cores() -> int:
 def size_intra_op_threads(
     workers: int, requested: int | None = None, cores: int | None = None
 ) -> int:
-    """Apply the thread rule of :class:`Executor`; return torch's intra-op pool size.
+    """Apply the thread rule of :class:`Engine`; return torch's intra-op pool size.
 
     ``requested`` sets the pool outright; otherwise it shrinks (never grows) to
     ``cores // workers`` so that ``workers * pool <= cores``.
@@ -288,7 +288,7 @@ def size_intra_op_threads(
     return target
 
 
-_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_live: weakref.WeakSet[Engine] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
 
@@ -296,12 +296,12 @@ _live_lock = threading.Lock()
 def _close_all() -> None:
     # Join the native threads before the interpreter goes away.
     with _live_lock:
-        executors = list(_live)
-    for executor in executors:
-        executor.close(drain=False)
+        engines = list(_live)
+    for engine in engines:
+        engine.close(drain=False)
 
 
-class Executor:
+class Engine:
     """Runs a TorchScript or AOTInductor model over a stream of batches.
 
     Small submissions are coalesced into batches of up to ``batch_size`` rows
@@ -364,7 +364,7 @@ class Executor:
     >>> import torch, torchspark, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "double.pt")
     >>> _ = torchspark.export(torch.nn.Linear(2, 1, bias=False), (torch.ones(4, 2),), path)
-    >>> with torchspark.Executor(path, batch_size=8) as ex:
+    >>> with torchspark.Engine(path, batch_size=8) as ex:
     ...     ex.run(torch.ones(3, 2)).shape
     torch.Size([3, 1])
     """
@@ -434,7 +434,7 @@ class Executor:
         self.inputs = inputs
         # _model: the same file already loaded for this device (the Spark driver's probe).
         self.model = _model if _model is not None else _C.load_model(path, self.device, threads)
-        self._native = _C.Executor(
+        self._native = _C.Engine(
             self.model,
             self.device,
             batch_size,
@@ -462,7 +462,7 @@ class Executor:
 
         ``inputs``: a tensor, a tuple/list of tensors (positional model inputs),
         a dict of tensors (by the model's argument names), or an Arrow batch
-        when the executor was built with ``inputs=[Input(...), ...]``.
+        when the engine was built with ``inputs=[Input(...), ...]``.
         """
         return Future(self._send(inputs, try_inline=False, partial=False), self)
 
@@ -543,7 +543,7 @@ class Executor:
         if isinstance(inputs, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in inputs):
             return list(inputs)
         raise TypeError(
-            "Executor.submit: expected a tensor, a tuple/list/dict of tensors or an Arrow "
+            "Engine.submit: expected a tensor, a tuple/list/dict of tensors or an Arrow "
             f"batch, got {type(inputs).__name__}"
         )
 
@@ -561,7 +561,7 @@ class Executor:
 
     def close(self, drain: bool = True) -> None:
         """Stop: with ``drain``, finish queued work first; else fail it with
-        :class:`torchspark.ExecutorClosedError`. Idempotent."""
+        :class:`torchspark.EngineClosedError`. Idempotent."""
         self._native.close(drain)
         with _live_lock:
             _live.discard(self)
@@ -573,11 +573,11 @@ class Executor:
     def _collect(self) -> None:
         self._native.collect_garbage()
 
-    def __enter__(self) -> Executor:
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close(drain=exc[0] is None)
 
     def __repr__(self) -> str:
-        return f"<torchspark.Executor {self.model!r} on {self.device}>"
+        return f"<torchspark.Engine {self.model!r} on {self.device}>"

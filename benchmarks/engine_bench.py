@@ -1,4 +1,4 @@
-"""Executor benchmarks: overlap, per-batch overhead, token budgets, memory.
+"""Engine benchmarks: overlap, per-batch overhead, token budgets, memory.
 
 Workloads (all on the CPU, in one process, ratios against baselines measured in
 the same run):
@@ -26,11 +26,11 @@ the same run):
 * mlp: a real-sized MLP (256-1024-1024-1, ReLU, float32) over 65,536 rows
   (``--quick``: 16,384) of ``[N, 256]`` float32 arriving as separate numpy
   chunks of 1,024 and of 4,096 rows (as Spark's Arrow batches do).
-  ``Executor(batch_size=chunk, threads=1).map`` on ``torch.from_numpy`` of each
+  ``Engine(batch_size=chunk, threads=1).map`` on ``torch.from_numpy`` of each
   chunk, against the loop a user would write (``with torch.inference_mode():
   for c in chunks: model(torch.from_numpy(c))``) with the same eager module, and
   the same loop calling the TorchScript module (``torch.jit.load`` of the file
-  the executor runs). With 1,024-row chunks the executor is also run with
+  the engine runs). With 1,024-row chunks the engine is also run with
   ``batch_size=4096``, coalescing four chunks per model call. Same torch
   intra-op threads everywhere (printed). Outputs are checked against eager
   once before timing.
@@ -38,7 +38,7 @@ the same run):
   ``TransformerEncoderLayer(d_model=128, nhead=4, dim_feedforward=256,
   batch_first=True)`` with the pad mask, masked mean pool, ``Linear(128, 1)``)
   over right-padded int64 token ids ``[N, 64]`` (true lengths 8..64, pad id 0),
-  16,384 rows (``--quick``: 4,096) in 512-row chunks: executor vs eager loop vs
+  16,384 rows (``--quick``: 4,096) in 512-row chunks: engine vs eager loop vs
   TorchScript loop, outputs checked against eager first. Exported with
   ``torchspark.export(format="torchscript")``, which traces the ``eval()`` copy
   under ``no_grad``: there ``TransformerEncoderLayer`` takes its fused fast path
@@ -155,7 +155,7 @@ def overlap(workdir: str, quick: bool) -> None:
     def run(ms: float, inflight: int) -> tuple[float, dict]:
         path = os.path.join(workdir, f"sim_{ms:.3f}.pt")
         torchspark.export(Simulated(ms), (torch.ones(2, 16),), path)
-        with torchspark.Executor(path, batch_size=rows, inflight=inflight, inputs=spec) as ex:
+        with torchspark.Engine(path, batch_size=rows, inflight=inflight, inputs=spec) as ex:
             for _ in ex.map([batch] * 5):  # warm up
                 pass
             t0 = time.perf_counter()
@@ -220,21 +220,21 @@ def overhead(workdir: str, quick: bool) -> None:
 
     # The default, and the same engine with inline runs off (every batch
     # through the batcher and a worker thread).
-    executors = {
-        "engine": torchspark.Executor(path, batch_size=1024, inflight=2, max_delay_ms=0.0),
-        "threaded": torchspark.Executor(
+    engines = {
+        "engine": torchspark.Engine(path, batch_size=1024, inflight=2, max_delay_ms=0.0),
+        "threaded": torchspark.Engine(
             path, batch_size=1024, inflight=2, max_delay_ms=0.0, _inline_below_us=0
         ),
     }
 
-    def through(ex: torchspark.Executor) -> Callable[[], None]:
+    def through(ex: torchspark.Engine) -> Callable[[], None]:
         def run() -> None:
             for _ in ex.map(tensors[i % 64] for i in range(n_batches)):
                 pass
 
         return run
 
-    methods = {name: through(ex) for name, ex in executors.items()}
+    methods = {name: through(ex) for name, ex in engines.items()}
     methods["loop"] = loop
     for fn in methods.values():
         fn()
@@ -244,13 +244,13 @@ def overhead(workdir: str, quick: bool) -> None:
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) / n_batches)
-    inline = {name: ex.stats()["inline_batches"] for name, ex in executors.items()}
-    for ex in executors.values():
+    inline = {name: ex.stats()["inline_batches"] for name, ex in engines.items()}
+    for ex in engines.values():
         ex.close()
     lp = np.median(times["loop"])
     labels = {
-        "engine": f"torchspark Executor.map (default; {inline['engine']} batches inline)",
-        "threaded": "Executor.map, inline off (batcher + worker thread)",
+        "engine": f"torchspark Engine.map (default; {inline['engine']} batches inline)",
+        "threaded": "Engine.map, inline off (batcher + worker thread)",
         "loop": "Python loop: from_numpy + model(x)",
     }
     print(f"## overhead: identity model, 1024 x 16 float32 batches, {n_batches} per round")
@@ -314,9 +314,9 @@ def crossover(workdir: str, quick: bool) -> None:
             call_us = 0.0
             for name, bound in (("inline", 1e9), ("threaded", 0.0), ("default", None)):
                 options = {} if bound is None else {"_inline_below_us": bound}
-                with torchspark.Executor(path, batch_size=rows, max_delay_ms=0.0, **options) as ex:
+                with torchspark.Engine(path, batch_size=rows, max_delay_ms=0.0, **options) as ex:
 
-                    def once(e: torchspark.Executor = ex, way: str = name) -> None:
+                    def once(e: torchspark.Engine = ex, way: str = name) -> None:
                         if way == "inline":
                             for item in items():
                                 e.run(item)
@@ -398,7 +398,7 @@ def tokens(workdir: str, quick: bool) -> None:
     reference = None
     base = None
     for name, options in configs:
-        with torchspark.Executor(path, inputs=spec, **options) as ex:
+        with torchspark.Engine(path, inputs=spec, **options) as ex:
             ex.run(batch.slice(0, 1000))
             walls = []
             for _ in range(3):
@@ -440,7 +440,7 @@ def memory(workdir: str, quick: bool) -> None:
         torchspark.export(Identity(), (torch.ones(2, 16),), path)
     x = torch.randn(1024, 16)
     marks = []
-    with torchspark.Executor(path, batch_size=1024, max_delay_ms=0.0) as ex:
+    with torchspark.Engine(path, batch_size=1024, max_delay_ms=0.0) as ex:
         for i, _ in enumerate(ex.map(x for _ in range(n_batches))):
             if i % (n_batches // 5) == 0:
                 marks.append((i, rss_mib()))
@@ -456,13 +456,13 @@ def _model_vs_loops(
     eager: torch.nn.Module,
     path: str,
     chunks: list[np.ndarray],
-    executors: list[tuple[str, int, float]],
+    engines: list[tuple[str, int, float]],
     rounds: int,
     tol: float,
 ) -> None:
-    """Executor.map vs the eager and TorchScript Python loops over the same chunks.
+    """Engine.map vs the eager and TorchScript Python loops over the same chunks.
 
-    ``executors``: (label, batch_size, max_delay_ms) of each executor case.
+    ``engines``: (label, batch_size, max_delay_ms) of each engine case.
     Prints rows/s and ratios against both loops, timed interleaved.
     """
     n = sum(len(c) for c in chunks)
@@ -476,7 +476,7 @@ def _model_vs_loops(
 
         return run
 
-    def engine(ex: torchspark.Executor) -> Callable[[], None]:
+    def engine(ex: torchspark.Engine) -> Callable[[], None]:
         def run() -> None:
             for _ in ex.map(torch.from_numpy(c) for c in chunks):
                 pass
@@ -489,12 +489,12 @@ def _model_vs_loops(
         scripted_out = torch.cat([scripted(torch.from_numpy(c)) for c in chunks])
     torch.testing.assert_close(scripted_out, reference, rtol=tol, atol=tol)
     opened = []
-    for label, batch_size, delay in executors:
-        ex = torchspark.Executor(path, batch_size=batch_size, threads=1, max_delay_ms=delay)
+    for label, batch_size, delay in engines:
+        ex = torchspark.Engine(path, batch_size=batch_size, threads=1, max_delay_ms=delay)
         out = torch.cat(list(ex.map(torch.from_numpy(c) for c in chunks)))
         torch.testing.assert_close(out, reference, rtol=tol, atol=tol)
         opened.append((label, ex))
-    # Read after the executors exist: the executor may resize torch's pool.
+    # Read after the engines exist: the engine may resize torch's pool.
     threads = torch.get_num_threads()
 
     eager_case = _bench.Case("Python loop: eager module", loop(eager))
@@ -523,7 +523,7 @@ def _model_vs_loops(
             ]
         )
     assert torch.get_num_threads() == threads, "torch threads changed during timing"
-    print(f"{title}; torch threads {threads} in every case, executor threads=1")
+    print(f"{title}; torch threads {threads} in every case, engine threads=1")
     print(
         _bench.table(
             [
@@ -561,16 +561,16 @@ def mlp(workdir: str, quick: bool, rounds: int) -> None:
     for chunk in (1024, 4096):
         # Separate buffers, one per chunk, as Arrow batches arrive.
         chunks = [rng.standard_normal((chunk, 256), dtype=np.float32) for _ in range(n // chunk)]
-        executors = [(f"torchspark Executor.map, batch_size={chunk}", chunk, 0.0)]
+        engines = [(f"torchspark Engine.map, batch_size={chunk}", chunk, 0.0)]
         if chunk < 4096:
             # Default max_delay_ms (2 ms) so that chunks coalesce into full batches.
-            executors.append(("torchspark Executor.map, batch_size=4096", 4096, 2.0))
+            engines.append(("torchspark Engine.map, batch_size=4096", 4096, 2.0))
         _model_vs_loops(
             f"## mlp: 256-1024-1024-1 ReLU float32, {n} rows in {chunk}-row numpy chunks",
             eager,
             path,
             chunks,
-            executors,
+            engines,
             rounds,
             tol=1e-4,
         )
@@ -594,7 +594,7 @@ def transformer(workdir: str, quick: bool, rounds: int) -> None:
         eager,
         path,
         chunks,
-        [(f"torchspark Executor.map, batch_size={chunk}", chunk, 0.0)],
+        [(f"torchspark Engine.map, batch_size={chunk}", chunk, 0.0)],
         rounds,
         tol=1e-4,
     )
@@ -618,7 +618,7 @@ def main() -> None:
             parser.error(f"--workloads: unknown {unknown}; choose from {names}")
     if args.only:
         selected = [args.only]
-    _bench.header("executor_bench", args)
+    _bench.header("engine_bench", args)
     with tempfile.TemporaryDirectory() as workdir:
         workloads: dict[str, Callable[[], None]] = {
             "overlap": lambda: overlap(workdir, args.quick),

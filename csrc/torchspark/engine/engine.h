@@ -1,4 +1,4 @@
-// The batched executor: turns a stream of submissions into model calls.
+// The batched engine: turns a stream of submissions into model calls.
 //
 // Threads and their work:
 //   caller      submit() queues a Request (rows of inputs) and returns at once.
@@ -15,7 +15,7 @@
 //               calls are cheap (< inline_below_seconds): no Request, no
 //               queue, no thread hand-off. Whether that beats the threads'
 //               overlap depends on the caller too: the Python layer measures
-//               both ways (Executor.map).
+//               both ways (Engine.map).
 //   workers     (`threads` of them) run the model under InferenceMode (and
 //               autocast for reduced precision), check the outputs, and
 //               deliver each piece back to its Request, in submission order.
@@ -32,15 +32,15 @@
 //
 // Failure: a model error fails the requests of that batch only (the message
 // names the model, the batch and its rows); out-of-memory splits the batch in
-// halves and retries, down to one row. The executor keeps serving.
+// halves and retries, down to one row. The engine keeps serving.
 //
 // Ownership: a submission's inputs, its `keepalive` (the Arrow data behind
 // them) and the Request itself (its outputs may be views of the inputs: an
 // output that aliases an input is handed out as it is, as eager PyTorch does)
-// are never destroyed on an executor thread: they move to a garbage list that
+// are never destroyed on an engine thread: they move to a garbage list that
 // the caller empties with take_garbage() on its own thread. (Dropping a
 // tensor that has a Python object, or pyarrow's release, takes the GIL; a
-// worker that did so while the caller waits on the executor with the GIL held
+// worker that did so while the caller waits on the engine with the GIL held
 // would deadlock.) Outputs leave by take_result(). No Python here.
 #pragma once
 
@@ -74,7 +74,7 @@ enum class Precision { kFloat32, kBFloat16, kFloat16 };
 // "fp32" | "bf16" | "fp16".
 Precision parse_precision(std::string_view name);
 
-struct ExecutorOptions {
+struct EngineOptions {
   // Where the model runs; inputs are moved there.
   c10::Device device = c10::Device(c10::kCPU);
   // Most rows per model call.
@@ -151,7 +151,7 @@ struct InputSpec {
 // same inputs, dtypes and row shapes (a token input's width may differ).
 void check_compatible(const Inputs& first, const Inputs& next, const std::string& label);
 
-// The executor inputs of one Arrow batch, per `specs` (at most one kPad).
+// The engine inputs of one Arrow batch, per `specs` (at most one kPad).
 // Throws the conversion errors, naming the column.
 Inputs make_inputs(const ImportedTable& table, const std::vector<InputSpec>& specs);
 
@@ -163,16 +163,16 @@ class Request {
   // Waits up to `seconds` (< 0: forever); returns done().
   bool wait(double seconds) const;
   // Waits, then hands over the outputs (rows in submission order); once only,
-  // so that no reference to them stays behind on an executor thread. Throws
+  // so that no reference to them stays behind on an engine thread. Throws
   // the error that failed the request.
   ModelOutputs take_result();
 
  private:
-  friend class Executor;
+  friend class Engine;
   int64_t id_ = 0;
   int64_t rows_ = 0;
   // Shared with the pieces being staged; every reference ends in the
-  // executor's garbage list, never dropped on an executor thread.
+  // engine's garbage list, never dropped on an engine thread.
   std::shared_ptr<const Inputs> inputs_;
   at::Tensor order_;  // int64 [rows]: staging order (sorted by length), or undefined
   std::shared_ptr<void> keepalive_;
@@ -189,7 +189,7 @@ class Request {
 };
 using RequestPtr = std::shared_ptr<Request>;
 
-struct ExecutorStats {
+struct EngineStats {
   int64_t requests = 0;
   int64_t rows = 0;
   int64_t batches = 0;
@@ -204,12 +204,12 @@ struct ExecutorStats {
   LatencySummary end_to_end;  // submit -> request done
 };
 
-class Executor {
+class Engine {
  public:
-  Executor(std::shared_ptr<const Model> model, ExecutorOptions options);
-  ~Executor();
-  Executor(const Executor&) = delete;
-  Executor& operator=(const Executor&) = delete;
+  Engine(std::shared_ptr<const Model> model, EngineOptions options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
 
   // Queues one submission. Throws ValueError for inputs that do not fit the
   // model's arity or disagree on rows, and after close().
@@ -226,14 +226,14 @@ class Executor {
   // Runs what is queued now instead of waiting for max_delay_ms.
   void flush();
   // Stops taking submissions. drain: finish what is queued; else fail it
-  // (ExecutorClosed). Joins the threads; idempotent.
+  // (EngineClosed). Joins the threads; idempotent.
   void close(bool drain);
   bool closed() const;
 
-  ExecutorStats stats() const;
+  EngineStats stats() const;
   // Keepalives of finished requests, to destroy on the caller's thread.
   std::vector<std::shared_ptr<const void>> take_garbage();
-  const ExecutorOptions& options() const { return options_; }
+  const EngineOptions& options() const { return options_; }
   const Model& model() const { return *model_; }
 
  private:
@@ -294,7 +294,7 @@ class Executor {
   void outputs_to_host(ModelOutputs& outputs, const c10::Stream& stream) const;
 
   std::shared_ptr<const Model> model_;
-  ExecutorOptions options_;
+  EngineOptions options_;
   // Accelerator only (unset on the CPU): stream and event operations of the
   // device's backend, and the stream the batcher copies inputs on.
   std::optional<c10::impl::VirtualGuardImpl> device_impl_;
