@@ -17,6 +17,7 @@ def test_public_api_is_small_and_documented():
         "ArrowPredictor",
         "Engine",
         "EngineClosedError",
+        "ExportError",
         "Future",
         "Input",
         "InvalidArrowError",
@@ -50,12 +51,14 @@ def test_error_hierarchy():
     assert issubclass(torchspark.NullValueError, ValueError)
     assert issubclass(torchspark.ModelError, RuntimeError)
     assert issubclass(torchspark.EngineClosedError, RuntimeError)
+    assert issubclass(torchspark.ExportError, RuntimeError)
     for cls in (
         torchspark.UnsupportedTypeError,
         torchspark.InvalidArrowError,
         torchspark.NullValueError,
         torchspark.ModelError,
         torchspark.EngineClosedError,
+        torchspark.ExportError,
     ):
         assert issubclass(cls, torchspark.TorchSparkError)
 

@@ -444,6 +444,70 @@ def test_torch_udf_example_struct_fields_named_by_output(models):
     assert fn.returnType.fieldNames() == ["a", "b", "c"]
 
 
+# ---------------------------------------------------------------------------
+# nn.Module in place of a file: exported on the driver from the probe rows
+
+
+@pytest.fixture
+def export_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHSPARK_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "exports"
+
+
+def test_predict_takes_a_module(df, source, models, export_cache):
+    mlp = models.module("mlp")
+    scored = torchspark.predict(df, mlp, inputs="features", keep=["id"])
+    table = collect(scored, ids(source))
+    torch.testing.assert_close(floats(table, "prediction"), eager(mlp, floats(source, "features")))
+    # Named inputs in another order than forward(dense, tokens), one of them padded.
+    tokens_dense = models.module("tokens_dense")
+    scored = torchspark.predict(
+        df,
+        tokens_dense,
+        inputs={"tokens": Input("tokens", kind="pad"), "dense": "dense"},
+        keep=["id"],
+        max_tokens=200,
+    )
+    table = collect(scored, ids(source))
+    expected = tokens_dense.reference(floats(source, "dense"), source.column("tokens").to_pylist())
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+    assert len(os.listdir(export_cache)) == 2  # one verified file per module
+    # The same module again: the cached file, no new export.
+    fn = torchspark.arrow_predictor(
+        df.select("id", "c0", "c1", "c2"), models.module("features3"), inputs=["c0", "c1", "c2"]
+    )
+    assert fn.ref.location.startswith(str(export_cache))
+    assert len(os.listdir(export_cache)) == 3
+
+
+class _Branchy(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.mean() > 0):
+            return x * 2
+        return -x
+
+
+def test_a_module_that_would_export_wrong_fails_on_the_driver(df, export_cache):
+    with pytest.raises(torchspark.ExportError, match=r"bool\(x\.mean\(\) > 0\)"):
+        torchspark.predict(df, _Branchy(), inputs="features")
+
+
+def test_a_function_or_an_empty_frame_cannot_be_exported(df, export_cache):
+    with pytest.raises(TypeError, match=r"expected a torch\.nn\.Module or the path"):
+        torchspark.predict(df, lambda x: x, inputs="features")
+    with pytest.raises(ValueError, match=r"DataFrame is empty, so there are no rows to export"):
+        torchspark.predict(df.limit(0), torch.nn.Linear(FEATURES, 1), inputs="features")
+
+
+def test_torch_udf_takes_a_module_with_an_example(df, source, models, export_cache):
+    mlp = models.module("mlp")
+    with pytest.raises(ValueError, match=r"MLP module needs example="):
+        torchspark.torch_udf(mlp, return_type="array<float>")
+    score = torchspark.torch_udf(mlp, example=torch.randn(4, FEATURES))
+    table = collect(df.select("id", score("features").alias("s")), ids(source))
+    torch.testing.assert_close(floats(table, "s"), eager(mlp, floats(source, "features")))
+
+
 def test_torch_udf_gather_and_pad_inputs(df, source, models):
     gathered = torchspark.torch_udf(
         models.path("features3"), return_type="array<float>", inputs="gather"

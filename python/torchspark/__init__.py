@@ -34,6 +34,7 @@ from .arrow import from_tensor, gather, pad, to_batch, to_tensor, to_tensors  # 
 from .engine import Engine, Future, Input  # noqa: E402
 from .errors import (  # noqa: E402
     EngineClosedError,
+    ExportError,
     InvalidArrowError,
     ModelError,
     NullValueError,
@@ -60,6 +61,7 @@ __all__ = [
     "ArrowPredictor",
     "Engine",
     "EngineClosedError",
+    "ExportError",
     "Future",
     "Input",
     "InvalidArrowError",

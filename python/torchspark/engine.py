@@ -21,6 +21,7 @@ import torch
 
 from . import _C
 from .distribute import sha256_file
+from .export import check_module, export_cached
 
 __all__ = ["Engine", "Future", "Input"]
 
@@ -91,6 +92,21 @@ class Input:
         if self.kind != "auto":
             return self.kind
         return "tensor" if len(self.column_list) == 1 else "gather"
+
+    def example(self, batch: Any) -> torch.Tensor:
+        """The tensor this input gives the model for an Arrow ``batch`` (the
+        engine makes the same natively, inside its threads)."""
+        from .arrow import gather, pad, to_tensor
+
+        kind = self.resolved_kind
+        if kind == "gather":
+            dtype = self.dtype or torch.float32
+            return gather(batch, self.column_list, dtype=dtype, nulls=self.nulls, fill=self.fill)
+        column = batch.column(self.column_list[0])
+        if kind == "pad":
+            options = {"max_len": self.max_len, "pad_value": self.pad_value, "dtype": self.dtype}
+            return pad(column, nulls=self.nulls, **options)[0]
+        return to_tensor(column, dtype=self.dtype, nulls=self.nulls, fill=self.fill)
 
     def _native(self) -> dict[str, Any]:
         return {
@@ -288,6 +304,19 @@ def size_intra_op_threads(
     return target
 
 
+def _model_path(model: Any, example: Any) -> str:
+    """The file of ``model``: a path as it is, a module exported with ``example``."""
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    check_module(model, "Engine")
+    if example is None:
+        raise TypeError(
+            f"Engine: a {type(model).__name__} module needs example= (its inputs for a few "
+            "rows) to be exported; or pass the path of a model from torchspark.export"
+        )
+    return export_cached(model, example)
+
+
 _live: weakref.WeakSet[Engine] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
@@ -337,7 +366,11 @@ class Engine:
 
     Args:
         model: path of a TorchScript archive (``torch.jit.save``) or an
-            AOTInductor package (``.pt2``), e.g. from :func:`torchspark.export`.
+            AOTInductor package (``.pt2``), e.g. from :func:`torchspark.export`;
+            or an ``nn.Module`` with ``example``: exported (TorchScript,
+            verified against the module) into the model cache once per content.
+        example: a module's example inputs (a tensor or a tuple of tensors with
+            a batch dimension), for its export.
         device: ``"auto"`` (the accelerator if one has a device, else CPU), or a
             torch device.
         batch_size: most rows per model call.
@@ -371,8 +404,9 @@ class Engine:
 
     def __init__(
         self,
-        model: str | os.PathLike[str],
+        model: str | os.PathLike[str] | torch.nn.Module,
         *,
+        example: Any = None,
         device: str | torch.device = "auto",
         batch_size: int = 4096,
         max_tokens: int | None = None,
@@ -390,7 +424,7 @@ class Engine:
         _inline_below_us: float = 1000.0,
         _model: Any = None,
     ) -> None:
-        path = os.fspath(model)
+        path = _model_path(model, example)
         if precision not in _PRECISIONS:
             raise ValueError(f"precision: expected one of {_PRECISIONS}, got {precision!r}")
         for name, value, low in (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "EngineClosedError",
+    "ExportError",
     "InvalidArrowError",
     "ModelError",
     "NullValueError",
@@ -45,3 +46,10 @@ class ModelError(TorchSparkError, RuntimeError):
 
 class EngineClosedError(TorchSparkError, RuntimeError):
     """A request was still queued when its engine was closed without draining."""
+
+
+class ExportError(TorchSparkError, RuntimeError):
+    """An export that would not compute what its module does: a trace that
+    baked in a data-dependent branch (the message names the line), or an
+    exported model whose outputs differ from the module's on the check batches
+    (the message gives the largest difference)."""

@@ -1,20 +1,37 @@
-"""Turn an ``nn.Module`` into a file the native engine loads."""
+"""Turn an ``nn.Module`` into a file the native engine loads, checked against the module."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import io
+import linecache
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from .errors import ExportError
+
 __all__ = ["export"]
 
 _FORMATS = ("torchscript", "aoti")
 _PRECISIONS = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# How close an export's outputs must be to the module's: (rtol, atol) by the
+# dtype the model computes in. Exported graphs may fuse and reorder float
+# reductions (AOTInductor does), so float32 gets more room than its epsilon;
+# reduced precision is as loose as its 8 (bf16) or 11 (fp16) mantissa bits.
+_TOLERANCES = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (1e-2, 1e-3),
+    torch.bfloat16: (2e-2, 1e-2),
+}
 
 
 class _Precision(torch.nn.Module):
@@ -43,15 +60,26 @@ def export(
     format: str = "torchscript",
     dynamic_batch: bool = True,
     precision: str | None = None,
+    verify: bool = True,
 ) -> str:
-    """Save ``module`` as a TorchScript archive or an AOTInductor package.
+    """Save ``module`` as a TorchScript archive or an AOTInductor package, checked.
 
     ``example_inputs`` are positional inputs with a batch dimension first (use
     a batch of at least 2 rows: sizes 0 and 1 get specialised). TorchScript is
-    traced, and runs any batch size. AOTInductor (``format="aoti"``) compiles
-    the model ahead of time with a dynamic batch dimension when
-    ``dynamic_batch``; it ignores autocast, so ``precision="bf16"``/``"fp16"``
-    bakes the dtype in (float32 in and out). Returns the path.
+    traced (a ``torch.jit.ScriptModule`` is saved as it is), and runs any batch
+    size. AOTInductor (``format="aoti"``) compiles the model ahead of time with
+    a dynamic batch dimension when ``dynamic_batch``; it ignores autocast, so
+    ``precision="bf16"``/``"fp16"`` bakes the dtype in (float32 in and out).
+    Returns the path.
+
+    The export never silently computes something else than the module: a
+    trace that had to bake in a data-dependent branch (Python control flow on
+    a tensor's value) raises :class:`torchspark.ExportError` naming the line,
+    and the exported file is loaded and run beside the module on the example
+    inputs, on 1 row and on twice the example's rows; any output that differs
+    (beyond float tolerances of the dtype it is computed in; exact for
+    integers and booleans) raises :class:`torchspark.ExportError` with the
+    largest difference. ``verify=False`` skips both checks.
 
     >>> import torch, torchspark, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "m.pt")
@@ -65,39 +93,108 @@ def export(
         raise ValueError(
             f"precision: expected one of {[p for p in _PRECISIONS if p]} or None, got {precision!r}"
         )
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"export: expected a torch.nn.Module, got {type(module).__name__}")
+    check_module(module, "export")
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    if scripted and (format != "torchscript" or precision not in (None, "fp32")):
+        raise ValueError(
+            "export: a torch.jit.ScriptModule is saved as it is: format='torchscript' and no "
+            f"precision, got format={format!r}, precision={precision!r}"
+        )
+    inputs = as_inputs(example_inputs)
+
+    model = module if scripted else copy.deepcopy(module)
+    model = model.eval()
+    dtype = _PRECISIONS[precision]
+    if dtype is not None:
+        model = _Precision(model, dtype).eval()
+
+    if scripted:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
+            torch.jit.save(model, path)
+    elif format == "torchscript":
+        _trace(model, inputs, path, verify)
+    else:
+        _compile(module, model, inputs, path, dynamic_batch, dtype is not None)
+    if verify:
+        _verify(model, path, format, inputs, dynamic_batch, dtype or torch.float32)
+    return path
+
+
+def check_module(module: Any, where: str) -> None:
+    """TypeError unless ``module`` is an ``nn.Module`` (a plain function is not)."""
+    if isinstance(module, torch.nn.Module):
+        return
+    what = (
+        f"the function '{getattr(module, '__qualname__', module)}'"
+        if callable(module)
+        else f"a {type(module).__name__}"
+    )
+    raise TypeError(
+        f"{where}: expected a torch.nn.Module or the path of an exported model "
+        f"(torchspark.export), got {what}; wrap a function in an nn.Module whose forward "
+        "calls it"
+    )
+
+
+def as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """Example inputs as a tuple of tensors with a batch dimension, checked."""
     inputs = (
         (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     )
     if not inputs or not all(isinstance(x, torch.Tensor) and x.dim() >= 1 for x in inputs):
         raise ValueError("export: example_inputs must be tensors with a batch dimension")
+    return inputs
 
-    model = copy.deepcopy(module).eval()
-    dtype = _PRECISIONS[precision]
-    if dtype is not None:
-        model = _Precision(model, dtype).eval()
 
-    if format == "torchscript":
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch.jit is deprecated in favour of torch.export, but its archives
-            # are what LibTorch loads without a compiler.
-            warnings.simplefilter("ignore")
-            # strict=False: dict and list outputs are fine for the engine.
-            traced = torch.jit.trace(model, inputs, check_trace=False, strict=False)
-            torch.jit.save(traced, path)
-        return path
+def _trace(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str, strict: bool):
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # strict=False: dict and list outputs are fine for the engine.
+        traced = torch.jit.trace(model, inputs, check_trace=False, strict=False)
+    for w in caught:
+        # torch.jit is deprecated in favour of torch.export, but its archives
+        # are what LibTorch loads without a compiler: that warning is dropped.
+        if issubclass(w.category, DeprecationWarning) and "torch.jit" in str(w.message):
+            continue
+        if strict and issubclass(w.category, torch.jit.TracerWarning):
+            raise ExportError(_tracer_message(w))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    torch.jit.save(traced, path)
 
+
+def _tracer_message(w: warnings.WarningMessage) -> str:
+    line = linecache.getline(w.filename, w.lineno).strip()
+    return (
+        f"export: the trace may not compute what the module does. At {w.filename}:{w.lineno}"
+        + (f" ({line})" if line else "")
+        + f": {str(w.message).splitlines()[0]} A trace records the path the example inputs "
+        "took and bakes that branch in for every batch. Either script the module "
+        "(torch.jit.script, then export the ScriptModule), make the branch tensor-only "
+        "(torch.where instead of Python if on a tensor's value), or use format='aoti', whose "
+        "torch.export refuses data-dependent control flow with its own message. "
+        "verify=False exports the trace anyway."
+    )
+
+
+def _compile(
+    module: torch.nn.Module,
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: str,
+    dynamic_batch: bool,
+    wrapped: bool,
+) -> None:
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=1 << 30)
         dynamic_shapes = tuple({0: batch} for _ in inputs)
-        if dtype is not None:
+        if wrapped:
             dynamic_shapes = (dynamic_shapes,)  # _Precision.forward takes *inputs
     with torch.no_grad():
         # Names the package cannot otherwise tell the loader: the arguments (for
         # inputs given by name) and the keys of a dict output (its columns).
-        metadata = {"torchspark.input_names": "\n".join(_argument_names(module, len(inputs)))}
+        metadata = {"torchspark.input_names": "\n".join(argument_names(module, len(inputs)))}
         out = model(*inputs)
         if isinstance(out, dict):
             if not all(isinstance(k, str) and k and "\n" not in k for k in out):
@@ -112,10 +209,92 @@ def export(
             package_path=path,
             inductor_configs={"aot_inductor.metadata": metadata},
         )
-    return path
 
 
-def _argument_names(module: torch.nn.Module, count: int) -> list[str]:
+def _load(path: str, format: str) -> Any:
+    if format == "torchscript":
+        return torch.jit.load(path)
+    return torch._inductor.aoti_load_package(path)
+
+
+def _verify(
+    model: torch.nn.Module,
+    path: str,
+    format: str,
+    inputs: tuple[torch.Tensor, ...],
+    dynamic_batch: bool,
+    compute_dtype: torch.dtype,
+) -> None:
+    """ExportError unless the file at ``path`` computes what ``model`` does."""
+    exported = _load(path, format)
+    rows = inputs[0].shape[0]
+    batches = [(f"the example inputs ({rows} rows)", inputs)]
+    if dynamic_batch:
+        batches.append(("1 row of the example", tuple(x[:1] for x in inputs)))
+        batches.append(
+            (
+                f"{2 * rows} rows (the example, then reversed)",
+                tuple(torch.cat([x, x.flip(0)]) for x in inputs),
+            )
+        )
+    for label, batch in batches:
+        with torch.no_grad():
+            try:
+                expected = model(*batch)
+            except Exception:
+                continue  # the module itself cannot run this batch: nothing to hold the export to
+            try:
+                actual = exported(*batch)
+            except Exception as e:
+                raise ExportError(
+                    f"export: the exported {format} model fails on {label} where the module "
+                    f"runs: {type(e).__name__}: {e}"
+                ) from e
+        _compare(expected, actual, label, format, compute_dtype)
+
+
+def _compare(expected: Any, actual: Any, label: str, format: str, compute: torch.dtype) -> None:
+    want = torch.utils._pytree.tree_leaves(expected)
+    got = torch.utils._pytree.tree_leaves(actual)
+    if len(want) != len(got):
+        raise ExportError(
+            f"export: on {label} the module returns {len(want)} tensors but the exported "
+            f"{format} model {len(got)}"
+        )
+    for i, (e, a) in enumerate(zip(want, got, strict=True)):
+        where = f"export: output {i} on {label}"
+        if not isinstance(e, torch.Tensor) or not isinstance(a, torch.Tensor):
+            raise ExportError(
+                f"{where}: expected tensors, got {type(e).__name__} and {type(a).__name__}"
+            )
+        if e.shape != a.shape or e.dtype != a.dtype:
+            raise ExportError(
+                f"{where}: the module gives {e.dtype} {list(e.shape)}, the exported {format} "
+                f"model {a.dtype} {list(a.shape)}"
+            )
+        a = a.to(e.device)
+        if e.is_floating_point() or e.is_complex():
+            rtol, atol = _TOLERANCES.get(compute, _TOLERANCES[torch.float32])
+            if e.dtype in _TOLERANCES:  # an output in a coarser dtype than the compute
+                rtol, atol = max(rtol, _TOLERANCES[e.dtype][0]), max(atol, _TOLERANCES[e.dtype][1])
+            same = torch.allclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
+            tolerance = f" (rtol {rtol:g}, atol {atol:g})"
+        else:
+            same = torch.equal(a, e)
+            tolerance = " (integers: exact)"
+        if not same:
+            diff = (a.double() - e.double()).abs().nan_to_num(float("inf"))
+            worst = int(diff.argmax())
+            raise ExportError(
+                f"{where}: the exported {format} model differs from the module{tolerance}: "
+                f"max |difference| {diff.max().item():.6g} at flat index {worst} "
+                f"(module {e.flatten()[worst].item():.6g}, export {a.flatten()[worst].item():.6g})"
+                ". The export does not compute what the module does; if a trace baked in a "
+                "branch or a shape, script the module or use format='aoti'"
+            )
+
+
+def argument_names(module: torch.nn.Module, count: int) -> list[str]:
     """The first ``count`` positional parameter names of ``module.forward``, or []."""
     try:
         parameters = list(inspect.signature(module.forward).parameters.values())
@@ -124,3 +303,90 @@ def _argument_names(module: torch.nn.Module, count: int) -> list[str]:
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     names = [p.name for p in parameters if p.kind in positional]
     return names[:count] if len(names) >= count else []
+
+
+def export_cached(
+    module: torch.nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    format: str = "torchscript",
+    precision: str | None = None,
+) -> str:
+    """:func:`export` once per content: the file lives in the model cache
+    (``$TORCHSPARK_CACHE/exports``), named by :func:`module_digest`, and is
+    reused while the module's code, weights and attributes, the examples'
+    dtypes and row shapes, the format and the precision stay the same."""
+    from .distribute import cache_dir
+
+    check_module(module, "export")
+    inputs = as_inputs(example_inputs)
+    digest = module_digest(module, inputs, format, precision)
+    directory = os.path.join(cache_dir(), "exports")
+    path = os.path.join(directory, f"{digest[:32]}.{'pt' if format == 'torchscript' else 'pt2'}")
+    if os.path.isfile(path):
+        return path
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        export(module, inputs, tmp, format=format, precision=precision)
+        os.replace(tmp, path)  # atomic: a reader sees no file or the whole, verified one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def module_digest(
+    module: torch.nn.Module, inputs: Sequence[torch.Tensor], format: str, precision: str | None
+) -> str:
+    """sha256 of what an export of ``module`` depends on: each submodule's class
+    source, plain attributes, parameters and buffers (names, dtypes, shapes,
+    bytes), the examples' dtypes and row shapes, the format, the precision and
+    torch's version. Two modules that could compute differently never share it."""
+    h = hashlib.sha256()
+    h.update(f"torch {torch.__version__}\n{format}\n{precision}\n".encode())
+    for x in inputs:
+        h.update(f"input {x.dtype} {list(x.shape[1:])}\n".encode())
+    if isinstance(module, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer)
+        h.update(buffer.getvalue())
+        return h.hexdigest()
+    for name, sub in module.named_modules():
+        h.update(f"module {name} {_class_source(type(sub))}\n".encode())
+        plain = {
+            k: v
+            for k, v in vars(sub).items()
+            if k not in ("_parameters", "_buffers", "_modules", "training")
+            and not k.endswith("_hooks")
+            and not k.endswith("_hooks_with_kwargs")
+            and not isinstance(v, (torch.Tensor, torch.nn.Module))
+        }
+        # repr of an object without its own __repr__ holds its address: a
+        # cache miss, never a false hit.
+        h.update(repr(sorted(plain.items(), key=lambda kv: kv[0])).encode())
+        for key, tensor in vars(sub).items():
+            if isinstance(tensor, torch.Tensor):  # tensors kept as plain attributes
+                h.update(key.encode())
+                _update_tensor(h, tensor)
+    for key, tensor in module.state_dict().items():
+        h.update(f"state {key}\n".encode())
+        _update_tensor(h, tensor)
+    return h.hexdigest()
+
+
+def _update_tensor(h: Any, tensor: torch.Tensor) -> None:
+    t = tensor.detach().to("cpu").contiguous()
+    h.update(f"{t.dtype} {list(t.shape)}\n".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _class_source(cls: type) -> str:
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):
+        # No source (a REPL class): its name and its forward's bytecode and constants.
+        code = getattr(getattr(cls, "forward", None), "__code__", None)
+        body = (code.co_code.hex(), repr(code.co_consts)) if code is not None else ""
+        return f"{cls.__module__}.{cls.__qualname__} {body}"

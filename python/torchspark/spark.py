@@ -50,6 +50,7 @@ import torch
 
 from .distribute import ModelRef, fetch, ship
 from .engine import Engine, Input, check_argument_names, size_intra_op_threads
+from .export import argument_names, check_module, export_cached
 
 __all__ = ["ArrowPredictor", "Report", "arrow_predictor", "last_report", "predict", "torch_udf"]
 
@@ -449,7 +450,7 @@ def _engine_options(batch_size: int, precision: str, options: Mapping[str, Any])
 
 def _plan(
     df: Any,
-    model: str | os.PathLike[str],
+    model: str | os.PathLike[str] | torch.nn.Module,
     inputs: Any,
     output: str | Sequence[str],
     keep: Sequence[str] | None,
@@ -469,6 +470,24 @@ def _plan(
         missing = [c for c in keep if c not in df.columns]
         if missing:
             raise ValueError(f"keep: columns {missing} are not in the DataFrame {df.columns}")
+    sample = df.selectExpr(*[_quote(c) for c in dict.fromkeys(used)]).limit(_PROBE_ROWS)
+    probe = None
+    if not isinstance(model, (str, os.PathLike)):
+        # A module: exported here, on rows of the real data, verified against
+        # the module, cached by its content, then shipped as a file.
+        check_module(model, "model")
+        if arg_names is not None:
+            arguments = argument_names(model, len(specs))
+            specs = _order_by_arguments(specs, arg_names, arguments, type(model).__name__)
+            arg_names = None
+        probe = _probe_table(sample)
+        if probe.num_rows == 0:
+            raise ValueError(
+                f"model {type(model).__name__}: the DataFrame is empty, so there are no rows to "
+                "export the module with; export it with torchspark.export and pass the file"
+            )
+        batch = probe.combine_chunks().to_batches()[0]
+        model = export_cached(model, [spec.example(batch) for spec in specs])
     ref = ship(model, df.sparkSession.sparkContext, sha256)
     # The same model (by digest) over the same input types was probed already
     # in this session: its output schema holds, no model load or probe job.
@@ -488,12 +507,11 @@ def _plan(
     path = fetch(ref)
     loaded = _C.load_model(path, probe_device, 1)
     if arg_names is not None:
-        specs = _order_by_arguments(specs, arg_names, list(loaded.input_names), ref)
+        specs = _order_by_arguments(specs, arg_names, list(loaded.input_names), ref.name)
 
     # Then one probe batch: the model runs on it, its outputs give the schema.
-    sample = df.selectExpr(*[_quote(c) for c in dict.fromkeys(used)]).limit(_PROBE_ROWS)
-    # toArrow() is Spark 4.0+; Spark 3.5 has the same under a private name.
-    probe = sample.toArrow() if hasattr(sample, "toArrow") else _collect_arrow(sample)
+    if probe is None:
+        probe = _probe_table(sample)
     if probe.num_rows == 0:
         outputs, output_types = _outputs_of_empty(df, schema, ref)
         return _plan_of(df, ref, specs, keep, outputs, output_types, options, device)
@@ -562,6 +580,12 @@ def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def _probe_table(sample: Any) -> Any:
+    """The probe rows as a pyarrow Table (one small Spark job)."""
+    # toArrow() is Spark 4.0+; Spark 3.5 has the same under a private name.
+    return sample.toArrow() if hasattr(sample, "toArrow") else _collect_arrow(sample)
+
+
 def _collect_arrow(df: Any) -> Any:
     import pyarrow as pa
 
@@ -583,14 +607,14 @@ def _probe_error(error: Exception, ref: ModelRef, rows: int) -> Exception:
 
 
 def _order_by_arguments(
-    specs: list[Input], names: list[str], arguments: list[str], ref: ModelRef
+    specs: list[Input], names: list[str], arguments: list[str], model: str
 ) -> list[Input]:
     if not arguments:
         raise ValueError(
-            f"model '{ref.name}': inputs given by name {names}, but the model does not record "
+            f"model '{model}': inputs given by name {names}, but the model does not record "
             "its argument names; pass inputs as a list in argument order"
         )
-    check_argument_names(names, arguments, f"model '{ref.name}'")
+    check_argument_names(names, arguments, f"model '{model}'")
     by_name = dict(zip(names, specs, strict=True))
     return [by_name[a] for a in arguments]
 
@@ -624,7 +648,7 @@ def _check_schema(schema: Any, outputs: list[str], types: list[Any]) -> None:
 
 def arrow_predictor(
     df_or_schema: Any,
-    model: str | os.PathLike[str],
+    model: str | os.PathLike[str] | torch.nn.Module,
     *,
     inputs: Any,
     output: str | Sequence[str] = "prediction",
@@ -681,7 +705,7 @@ def _predictor(
 
 def predict(
     df: Any,
-    model: str | os.PathLike[str],
+    model: str | os.PathLike[str] | torch.nn.Module,
     *,
     inputs: Any,
     output: str | Sequence[str] = "prediction",
@@ -701,7 +725,10 @@ def predict(
         model: a local path (shipped to the executors with ``addFile``), the
             name of a file added with ``SparkContext.addFile``, or a URI that
             ``pyarrow.fs`` reads (``s3://``, ``hdfs://``, ``gs://``, ``file://``),
-            fetched once per executor host. From :func:`torchspark.export`.
+            fetched once per executor host. From :func:`torchspark.export`. Or
+            an ``nn.Module``: exported on the driver (TorchScript) with the probe
+            batch's rows as the example, verified against the module, cached by
+            a digest of its code and weights, and shipped as that file.
         inputs: how columns feed the model:
             ``"features"``: one column (``array<float>`` -> ``[N, D]``);
             ``["a", "b", ...]``: scalar columns gathered to ``[N, F]``;
@@ -1011,7 +1038,7 @@ def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
 
 
 def torch_udf(
-    model: str | os.PathLike[str],
+    model: str | os.PathLike[str] | torch.nn.Module,
     *,
     return_type: Any = None,
     example: Any = None,
@@ -1032,7 +1059,9 @@ def torch_udf(
     output order. Without ``return_type``, ``example`` (the model's inputs for
     a couple of rows: a tensor or a tuple of tensors) runs once on the driver
     to derive it; several outputs then make a struct whose fields are named
-    like :func:`predict`'s columns (``output``).
+    like :func:`predict`'s columns (``output``). ``model`` may be an
+    ``nn.Module`` with ``example``: it is exported on the driver with that
+    example and verified against the module, as in :func:`predict`.
 
     >>> score = torchspark.torch_udf(path, return_type="array<float>")
     >>> df.withColumn("score", score("x")).columns
@@ -1058,6 +1087,14 @@ def torch_udf(
         raise RuntimeError("torch_udf: no active SparkSession")
     batch_size = batch_size or _arrow_batch_rows(spark)
     options = _engine_options(batch_size, precision, engine_options)
+    if not isinstance(model, (str, os.PathLike)):
+        check_module(model, "torch_udf")
+        if example is None:
+            raise ValueError(
+                f"torch_udf: a {type(model).__name__} module needs example= (its inputs for a "
+                "few rows) to be exported; or pass the path of a model from torchspark.export"
+            )
+        model = export_cached(model, example)
     ref = ship(model, spark.sparkContext, sha256)
     if return_type is None:
         if example is None:
