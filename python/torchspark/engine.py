@@ -11,9 +11,8 @@ import atexit
 import collections
 import os
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,15 +108,31 @@ class Input:
         return to_tensor(column, dtype=self.dtype, nulls=self.nulls, fill=self.fill)
 
     def _native(self) -> dict[str, Any]:
-        return {
-            "kind": self.resolved_kind,
-            "columns": self.column_list,
-            "dtype": self.dtype,
-            "nulls": self.nulls,
-            "fill": self.fill,
-            "max_len": self.max_len,
-            "pad_value": self.pad_value,
+        """The spec the engine's registry of input kinds takes: the kind, its
+        columns, and the options set away from their defaults (a kind refuses
+        options it does not know, naming those it does)."""
+        options = {
+            name: getattr(self, name)
+            for name, default in _OPTION_DEFAULTS.items()
+            if getattr(self, name) != default or (default is None) != (getattr(self, name) is None)
         }
+        if self.resolved_kind == "pad" and "fill" in options:
+            # A padded input fills null elements with its pad_value.
+            raise ValueError(
+                f"Input({self.column_list}, kind='pad'): fill does not apply; null elements "
+                "take pad_value under nulls='fill'"
+            )
+        return {"kind": self.resolved_kind, "columns": self.column_list, "options": options}
+
+
+# The options an Input passes to its kind, and their defaults (not passed).
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "dtype": None,
+    "nulls": "error",
+    "fill": 0,
+    "max_len": None,
+    "pad_value": 0,
+}
 
 
 def _is_arrow(obj: Any) -> bool:
@@ -190,57 +205,6 @@ def _unpack(outputs: tuple[list[str], list[torch.Tensor]]) -> Any:
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 
-class _WayChooser:
-    """Which way ``Engine.map`` runs the next item: inline or through the
-    engine's threads. Measured, not modelled: items go in stretches of
-    ``STRETCH`` one way, timed end to end (the caller's own work included). The
-    first stretch runs threaded (the model's cost is unknown), the second
-    inline when possible; then the faster way runs, and the other is timed
-    again after 32 stretches, then 64, 128, ... (at most 1024) while it keeps
-    losing."""
-
-    STRETCH = 32
-
-    def __init__(
-        self, possible: Callable[[], bool], clock: Callable[[], float] = time.perf_counter
-    ) -> None:
-        self.possible = possible  # whether the engine may run inline at all
-        self.clock = clock
-        self.way = "threaded"
-        self.cost: dict[str, float] = {}  # seconds per item of the last stretch each way
-        self.count = 0
-        self.start = clock()
-        self.stretches = 0
-        self.best: str | None = None
-        self.interval = 32
-        self.recheck_at = 0
-
-    def inline(self) -> bool:
-        self.count += 1
-        if self.count > self.STRETCH:
-            now = self.clock()
-            self.cost[self.way] = (now - self.start) / self.STRETCH
-            self.start, self.count = now, 1
-            self.stretches += 1
-            self.way = self._next_way(self.possible())
-        return self.way == "inline"
-
-    def _next_way(self, possible: bool) -> str:
-        if not possible:
-            return "threaded"
-        if "inline" not in self.cost or "threaded" not in self.cost:
-            return "inline" if "inline" not in self.cost else "threaded"
-        best = min(self.cost, key=self.cost.__getitem__)
-        if best != self.best:  # a new winner: watch closely again
-            self.best, self.interval = best, 32
-            self.recheck_at = self.stretches + self.interval
-        if self.stretches >= self.recheck_at:
-            self.interval = min(2 * self.interval, 1024)
-            self.recheck_at = self.stretches + 1 + self.interval
-            return "threaded" if best == "inline" else "inline"
-        return best
-
-
 def _per_token(
     per_token: bool | Sequence[int | str], inputs: Sequence[Input] | None
 ) -> tuple[bool, list[int], list[str]]:
@@ -264,17 +228,6 @@ def _per_token(
         [i for i in items if isinstance(i, int)],
         [i for i in items if isinstance(i, str)],
     )
-
-
-def _rows(item: Any) -> int | None:
-    """Rows of a submission of tensors (None when that is not cheap to tell)."""
-    if isinstance(item, torch.Tensor):
-        return item.shape[0] if item.ndim else None
-    if isinstance(item, Mapping):
-        item = next(iter(item.values()), None)
-    elif isinstance(item, (tuple, list)):
-        item = item[0] if item else None
-    return _rows(item) if isinstance(item, torch.Tensor) else None
 
 
 def usable_cores() -> int:
@@ -343,13 +296,13 @@ class Engine:
     its batch; out of memory splits the batch in halves and retries.
 
     Cheap work runs inline. Handing a batch to a worker thread and back costs
-    microseconds of wake-ups; for a model whose calls average under a
-    millisecond, :meth:`run` calls it on the caller's thread instead (GIL
-    released) when the engine is idle, and :meth:`map` does so when it measures
-    that to be faster, for batches of ready tensors that need no re-batching.
-    ``stats()["inline_batches"]`` counts them. Outputs that are the model's
-    inputs (an identity model) come back as those tensors, as in eager
-    PyTorch; never as the engine's reused staging buffers.
+    microseconds of wake-ups; for a model whose calls average under
+    ``inline_below_ms``, :meth:`run` calls it on the caller's thread instead
+    (GIL released) when the engine is idle and the inputs are ready tensors
+    of at most ``batch_size`` rows. ``stats()["inline_batches"]`` counts
+    them. Outputs that are the model's inputs (an identity model) come back
+    as those tensors, as in eager PyTorch; never as the engine's reused
+    staging buffers.
 
     Model files are code: load only files you trust. ``sha256`` checks the
     file's digest before it is parsed.
@@ -374,19 +327,24 @@ class Engine:
         device: ``"auto"`` (the accelerator if one has a device, else CPU), or a
             torch device.
         batch_size: most rows per model call.
-        max_tokens: token budget per batch for a ``kind="pad"`` input.
+        max_tokens: token budget per batch with padded (``kind="pad"``) inputs:
+            rows x the sum of the padded inputs' widths (several padded inputs
+            are allowed, e.g. the two texts of a cross-encoder).
         max_delay_ms: how long a partial batch waits for more rows.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; TorchScript only:
-            AOTInductor bakes precision in at export).
+            AOTInductor bakes precision in at export, and an AOTInductor model
+            with another precision here is a ValueError).
         threads: worker threads calling the model (default 1 on CPU, 2 otherwise).
         intra_op_threads: torch's intra-op pool size to set (default: sized by
             the rule above).
         inflight: batches staged or computing at once (>= 2 overlaps them).
         static_batch: pad every batch to ``batch_size`` rows.
-        sort_window: with a padded input, sort rows by length within windows of
-            this many rows.
+        sort_window: with padded inputs, sort rows by total length within
+            windows of this many rows.
         inputs: how Arrow batches feed the model, one :class:`Input` per model input.
-        per_token: outputs that are per token of the padded input (``[rows, L,
+        inline_below_ms: :meth:`run` calls the model on the caller's thread
+            while its calls average under this many milliseconds (0: never).
+        per_token: outputs that are per token of the (first) padded input (``[rows, L,
             ...]`` with ``L`` the batch's padded width, e.g. token-classification
             logits): ``True`` for every output, or their indices or names. Each
             comes back ``[rows, W, ...]``, ``W`` the submission's own padded width,
@@ -420,30 +378,16 @@ class Engine:
         inputs: Sequence[Input] | None = None,
         per_token: bool | Sequence[int | str] = False,
         sha256: str | None = None,
-        _inject_oom_above_rows: int = 0,
-        _inline_below_us: float = 1000.0,
+        inline_below_ms: float = 1.0,
         _model: Any = None,
     ) -> None:
         path = _model_path(model, example)
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision: expected one of {_PRECISIONS}, got {precision!r}")
-        for name, value, low in (
-            ("batch_size", batch_size, 1),
-            ("inflight", inflight, 1),
-            ("sort_window", sort_window, 0),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
-        if max_delay_ms < 0:
-            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
         if inputs is not None:
             inputs = list(inputs)
             if not all(isinstance(i, Input) for i in inputs):
                 raise TypeError("inputs: expected a list of torchspark.Input")
-            if sum(i.resolved_kind == "pad" for i in inputs) > 1:
-                raise ValueError("inputs: at most one Input may have kind='pad'")
         token_all, token_indices, token_names = _per_token(per_token, inputs)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model '{path}': no such file")
@@ -468,23 +412,23 @@ class Engine:
         self.inputs = inputs
         # _model: the same file already loaded for this device (the Spark driver's probe).
         self.model = _model if _model is not None else _C.load_model(path, self.device, threads)
+        options = _C.EngineOptions(
+            device=self.device,
+            batch_size=batch_size,
+            max_tokens=max_tokens or 0,
+            max_delay_ms=float(max_delay_ms),
+            precision=precision,
+            threads=threads,
+            inflight=inflight,
+            static_batch=bool(static_batch),
+            sort_window=sort_window,
+            per_token_all=token_all,
+            per_token_indices=token_indices,
+            per_token_names=token_names,
+            inline_below_ms=float(inline_below_ms),
+        )
         self._native = _C.Engine(
-            self.model,
-            self.device,
-            batch_size,
-            max_tokens or 0,
-            float(max_delay_ms),
-            precision,
-            threads,
-            inflight,
-            bool(static_batch),
-            sort_window,
-            int(_inject_oom_above_rows),
-            float(_inline_below_us),
-            token_all,
-            token_indices,
-            token_names,
-            None if inputs is None else [i._native() for i in inputs],
+            self.model, options, None if inputs is None else [i._native() for i in inputs]
         )
         with _live_lock:
             _live.add(self)
@@ -498,16 +442,17 @@ class Engine:
         a dict of tensors (by the model's argument names), or an Arrow batch
         when the engine was built with ``inputs=[Input(...), ...]``.
         """
-        return Future(self._send(inputs, try_inline=False, partial=False), self)
+        return Future(self._send(inputs, try_inline=False), self)
 
     def run(self, inputs: Any) -> Any:
         """Submit and wait: the outputs of ``inputs``.
 
         When the engine is idle, ``inputs`` are tensors of at most ``batch_size``
-        rows and the model's calls are cheap (under a millisecond), the call runs
-        on this thread (GIL released), without the engine's thread hand-offs.
+        rows and the model's calls are cheap (under ``inline_below_ms``), the
+        call runs on this thread (GIL released), without the engine's thread
+        hand-offs.
         """
-        sent = self._send(inputs, try_inline=True, partial=True)
+        sent = self._send(inputs, try_inline=True)
         if isinstance(sent, tuple):
             return _unpack(sent)
         self._native.flush()
@@ -519,33 +464,13 @@ class Engine:
         Keeps about ``inflight * batch_size`` rows in the engine while the caller
         produces the next item, so producing, staging and compute overlap.
         Closing the generator early is safe: pending work finishes and is dropped.
-
-        Items of exactly ``batch_size`` rows of tensors may instead run inline,
-        on this thread (GIL released), when the model's calls are cheap: then
-        the engine's thread hand-offs can cost more than the overlap saves.
-        Which way is faster depends on the caller as well, so ``map`` measures:
-        it runs stretches of items each way and keeps the faster, re-checking
-        the other now and then.
         """
         native = self._native
         pending: collections.deque[Future] = collections.deque()
         pending_rows = 0
         window = self.inflight * self.batch_size
-        choice = _WayChooser(lambda: native.inline_possible)
         for item in iterable:
-            if choice.inline() and _rows(item) == self.batch_size:
-                if pending:  # finish what is in flight: outputs stay in order
-                    native.flush()
-                    while pending:
-                        yield pending.popleft().result()
-                    pending_rows = 0
-                sent = self._send(item, try_inline=True, partial=False)
-            else:
-                sent = self._send(item, try_inline=False, partial=False)
-            if isinstance(sent, tuple):
-                yield _unpack(sent)
-                continue
-            future = Future(sent, self)
+            future = Future(self._send(item, try_inline=False), self)
             pending.append(future)
             pending_rows += future.rows
             while pending and pending_rows - pending[0].rows >= window:
@@ -556,14 +481,14 @@ class Engine:
         while pending:
             yield pending.popleft().result()
 
-    def _send(self, inputs: Any, *, try_inline: bool, partial: bool) -> Any:
+    def _send(self, inputs: Any, *, try_inline: bool) -> Any:
         """Run ``inputs`` inline when ``try_inline`` and the engine takes them,
         returning (names, tensors); else queue them, returning the native request."""
         if isinstance(inputs, torch.Tensor):
-            return self._native.run_tensors([inputs], try_inline, partial)
+            return self._native.run_tensors([inputs], try_inline)
         if _is_arrow(inputs):
-            return self._native.run_arrow(inputs, try_inline, partial)
-        return self._native.run_tensors(self._positional(inputs), try_inline, partial)
+            return self._native.run_arrow(inputs, try_inline)
+        return self._native.run_tensors(self._positional(inputs), try_inline)
 
     def _positional(self, inputs: Any) -> list[torch.Tensor]:
         if isinstance(inputs, torch.Tensor):

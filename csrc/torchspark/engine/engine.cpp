@@ -2,18 +2,16 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
-#include <c10/core/InferenceMode.h>
+#include <c10/core/GradMode.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
 
+#include "torchspark/engine/delivery.h"
+#include "torchspark/engine/model_call.h"
 #include "torchspark/errors.h"
-#include "torchspark/gather.h"
 
 namespace torchspark {
 
@@ -25,204 +23,19 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-c10::ScalarType autocast_dtype(Precision precision) {
-  return precision == Precision::kBFloat16 ? at::kBFloat16 : at::kHalf;
-}
-
-// Autocast for one model call on this thread (the state is thread-local).
-class AutocastScope {
- public:
-  AutocastScope(c10::DeviceType device, Precision precision, bool enabled)
-      : device_(device), enabled_(enabled && precision != Precision::kFloat32) {
-    if (!enabled_) return;
-    was_enabled_ = at::autocast::is_autocast_enabled(device_);
-    was_dtype_ = at::autocast::get_autocast_dtype(device_);
-    at::autocast::set_autocast_enabled(device_, true);
-    at::autocast::set_autocast_dtype(device_, autocast_dtype(precision));
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-    at::autocast::set_autocast_enabled(device_, was_enabled_);
-    at::autocast::set_autocast_dtype(device_, was_dtype_);
-    at::autocast::clear_cache();
-  }
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
-
- private:
-  c10::DeviceType device_;
-  bool enabled_;
-  bool was_enabled_ = false;
-  c10::ScalarType was_dtype_ = at::kFloat;
-};
-
-bool is_out_of_memory(const std::exception_ptr& error) {
-  try {
-    std::rethrow_exception(error);
-  } catch (const c10::OutOfMemoryError&) {
-    return true;
-  } catch (const std::bad_alloc&) {
-    return true;
-  } catch (...) {
-    return false;
-  }
-}
-
-std::string describe(const std::exception_ptr& error) {
-  try {
-    std::rethrow_exception(error);
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    return e.what();
-  } catch (...) {
-    return "unknown error";
-  }
-}
-
 }  // namespace
-
-InputKind parse_input_kind(std::string_view name) {
-  if (name == "tensor") return InputKind::kTensor;
-  if (name == "gather") return InputKind::kGather;
-  if (name == "pad") return InputKind::kPad;
-  TORCH_CHECK_VALUE(false, "input kind: expected one of 'tensor', 'gather', 'pad', got '", name,
-                    "'");
-  return InputKind::kTensor;
-}
-
-Inputs make_inputs(const ImportedTable& table, const std::vector<InputSpec>& specs) {
-  Inputs inputs;
-  bool have_pad = false;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const InputSpec& spec = specs[i];
-    InputSource source;
-    if (spec.kind == InputKind::kGather) {
-      source.gather_columns = table.select(spec.columns, "gather input");
-      source.gather = spec.gather;
-      source.gather_rows = table.num_rows();
-      // Types and nulls are checked now, on the caller's thread, not in a batch.
-      check_gather(source.gather_columns, 0, table.num_rows(), spec.gather);
-    } else {
-      TORCH_CHECK_VALUE(spec.columns.size() == 1, "input ", i, " (",
-                        spec.kind == InputKind::kPad ? "pad" : "tensor",
-                        "): expected exactly one column, got ", spec.columns.size());
-      Column column = table.column(spec.columns[0]);
-      if (spec.kind == InputKind::kTensor) {
-        ColumnTensor converted = to_tensor(column, spec.tensor);
-        TORCH_CHECK_VALUE(spec.tensor.nulls != NullPolicy::kMask, column.label,
-                          ": nulls='mask' is not available for model inputs; use 'fill'");
-        source.tensor = converted.values;
-      } else {
-        TORCH_CHECK_VALUE(!have_pad, "input ", i, ": only one input may be padded (kind 'pad')");
-        have_pad = true;
-        PadResult padded = pad(column, spec.pad);
-        source.tensor = padded.values;
-        inputs.lengths = padded.lengths;
-        inputs.token_input = static_cast<int64_t>(i);
-        inputs.pad_value = spec.pad.pad_value;
-      }
-    }
-    inputs.sources.push_back(std::move(source));
-  }
-  return inputs;
-}
-
-namespace {
-
-std::string describe_input(const InputSource& source) {
-  if (source.tensor.defined()) {
-    return c10::str(c10::toString(source.tensor.scalar_type()), " rows of shape ",
-                    source.tensor.sizes().slice(1));
-  }
-  return c10::str(c10::toString(source.gather.dtype), " rows of ", source.gather_columns.size(),
-                  " gathered columns");
-}
-
-}  // namespace
-
-void check_compatible(const Inputs& first, const Inputs& next, const std::string& label) {
-  const bool same_arity = first.sources.size() == next.sources.size() &&
-                          first.lengths.defined() == next.lengths.defined() &&
-                          (!first.lengths.defined() || first.token_input == next.token_input);
-  TORCH_CHECK_VALUE(
-      same_arity, label, ": every submission must have the same inputs; the first had ",
-      first.sources.size(), first.lengths.defined() ? " (with lengths)" : "", ", this one has ",
-      next.sources.size(), next.lengths.defined() ? " (with lengths)" : "");
-  for (size_t i = 0; i < first.sources.size(); ++i) {
-    const InputSource& a = first.sources[i];
-    const InputSource& b = next.sources[i];
-    const bool a_columns = !a.tensor.defined();
-    const bool b_columns = !b.tensor.defined();
-    bool same = a_columns == b_columns;
-    if (same && a_columns) {
-      same = a.gather.dtype == b.gather.dtype && a.gather_columns.size() == b.gather_columns.size();
-    } else if (same) {
-      auto a_row = a.tensor.sizes().slice(1).vec();
-      auto b_row = b.tensor.sizes().slice(1).vec();
-      if (first.lengths.defined() && static_cast<int64_t>(i) == first.token_input &&
-          !a_row.empty() && !b_row.empty()) {
-        a_row[0] = b_row[0] = 0;  // token widths may differ: batches re-pad
-      }
-      same = a.tensor.scalar_type() == b.tensor.scalar_type() && a_row == b_row;
-    }
-    TORCH_CHECK_VALUE(same, label, ": input ", i, " has ", describe_input(b),
-                      " but the first submission had ", describe_input(a),
-                      "; submissions to one engine must match");
-  }
-}
-
-Precision parse_precision(std::string_view name) {
-  if (name == "fp32") return Precision::kFloat32;
-  if (name == "bf16") return Precision::kBFloat16;
-  if (name == "fp16") return Precision::kFloat16;
-  TORCH_CHECK_VALUE(false, "precision: expected one of 'fp32', 'bf16', 'fp16', got '", name, "'");
-  return Precision::kFloat32;
-}
-
-// ---------------------------------------------------------------------------
-// Request
-
-bool Request::done() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return done_;
-}
-
-bool Request::wait(double seconds) const {
-  std::unique_lock<std::mutex> lock(mutex_);
-  TORCH_CHECK_VALUE(!std::isnan(seconds), "wait: timeout must be a number, got nan");
-  if (seconds < 0 || !std::isfinite(seconds) || seconds > 1e9) {
-    cv_.wait(lock, [&] { return done_; });  // beyond what the clock can add: no limit
-    return true;
-  }
-  return cv_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return done_; });
-}
-
-ModelOutputs Request::take_result() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  cv_.wait(lock, [&] { return done_; });
-  if (error_) {
-    std::rethrow_exception(error_);
-  }
-  TORCH_CHECK(!taken_, "request ", id_, ": its result was already taken");
-  taken_ = true;
-  return std::move(outputs_);
-}
-
-// ---------------------------------------------------------------------------
-// Engine
 
 Engine::Engine(std::shared_ptr<const Model> model, EngineOptions options)
-    : model_(std::move(model)), options_(std::move(options)) {
+    : model_(std::move(model)),
+      options_(std::move(options)),
+      pool_(options_.inflight, /*pinned=*/!options_.device.is_cpu()) {
   TORCH_CHECK_VALUE(model_ != nullptr, "Engine: expected a model, got none");
-  TORCH_CHECK_VALUE(options_.batch_size >= 1, "batch_size must be >= 1, got ", options_.batch_size);
-  TORCH_CHECK_VALUE(options_.max_tokens >= 0, "max_tokens must be >= 0, got ", options_.max_tokens);
-  TORCH_CHECK_VALUE(options_.max_delay_ms >= 0, "max_delay_ms must be >= 0, got ",
-                    options_.max_delay_ms);
-  TORCH_CHECK_VALUE(options_.threads >= 1, "threads must be >= 1, got ", options_.threads);
-  TORCH_CHECK_VALUE(options_.inflight >= 1, "inflight must be >= 1, got ", options_.inflight);
-  TORCH_CHECK_VALUE(options_.sort_window >= 0, "sort_window must be >= 0, got ",
-                    options_.sort_window);
+  validate_options(options_);
+  TORCH_CHECK_VALUE(options_.precision == Precision::kFloat32 || model_->capabilities().autocast,
+                    model_->label(), ": precision '", precision_name(options_.precision),
+                    "' is applied at run time by autocast, which this format does not use; "
+                    "export the model in that precision (torchspark.export(..., precision='",
+                    precision_name(options_.precision), "')) and run it with precision 'fp32'");
   if (!options_.device.is_cpu()) {
     // The backend's streams and events (CUDA, XPU, ...), through c10's
     // device-generic interface: no backend headers, one binary for all.
@@ -232,6 +45,8 @@ Engine::Engine(std::shared_ptr<const Model> model, EngineOptions options)
     }
     copy_stream_ = device_impl_->getStreamFromGlobalPool(options_.device);
   }
+  context_.device = options_.device;
+  context_.precision = options_.precision;
   try {
     batcher_ = std::thread([this] { batch_loop(); });
     for (int64_t i = 0; i < options_.threads; ++i) {
@@ -252,98 +67,61 @@ bool Engine::closed() const {
   return closing_;
 }
 
-int64_t Engine::check_inputs(Inputs& inputs) const {
-  int64_t rows = -1;
-  for (size_t i = 0; i < inputs.sources.size(); ++i) {
-    const InputSource& source = inputs.sources[i];
-    int64_t n = 0;
-    if (source.tensor.defined()) {
-      TORCH_CHECK_VALUE(source.tensor.dim() >= 1, model_->label(), ": input ", i,
-                        " must have a batch dimension, got a 0-d tensor");
-      n = source.tensor.size(0);
-    } else {
-      n = source.gather_rows;
-    }
-    TORCH_CHECK_VALUE(rows < 0 || n == rows, model_->label(), ": input ", i, " has ", n,
-                      " rows but input 0 has ", rows);
-    rows = n;
-  }
+// ---- submitting ----
+
+int64_t Engine::check_inputs(const Inputs& inputs) const {
   TORCH_CHECK_VALUE(!inputs.sources.empty(), model_->label(), ": expected at least one input");
-  TORCH_CHECK_VALUE(!inputs.lengths.defined() ||
-                        (inputs.token_input >= 0 &&
-                         inputs.token_input < static_cast<int64_t>(inputs.sources.size())),
-                    model_->label(), ": token_input ", inputs.token_input, " is not one of the ",
-                    inputs.sources.size(), " inputs");
-  if (inputs.lengths.defined()) {
-    const at::Tensor& first = inputs.sources[inputs.token_input].tensor;
-    TORCH_CHECK_VALUE(first.defined() && first.dim() >= 2, model_->label(), ": lengths need input ",
-                      inputs.token_input, " to be a padded [rows, length, ...] tensor");
-    TORCH_CHECK_VALUE(inputs.lengths.dim() == 1 && inputs.lengths.size(0) == rows, model_->label(),
-                      ": lengths must be a 1-d tensor of ", rows, " values, got shape ",
-                      inputs.lengths.sizes());
-    inputs.lengths = inputs.lengths.detach().to(at::kCPU, at::kLong).contiguous();
-    if (rows > 0) {
-      const int64_t lo = inputs.lengths.min().item<int64_t>();
-      const int64_t hi = inputs.lengths.max().item<int64_t>();
-      TORCH_CHECK_VALUE(lo >= 0 && hi <= first.size(1), model_->label(),
-                        ": lengths must be in [0, ", first.size(1), "], got [", lo, ", ", hi, "]");
-    }
+  const int64_t rows = inputs.sources[0]->rows();
+  for (size_t i = 1; i < inputs.sources.size(); ++i) {
+    const int64_t n = inputs.sources[i]->rows();
+    TORCH_CHECK_VALUE(n == rows, model_->label(), ": input ", i, " has ", n,
+                      " rows but input 0 has ", rows);
   }
   return rows;
 }
 
-void Engine::check_first(const Inputs& inputs) {
+void Engine::check_layout(const Inputs& inputs) {
   // Every submission must feed the model the same way (batches mix them).
-  if (!first_) {
-    // What the first submission looked like, without holding its data.
-    auto shape = std::make_shared<Inputs>();
-    for (const InputSource& source : inputs.sources) {
-      InputSource meta;
-      if (source.tensor.defined()) {
-        std::vector<int64_t> sizes = source.tensor.sizes().vec();
-        sizes[0] = 0;
-        meta.tensor = at::empty(sizes, source.tensor.options());
-      } else {
-        meta.gather_columns.resize(source.gather_columns.size());
-        meta.gather = source.gather;
-      }
-      shape->sources.push_back(std::move(meta));
-    }
-    if (inputs.lengths.defined()) {
-      shape->lengths = at::empty({0}, at::TensorOptions().dtype(at::kLong));
-    }
-    shape->token_input = inputs.token_input;
-    first_ = std::move(shape);
+  std::vector<InputLayout> layout;
+  for (const InputSourcePtr& source : inputs.sources) {
+    InputLayout input{source->dtype(), source->row_shape(), source->padded(), source->describe()};
+    if (input.padded && !input.row.empty()) input.row[0] = 0;
+    layout.push_back(std::move(input));
   }
-  check_compatible(*first_, inputs, model_->label());
+  if (layout_.empty()) {
+    layout_ = std::move(layout);
+    for (size_t i = 0; i < layout_.size(); ++i) {
+      if (layout_[i].padded) padded_.push_back(i);
+    }
+    return;
+  }
+  TORCH_CHECK_VALUE(layout.size() == layout_.size(), model_->label(),
+                    ": every submission must have the same inputs; the first had ", layout_.size(),
+                    ", this one has ", layout.size());
+  for (size_t i = 0; i < layout.size(); ++i) {
+    const InputLayout& a = layout_[i];
+    const InputLayout& b = layout[i];
+    TORCH_CHECK_VALUE(a.dtype == b.dtype && a.row == b.row && a.padded == b.padded, model_->label(),
+                      ": input ", i, " has ", b.description, " but the first submission had ",
+                      a.description, "; submissions to one engine must match");
+  }
 }
 
 RequestPtr Engine::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
   auto request = std::make_shared<Request>();
   const int64_t rows = check_inputs(inputs);
-  if (options_.sort_window > 0 && inputs.lengths.defined()) {
-    if (rows > 1) {
-      // Stable sort by length inside each window: similar lengths share batches.
-      std::vector<int64_t> order(rows);
-      std::iota(order.begin(), order.end(), 0);
-      const int64_t* len = inputs.lengths.data_ptr<int64_t>();
-      for (int64_t w = 0; w < rows; w += options_.sort_window) {
-        const int64_t e = std::min(rows, w + options_.sort_window);
-        std::stable_sort(order.begin() + w, order.begin() + e,
-                         [&](int64_t a, int64_t b) { return len[a] < len[b]; });
-      }
-      request->order_ = at::tensor(order, at::TensorOptions().dtype(at::kLong));
+  std::vector<const int64_t*> lengths;
+  for (const InputSourcePtr& source : inputs.sources) {
+    if (source->padded()) lengths.push_back(source->lengths().data_ptr<int64_t>());
+  }
+  if (options_.sort_window > 0 && !lengths.empty() && rows > 1) {
+    // Staged sorted by total length within windows: similar lengths share batches.
+    std::vector<int64_t> keys(rows, 0);
+    for (const int64_t* row_lengths : lengths) {
+      for (int64_t r = 0; r < rows; ++r) keys[r] += row_lengths[r];
     }
-    // Rows are staged in sorted order: gathered inputs become tensors now so
-    // they can be index-selected like the others (for every submission, so
-    // they all look alike, whatever their row count).
-    for (InputSource& source : inputs.sources) {
-      if (!source.tensor.defined()) {
-        source.tensor =
-            gather(source.gather_columns, source.gather_rows, source.gather, std::nullopt);
-        source.gather_columns.clear();
-      }
-    }
+    request->order_ = at::tensor(windowed_sort(keys.data(), rows, options_.sort_window),
+                                 at::TensorOptions().dtype(at::kLong));
   }
   request->rows_ = rows;
   request->inputs_ = std::make_shared<const Inputs>(std::move(inputs));
@@ -352,7 +130,7 @@ RequestPtr Engine::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     TORCH_CHECK(!closing_, model_->label(), ": the engine is closed");
-    check_first(*request->inputs_);
+    check_layout(*request->inputs_);
     request->id_ = next_id_++;
     queue_.push_back(request);
   }
@@ -362,53 +140,48 @@ RequestPtr Engine::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
   return request;
 }
 
-bool Engine::inline_possible() const {
+std::optional<ModelOutputs> Engine::run_inline(Inputs& inputs) {
   // Cheap calls, measured: a moving average of the model's calls.
   const double average = compute_average_s_.load(std::memory_order_relaxed);
-  return options_.device.is_cpu() && !options_.static_batch && average >= 0 &&
-         average < options_.inline_below_seconds;
-}
-
-std::optional<ModelOutputs> Engine::try_run_inline(Inputs& inputs, bool partial) {
+  const bool cheap = options_.device.is_cpu() && !options_.static_batch && average >= 0 &&
+                     average * 1e3 < options_.inline_below_ms;
   // Tensors already in memory, one batch as they are: nothing to stage.
-  if (!inline_possible() || inputs.lengths.defined() ||
-      !std::all_of(inputs.sources.begin(), inputs.sources.end(),
-                   [](const InputSource& source) { return source.tensor.defined(); })) {
+  if (!cheap ||
+      !std::all_of(inputs.sources.begin(), inputs.sources.end(), [](const InputSourcePtr& source) {
+        return source->tensor().defined() && !source->padded();
+      })) {
     return std::nullopt;
   }
   const int64_t rows = check_inputs(inputs);
-  if (rows < 1 || rows > options_.batch_size || (!partial && rows != options_.batch_size)) {
-    return std::nullopt;
-  }
-  Batch batch;
+  if (rows < 1 || rows > options_.batch_size) return std::nullopt;
   int64_t id = 0;
+  int64_t batch_index = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     TORCH_CHECK(!closing_, model_->label(), ": the engine is closed");
     // Only into an idle engine: queued rows would otherwise be overtaken.
     if (!queue_.empty() || inflight_ > 0) return std::nullopt;
-    check_first(inputs);
+    check_layout(inputs);
     id = next_id_++;
-    batch.index = next_batch_++;
+    batch_index = next_batch_++;
     ++inflight_;  // the batcher sees the slot taken
   }
   stat_requests_ += 1;
   stat_rows_ += rows;
   stat_inline_ += 1;
-  batch.rows = rows;
   std::vector<at::Tensor> tensors;
   tensors.reserve(inputs.sources.size());
-  for (const InputSource& source : inputs.sources) tensors.push_back(source.tensor);
+  for (const InputSourcePtr& source : inputs.sources) tensors.push_back(source->tensor());
   const auto start = Clock::now();
   ModelOutputs outputs;
   std::exception_ptr error;
   try {
-    outputs = run_model(tensors, batch);
+    outputs = run_model(tensors, batch_index);
     record_compute(seconds_since(start));
     stat_batches_ += 1;
-    check_outputs(outputs, rows, batch.index);
+    check_outputs(outputs, rows, batch_index);
   } catch (...) {
-    error = batch_error(batch.index, rows, c10::str("request ", id, " rows [0, ", rows, ")"),
+    error = batch_error(batch_index, rows, c10::str("request ", id, " rows [0, ", rows, ")"),
                         std::current_exception());
   }
   end_to_end_latency_.record(seconds_since(start));
@@ -450,15 +223,7 @@ void Engine::close(bool drain) {
   slots_cv_.notify_all();
   ready_cv_.notify_all();
   for (const RequestPtr& request : cancelled) {
-    bool newly = false;
-    {
-      std::lock_guard<std::mutex> lock(request->mutex_);
-      newly = !request->done_ && !request->finishing_;
-      if (newly) request->finishing_ = true;
-    }
-    if (newly) {
-      complete(request, closed_error(request->id_));
-    }
+    if (request->claim()) complete(request, closed_error(request->id_));
   }
   std::lock_guard<std::mutex> join_lock(join_mutex_);  // close() may race with close()
   if (batcher_.joinable()) {
@@ -496,7 +261,7 @@ EngineStats Engine::stats() const {
   return s;
 }
 
-// ---- batching ----
+// ---- batching and staging (the batcher thread) ----
 
 bool Engine::next_batch(Batch& batch) {
   std::unique_lock<std::mutex> lock(mutex_);
@@ -507,11 +272,9 @@ bool Engine::next_batch(Batch& batch) {
   const auto deadline =
       Clock::now() + std::chrono::duration_cast<Clock::duration>(
                          std::chrono::duration<double, std::milli>(options_.max_delay_ms));
-  int64_t max_len = 0;
-  const bool tokens = first_ && first_->lengths.defined();  // same for every submission
   for (;;) {
     if (queue_.empty()) {
-      if (flush_ || closing_ || batch.rows >= options_.batch_size) break;
+      if (flush_ || closing_ || batch.shape.rows >= options_.batch_size) break;
       if (intake_cv_.wait_until(lock, deadline) == std::cv_status::timeout && queue_.empty()) {
         break;
       }
@@ -520,7 +283,7 @@ bool Engine::next_batch(Batch& batch) {
     const RequestPtr request = queue_.front();
     {
       std::lock_guard<std::mutex> request_lock(request->mutex_);
-      if (request->done_ || request->finishing_) {
+      if (!request->open_locked()) {
         // Failed by an earlier batch: its remaining rows are not run.
         garbage_.push_back(std::move(queue_.front()));
         queue_.pop_front();
@@ -530,82 +293,39 @@ bool Engine::next_batch(Batch& batch) {
     }
     const int64_t begin = queue_front_taken_;
     const int64_t remaining = request->rows_ - begin;
-    int64_t take = std::min(remaining, options_.batch_size - batch.rows);
-    if (tokens) {
-      // Rows of this request, in staging order, while the padded batch fits
-      // the token budget (if any); the batch is cut to its longest row.
-      const int64_t* len = request->inputs_->lengths.data_ptr<int64_t>();
-      const int64_t* order =
-          request->order_.defined() ? request->order_.data_ptr<int64_t>() : nullptr;
-      int64_t fit = 0;
-      int64_t longest = max_len;
-      for (; fit < take; ++fit) {
-        const int64_t row = order ? order[begin + fit] : begin + fit;
-        const int64_t candidate = std::max(longest, std::max<int64_t>(len[row], 1));
-        if (options_.max_tokens > 0 && (batch.rows + fit + 1) * candidate > options_.max_tokens &&
-            batch.rows + fit > 0) {
-          break;
-        }
-        longest = candidate;
-      }
-      take = fit;
-      max_len = longest;
+    RowLengths lengths;
+    for (const size_t i : padded_) {
+      lengths.lengths.push_back(request->inputs_->sources[i]->lengths().data_ptr<int64_t>());
     }
+    lengths.order = request->order_.defined() ? request->order_.data_ptr<int64_t>() : nullptr;
+    const int64_t take =
+        fit_rows(batch.shape, lengths, begin, remaining, options_.batch_size, options_.max_tokens);
     if (take == 0 && remaining > 0) {
       break;  // the batch is full
     }
     batch.pieces.push_back({request, request->inputs_, begin, take});
-    batch.rows += take;
     queue_front_taken_ += take;
     if (queue_front_taken_ == request->rows_) {
       queue_.pop_front();
       queue_front_taken_ = 0;
     }
-    if (batch.rows >= options_.batch_size || (take < remaining)) {
+    if (batch.shape.rows >= options_.batch_size || take < remaining) {
       break;
     }
   }
   if (queue_.empty()) {
     flush_ = false;
   }
-  if (tokens) {
-    batch.padded_len = max_len;
-  }
+  batch.shape.widths.resize(padded_.size(), 0);
   batch.index = next_batch_++;
   return !batch.pieces.empty();
 }
 
-at::Tensor Engine::acquire_buffer(c10::ScalarType dtype, at::IntArrayRef sizes) {
-  const int64_t numel = c10::multiply_integers(sizes);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (size_t i = 0; i < free_buffers_.size(); ++i) {
-      if (free_buffers_[i].scalar_type() == dtype && free_buffers_[i].numel() >= numel) {
-        at::Tensor buffer = std::move(free_buffers_[i]);
-        free_buffers_.erase(free_buffers_.begin() + static_cast<int64_t>(i));
-        return buffer;
-      }
-    }
-  }
-  // Pinned host memory only when the model runs on an accelerator.
-  at::TensorOptions buffer_options = at::TensorOptions().dtype(dtype);
-  if (!options_.device.is_cpu()) {
-    buffer_options = buffer_options.pinned_memory(true);
-  }
-  return at::empty({std::max<int64_t>(numel, 1)}, buffer_options);
-}
-
-void Engine::release_buffers(Batch& batch) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  for (at::Tensor& buffer : batch.buffers) {
-    free_buffers_.push_back(std::move(buffer));
-  }
-  batch.buffers.clear();
-  // Bounded: buffers in use never exceed inflight per input.
-  const size_t cap = static_cast<size_t>(options_.inflight) * 8;
-  while (free_buffers_.size() > cap) {
-    free_buffers_.erase(free_buffers_.begin());
-  }
+at::Tensor Engine::piece_lengths(const Piece& piece, size_t padded) const {
+  const at::Tensor& lengths = piece.inputs->sources[padded_[padded]]->lengths();
+  const at::Tensor& order = piece.request->order_;
+  return order.defined() ? lengths.index_select(0, order.narrow(0, piece.begin, piece.count))
+                         : lengths.narrow(0, piece.begin, piece.count);
 }
 
 void Engine::stage(Batch& batch) {
@@ -615,71 +335,46 @@ void Engine::stage(Batch& batch) {
   for (const Piece& piece : batch.pieces) {
     queue_latency_.record(std::chrono::duration<double>(start - piece.request->submitted_).count());
   }
-  const Inputs& first = *batch.pieces.front().inputs;
-  const size_t num_inputs = first.sources.size();
-  const int64_t staged_rows = options_.static_batch ? options_.batch_size : batch.rows;
-  batch.inputs.assign(num_inputs, at::Tensor());
-
-  for (size_t i = 0; i < num_inputs; ++i) {
-    const bool token_input = static_cast<int64_t>(i) == first.token_input && batch.padded_len >= 0;
-    const Piece& only = batch.pieces.front();
-    const InputSource& only_source = only.inputs->sources.at(i);
+  const int64_t rows = batch.shape.rows;
+  const int64_t staged_rows = options_.static_batch ? options_.batch_size : rows;
+  const std::vector<InputSourcePtr>& first = batch.pieces.front().inputs->sources;
+  batch.inputs.assign(first.size(), at::Tensor());
+  size_t padded_index = 0;
+  for (size_t i = 0; i < first.size(); ++i) {
+    const InputSource& only = *first[i];
+    const Piece& only_piece = batch.pieces.front();
+    std::vector<int64_t> row = only.row_shape();
+    if (only.padded()) row[0] = batch.shape.widths[padded_index++];
+    const at::Tensor& tensor = only.tensor();
     // On an accelerator only pinned memory copies asynchronously: stage the rest.
-    const bool async_copyable = options_.device.is_cpu() || !only_source.tensor.defined() ||
-                                only_source.tensor.is_pinned() ||
-                                only_source.tensor.device() == options_.device;
-    const bool whole_view = async_copyable && batch.pieces.size() == 1 &&
-                            only_source.tensor.defined() && !only.request->order_.defined() &&
-                            staged_rows == batch.rows &&
-                            (!token_input || batch.padded_len == only_source.tensor.size(1));
+    const bool async_copyable = options_.device.is_cpu() || !tensor.defined() ||
+                                tensor.is_pinned() || tensor.device() == options_.device;
+    const bool whole_view = async_copyable && batch.pieces.size() == 1 && tensor.defined() &&
+                            !only_piece.request->order_.defined() && staged_rows == rows &&
+                            (!only.padded() || row[0] == tensor.size(1));
     if (whole_view) {
       // One submission covers the batch: a view, no copy.
-      batch.inputs[i] = only_source.tensor.narrow(0, only.begin, only.count);
+      batch.inputs[i] = tensor.narrow(0, only_piece.begin, only_piece.count);
     } else {
       std::vector<int64_t> sizes{staged_rows};
-      c10::ScalarType dtype;
-      if (only_source.tensor.defined()) {
-        auto row = only_source.tensor.sizes().slice(1).vec();
-        if (token_input) row[0] = batch.padded_len;
-        sizes.insert(sizes.end(), row.begin(), row.end());
-        dtype = only_source.tensor.scalar_type();
-      } else {
-        sizes.push_back(static_cast<int64_t>(only_source.gather_columns.size()));
-        dtype = only_source.gather.dtype;
-      }
-      at::Tensor buffer = acquire_buffer(dtype, sizes);
+      sizes.insert(sizes.end(), row.begin(), row.end());
+      at::Tensor buffer = pool_.acquire(only.dtype(), c10::multiply_integers(sizes));
       at::Tensor staged = buffer.narrow(0, 0, c10::multiply_integers(sizes)).view(sizes);
       batch.buffers.push_back(std::move(buffer));
       int64_t offset = 0;
       for (const Piece& piece : batch.pieces) {
-        const InputSource& source = piece.inputs->sources.at(i);
-        at::Tensor dst = staged.narrow(0, offset, piece.count);
-        if (source.tensor.defined()) {
-          at::Tensor src = source.tensor;
-          if (token_input) {
-            // Submissions padded to other widths: cut to, or pad up to, the batch's.
-            const int64_t width = std::min(batch.padded_len, src.size(1));
-            src = src.narrow(1, 0, width);
-            if (width < batch.padded_len) {
-              dst.narrow(1, width, batch.padded_len - width).fill_(piece.inputs->pad_value);
-              dst = dst.narrow(1, 0, width);
-            }
-          }
-          if (piece.request->order_.defined()) {
-            dst.copy_(
-                src.index_select(0, piece.request->order_.narrow(0, piece.begin, piece.count)));
-          } else {
-            dst.copy_(src.narrow(0, piece.begin, piece.count));
-          }
-        } else {
-          gather_rows(source.gather_columns, piece.begin, piece.count, source.gather, dst);
-        }
+        const at::Tensor& order = piece.request->order_;
+        piece.inputs->sources[i]->stage_into(
+            piece.begin, piece.count,
+            order.defined() ? order.narrow(0, piece.begin, piece.count) : at::Tensor(),
+            staged.narrow(0, offset, piece.count));
         offset += piece.count;
       }
       if (staged_rows > offset) {
+        // static_batch: rows past the real ones.
         at::Tensor padding = staged.narrow(0, offset, staged_rows - offset);
-        if (token_input) {
-          padding.fill_(first.pad_value);
+        if (only.padded()) {
+          padding.fill_(only.pad_value());
         } else {
           padding.zero_();
         }
@@ -694,60 +389,131 @@ void Engine::stage(Batch& batch) {
     batch.copied.emplace(options_.device.type());
     batch.copied->record(*copy_stream_);
   }
-  if (batch.padded_len >= 0) {
+  for (size_t p = 0; p < padded_.size(); ++p) {
+    const int64_t width = batch.shape.widths[p];
     int64_t real = 0;
     for (const Piece& piece : batch.pieces) {
-      real += piece_lengths(piece).clamp_max(batch.padded_len).sum().item<int64_t>();
+      real += piece_lengths(piece, p).clamp_max(width).sum().item<int64_t>();
     }
-    stat_token_slots_ += staged_rows * batch.padded_len;
-    stat_token_padding_ += staged_rows * batch.padded_len - real;
+    stat_token_slots_ += staged_rows * width;
+    stat_token_padding_ += staged_rows * width - real;
   }
   stage_latency_.record(seconds_since(start));
 }
 
-ModelOutputs Engine::run_model(const std::vector<at::Tensor>& inputs, const Batch& batch) {
-  const int64_t rows = inputs.empty() ? 0 : inputs[0].size(0);
-  try {
-    if (options_.inject_oom_above_rows > 0 && rows > options_.inject_oom_above_rows) {
-      throw c10::OutOfMemoryError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                                  c10::str("injected out of memory for ", rows, " rows"));
+void Engine::batch_loop() {
+  at::init_num_threads();
+  // Accelerator: the staged inputs' H2D copies go on the copy stream.
+  std::optional<c10::StreamGuard> on_copy_stream;
+  if (copy_stream_) on_copy_stream.emplace(*copy_stream_);
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      slots_cv_.wait(lock,
+                     [&] { return inflight_ < options_.inflight || (closing_ && !draining_); });
+      if (closing_ && !draining_) break;
     }
-    // No grad, not InferenceMode: outputs go to the caller as they are, and
-    // inference tensors could not be modified in place outside inference mode.
-    c10::AutoGradMode no_grad(false);
-    AutocastScope autocast(options_.device.type(), options_.precision,
-                           model_->format() == ModelFormat::kTorchScript);
-    return model_->forward(inputs);
-  } catch (...) {
-    std::exception_ptr error = std::current_exception();
-    if (!is_out_of_memory(error) || rows <= 1 || options_.static_batch) {
-      if (is_out_of_memory(error)) {
-        TORCH_CHECK(false, model_->label(), ": out of memory on ",
-                    options_.static_batch ? "a static batch (static_batch=True cannot split) "
-                                          : "a single row ",
-                    "of batch ", batch.index, ": ", describe(error));
+    Batch batch;
+    if (!next_batch(batch)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (closing_) break;
+      continue;
+    }
+    bool cancel = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++inflight_;
+      cancel = closing_ && !draining_;  // closed while this batch waited for rows
+    }
+    try {
+      if (cancel) {
+        for (const Piece& piece : batch.pieces) {
+          if (piece.request->claim()) complete(piece.request, closed_error(piece.request->id_));
+        }
+      } else {
+        stage(batch);
       }
-      std::rethrow_exception(error);
+    } catch (...) {
+      fail(batch, std::current_exception());
+      cancel = true;
     }
+    if (cancel) {
+      retire(batch);
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ready_.push_back(std::move(batch));
+    }
+    ready_cv_.notify_one();
   }
-  // Out of memory: what the failed attempt held is released (its stack is
-  // gone); run the halves and join them, which gives the unsplit result.
-  stat_retries_ += 1;
-  const int64_t half = rows / 2;
-  std::vector<at::Tensor> low, high;
-  for (const at::Tensor& input : inputs) {
-    low.push_back(input.narrow(0, 0, half));
-    high.push_back(input.narrow(0, half, rows - half));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopped_ = true;
   }
-  ModelOutputs first = run_model(low, batch);
-  ModelOutputs second = run_model(high, batch);
-  TORCH_CHECK(first.tensors.size() == second.tensors.size(), model_->label(),
-              ": the halves of split batch ", batch.index, " returned ", first.tensors.size(),
-              " and ", second.tensors.size(), " outputs");
-  for (size_t j = 0; j < first.tensors.size(); ++j) {
-    first.tensors[j] = at::cat({first.tensors[j], second.tensors[j]}, 0);
+  ready_cv_.notify_all();
+}
+
+// ---- compute and delivery (the worker threads) ----
+
+void Engine::worker_loop() {
+  // A new thread: take torch's intra-op settings (OpenMP and MKL thread
+  // counts are per thread), as ATen asks of every thread it did not start.
+  at::init_num_threads();
+  // Accelerator: this worker's model calls and output copies go on its own
+  // compute stream (the current stream is thread-local).
+  std::optional<c10::Stream> compute_stream;
+  std::optional<c10::StreamGuard> on_compute_stream;
+  if (device_impl_) {
+    compute_stream = device_impl_->getStreamFromGlobalPool(options_.device);
+    on_compute_stream.emplace(*compute_stream);
   }
-  return first;
+  for (;;) {
+    Batch batch;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      ready_cv_.wait(lock, [&] { return !ready_.empty() || stopped_; });
+      if (ready_.empty()) break;
+      batch = std::move(ready_.front());
+      ready_.pop_front();
+    }
+    compute(batch, compute_stream);
+  }
+}
+
+ModelOutputs Engine::run_model(const std::vector<at::Tensor>& inputs, int64_t batch_index) {
+  return call_model(*model_, inputs, context_, !options_.static_batch, batch_index,
+                    [this] { stat_retries_ += 1; });
+}
+
+void Engine::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
+  const auto start = Clock::now();
+  try {
+    if (batch.copied) {
+      // Compute waits for the inputs' copies, and the device allocator must
+      // not reuse their memory before the compute stream is done with it.
+      batch.copied->block(*stream);
+      for (const at::Tensor& input : batch.inputs) {
+        device_impl_->recordDataPtrOnStream(input.storage().data_ptr(), *stream);
+      }
+    }
+    ModelOutputs outputs = run_model(batch.inputs, batch.index);
+    if (stream) outputs_to_host(outputs, *stream);
+    record_compute(seconds_since(start));
+    stat_batches_ += 1;
+    deliver(batch, outputs);
+  } catch (...) {
+    fail(batch, std::current_exception());
+  }
+  retire(batch);
+}
+
+void Engine::record_compute(double seconds) {
+  compute_latency_.record(seconds);
+  // A moving average of the call's cost: what run_inline decides by.
+  const double average = compute_average_s_.load(std::memory_order_relaxed);
+  compute_average_s_.store(average < 0 ? seconds : 0.9 * average + 0.1 * seconds,
+                           std::memory_order_relaxed);
 }
 
 void Engine::outputs_to_host(ModelOutputs& outputs, const c10::Stream& stream) const {
@@ -779,47 +545,13 @@ void Engine::check_outputs(const ModelOutputs& outputs, int64_t rows, int64_t ba
   }
 }
 
-at::Tensor Engine::piece_lengths(const Piece& piece) {
-  const at::Tensor& lengths = piece.inputs->lengths;
-  const at::Tensor& order = piece.request->order_;
-  return order.defined() ? lengths.index_select(0, order.narrow(0, piece.begin, piece.count))
-                         : lengths.narrow(0, piece.begin, piece.count);
-}
-
-std::vector<bool> Engine::per_token_outputs(const Batch& batch, const ModelOutputs& outputs) const {
-  const EngineOptions::PerToken& wanted = options_.per_token;
-  std::vector<bool> flags(outputs.tensors.size(), false);
-  if (!wanted.any()) return flags;
-  TORCH_CHECK_VALUE(batch.padded_len >= 0, model_->label(),
-                    ": per-token outputs need a padded token input (kind 'pad')");
-  for (const int64_t j : wanted.indices) {
-    TORCH_CHECK_VALUE(j >= 0 && j < static_cast<int64_t>(flags.size()), model_->label(),
-                      ": per_token names output ", j, " but the model returned ", flags.size(),
-                      " outputs");
-    flags[j] = true;
-  }
-  for (const std::string& name : wanted.names) {
-    auto it = std::find(outputs.names.begin(), outputs.names.end(), name);
-    TORCH_CHECK_VALUE(it != outputs.names.end(), model_->label(), ": per_token names output '",
-                      name, "' but the model returned ", c10::Join(", ", outputs.names));
-    flags[it - outputs.names.begin()] = true;
-  }
-  for (size_t j = 0; j < flags.size(); ++j) {
-    flags[j] = flags[j] || wanted.all;
-    const at::Tensor& out = outputs.tensors[j];
-    TORCH_CHECK_VALUE(!flags[j] || (out.dim() >= 2 && out.size(1) == batch.padded_len),
-                      model_->label(), ": output ", j, " of batch ", batch.index,
-                      " is per token but has shape ", out.sizes(), "; expected [rows, ",
-                      batch.padded_len, ", ...] (dim 1: the batch's padded token width)");
-  }
-  return flags;
-}
-
 void Engine::deliver(Batch& batch, ModelOutputs& outputs) {
   c10::AutoGradMode no_grad(false);
-  check_outputs(outputs, batch.inputs.empty() ? batch.rows : batch.inputs[0].size(0), batch.index);
-  const std::vector<bool> per_token = per_token_outputs(batch, outputs);
-  const bool any_per_token = std::find(per_token.begin(), per_token.end(), true) != per_token.end();
+  const int64_t staged_rows = batch.inputs.empty() ? batch.shape.rows : batch.inputs[0].size(0);
+  check_outputs(outputs, staged_rows, batch.index);
+  const int64_t padded_len = padded_.empty() ? -1 : batch.shape.widths[0];
+  const std::vector<bool> per_token =
+      per_token_outputs(options_, outputs, padded_len, model_->label(), batch.index);
   for (at::Tensor& out : outputs.tensors) {
     if (!out.device().is_cpu()) {
       out = out.to(at::kCPU);
@@ -833,92 +565,43 @@ void Engine::deliver(Batch& batch, ModelOutputs& outputs) {
       out = out.clone();
     }
   }
-  int64_t offset = 0;
+  const bool any_per_token = std::find(per_token.begin(), per_token.end(), true) != per_token.end();
+  BatchPiece share;
+  share.outputs = &outputs;
+  share.per_token = &per_token;
+  share.batch_index = batch.index;
+  share.batch_padded = !padded_.empty();
   for (Piece& piece : batch.pieces) {
     Request& request = *piece.request;
-    bool complete = false;
+    share.begin = piece.begin;
+    share.count = piece.count;
+    bool claimed = false;
     std::exception_ptr error;
     {
       std::lock_guard<std::mutex> lock(request.mutex_);
-      if (!request.done_ && !request.finishing_) {
+      if (request.open_locked()) {
         try {
-          // Per-token outputs are always assembled: to the submission's width,
-          // zero past each row's length.
-          const bool whole = piece.begin == 0 && piece.count == request.rows_ &&
-                             !request.order_.defined() && request.outputs_.tensors.empty() &&
-                             !any_per_token;
-          if (whole) {
-            // The request is this one piece: its outputs are views of the batch's.
-            for (const at::Tensor& out : outputs.tensors) {
-              request.outputs_.tensors.push_back(out.narrow(0, offset, piece.count));
-            }
-            request.outputs_.names = outputs.names;
-          } else if (request.outputs_.tensors.empty()) {
-            for (size_t j = 0; j < outputs.tensors.size(); ++j) {
-              std::vector<int64_t> sizes = outputs.tensors[j].sizes().vec();
-              sizes[0] = request.rows_;
-              const auto options = outputs.tensors[j].options().device(at::kCPU);
-              if (per_token[j]) {
-                sizes[1] = piece.inputs->sources.at(piece.inputs->token_input).tensor.size(1);
-              }
-              // Assembled from several batches (or reordered): one copy.
-              request.outputs_.tensors.push_back(per_token[j] ? at::zeros(sizes, options)
-                                                              : at::empty(sizes, options));
-            }
-            request.outputs_.names = outputs.names;
+          int64_t width = 0;
+          if (any_per_token) {
+            share.lengths = piece_lengths(piece, 0);
+            width = piece.inputs->sources[padded_[0]]->row_shape()[0];
           }
-          TORCH_CHECK_VALUE(request.outputs_.tensors.size() == outputs.tensors.size() &&
-                                request.outputs_.names == outputs.names,
-                            model_->label(), ": batch ", batch.index, " returned ",
-                            outputs.tensors.size(), " outputs but an earlier batch of request ",
-                            request.id_, " returned ", request.outputs_.tensors.size(),
-                            " (or other names)");
-          for (size_t j = 0; j < outputs.tensors.size() && !whole; ++j) {
-            at::Tensor dst = request.outputs_.tensors[j];
-            at::Tensor src = outputs.tensors[j].narrow(0, offset, piece.count);
-            const size_t fixed = per_token[j] ? 2 : 1;  // dims that must agree from here on
-            TORCH_CHECK_VALUE(dst.sizes().slice(fixed) == src.sizes().slice(fixed) &&
-                                  dst.scalar_type() == src.scalar_type(),
-                              model_->label(), ": output ", j, " of batch ", batch.index,
-                              " has rows of shape ", src.sizes().slice(1), " (", src.scalar_type(),
-                              ") but an earlier batch of request ", request.id_, " gave ",
-                              dst.sizes().slice(1), " (", dst.scalar_type(), ")",
-                              batch.padded_len >= 0 && !per_token[j]
-                                  ? "; an output per token of the padded input needs per_token"
-                                  : "");
-            if (per_token[j]) {
-              // The batch's width cut to (or within) the submission's; zero at
-              // and past each row's length, whatever the model computed there.
-              const int64_t width = std::min(dst.size(1), src.size(1));
-              const at::Tensor lengths = piece_lengths(piece);
-              std::vector<int64_t> mask_shape{piece.count, width};
-              mask_shape.resize(static_cast<size_t>(src.dim()), 1);
-              const at::Tensor past_end =
-                  at::arange(width, lengths.options()).unsqueeze(0).ge(lengths.unsqueeze(1));
-              src = src.narrow(1, 0, width).masked_fill(past_end.view(mask_shape), 0);
-              dst = dst.narrow(1, 0, width);
-            }
-            if (request.order_.defined()) {
-              dst.index_copy_(0, request.order_.narrow(0, piece.begin, piece.count), src);
-            } else {
-              dst.narrow(0, piece.begin, piece.count).copy_(src);
-            }
-          }
+          assemble(request.outputs_, request.rows_, request.order_, width, share, model_->label(),
+                   request.id_);
           request.delivered_ += piece.count;
-          complete = request.delivered_ == request.rows_ && !request.finishing_;
+          if (request.delivered_ == request.rows_) claimed = request.claim_locked();
         } catch (...) {
           error = std::current_exception();
-          complete = !request.finishing_;
+          claimed = request.claim_locked();
         }
-        if (complete) request.finishing_ = true;
       }
     }
-    if (complete) {
-      this->complete(piece.request, error);
-    }
-    offset += piece.count;
+    if (claimed) complete(piece.request, error);
+    share.offset += piece.count;
   }
 }
+
+// ---- failure and completion ----
 
 std::exception_ptr Engine::batch_error(int64_t batch_index, int64_t rows, const std::string& which,
                                        std::exception_ptr error) {
@@ -926,7 +609,7 @@ std::exception_ptr Engine::batch_error(int64_t batch_index, int64_t rows, const 
   return std::make_exception_ptr(
       ModelError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
                  c10::str(model_->label(), ": batch ", batch_index, " (", rows, " rows: ", which,
-                          ") failed: ", describe(error))));
+                          ") failed: ", describe_error(error))));
 }
 
 void Engine::fail(Batch& batch, std::exception_ptr error, bool wrap) {
@@ -942,15 +625,7 @@ void Engine::fail(Batch& batch, std::exception_ptr error, bool wrap) {
     final_error = batch_error(batch.index, total, which, error);
   }
   for (const Piece& piece : batch.pieces) {
-    bool newly = false;
-    {
-      std::lock_guard<std::mutex> lock(piece.request->mutex_);
-      newly = !piece.request->done_ && !piece.request->finishing_;
-      if (newly) piece.request->finishing_ = true;
-    }
-    if (newly) {
-      complete(piece.request, final_error);
-    }
+    if (piece.request->claim()) complete(piece.request, final_error);
   }
 }
 
@@ -964,19 +639,14 @@ void Engine::complete(const RequestPtr& request, std::exception_ptr error) {
     if (request->inputs_) garbage_.push_back(std::move(request->inputs_));
     if (request->keepalive_) garbage_.push_back(std::move(request->keepalive_));
   }
-  {
-    std::lock_guard<std::mutex> lock(request->mutex_);
-    request->error_ = error;
-    request->done_ = true;
-  }
-  request->cv_.notify_all();
+  request->finish(std::move(error));
 }
 
 void Engine::retire(Batch& batch) {
   // The staging buffers are reused: the copies that read them must be done.
   if (batch.copied) batch.copied->synchronize();
   batch.inputs.clear();
-  release_buffers(batch);
+  pool_.release(batch.buffers);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     // The requests too: one whose Future is gone would otherwise end here,
@@ -989,116 +659,6 @@ void Engine::retire(Batch& batch) {
     --inflight_;
   }
   slots_cv_.notify_one();
-}
-
-void Engine::batch_loop() {
-  at::init_num_threads();
-  // Accelerator: the staged inputs' H2D copies go on the copy stream.
-  std::optional<c10::StreamGuard> on_copy_stream;
-  if (copy_stream_) on_copy_stream.emplace(*copy_stream_);
-  for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      slots_cv_.wait(lock,
-                     [&] { return inflight_ < options_.inflight || (closing_ && !draining_); });
-      if (closing_ && !draining_) break;
-    }
-    Batch batch;
-    if (!next_batch(batch)) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (closing_) break;
-      continue;
-    }
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      ++inflight_;
-    }
-    bool cancel = false;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      cancel = closing_ && !draining_;  // closed while this batch waited for rows
-    }
-    try {
-      if (cancel) {
-        for (const Piece& piece : batch.pieces) {
-          Batch one;
-          one.pieces.push_back(piece);
-          fail(one, closed_error(piece.request->id_), /*wrap=*/false);
-        }
-        throw std::runtime_error("cancelled");
-      }
-      stage(batch);
-    } catch (...) {
-      if (!cancel) fail(batch, std::current_exception());
-      retire(batch);
-      continue;
-    }
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      ready_.push_back(std::move(batch));
-    }
-    ready_cv_.notify_one();
-  }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopped_ = true;
-  }
-  ready_cv_.notify_all();
-}
-
-void Engine::worker_loop() {
-  // A new thread: take torch's intra-op settings (OpenMP and MKL thread
-  // counts are per thread), as ATen asks of every thread it did not start.
-  at::init_num_threads();
-  // Accelerator: this worker's model calls and output copies go on its own
-  // compute stream (the current stream is thread-local).
-  std::optional<c10::Stream> compute_stream;
-  std::optional<c10::StreamGuard> on_compute_stream;
-  if (device_impl_) {
-    compute_stream = device_impl_->getStreamFromGlobalPool(options_.device);
-    on_compute_stream.emplace(*compute_stream);
-  }
-  for (;;) {
-    Batch batch;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      ready_cv_.wait(lock, [&] { return !ready_.empty() || stopped_; });
-      if (ready_.empty()) break;
-      batch = std::move(ready_.front());
-      ready_.pop_front();
-    }
-    compute(batch, compute_stream);
-  }
-}
-
-void Engine::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
-  const auto start = Clock::now();
-  try {
-    if (batch.copied) {
-      // Compute waits for the inputs' copies, and the device allocator must
-      // not reuse their memory before the compute stream is done with it.
-      batch.copied->block(*stream);
-      for (const at::Tensor& input : batch.inputs) {
-        device_impl_->recordDataPtrOnStream(input.storage().data_ptr(), *stream);
-      }
-    }
-    ModelOutputs outputs = run_model(batch.inputs, batch);
-    if (stream) outputs_to_host(outputs, *stream);
-    record_compute(seconds_since(start));
-    stat_batches_ += 1;
-    deliver(batch, outputs);
-  } catch (...) {
-    fail(batch, std::current_exception());
-  }
-  retire(batch);
-}
-
-void Engine::record_compute(double seconds) {
-  compute_latency_.record(seconds);
-  // A moving average of the call's cost: one input of try_run_inline's choice.
-  const double average = compute_average_s_.load(std::memory_order_relaxed);
-  compute_average_s_.store(average < 0 ? seconds : 0.9 * average + 0.1 * seconds,
-                           std::memory_order_relaxed);
 }
 
 }  // namespace torchspark

@@ -14,7 +14,7 @@
 #include <string>
 #include <utility>
 
-#include "torchspark/arrow_c_abi.h"
+#include "torchspark/arrow/arrow_c_abi.h"
 
 namespace torchspark {
 

@@ -1,4 +1,4 @@
-#include "torchspark/gather.h"
+#include "torchspark/kernels/gather.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -10,10 +10,10 @@
 #include <immintrin.h>
 #endif
 
-#include "torchspark/arrow_type.h"
-#include "torchspark/convert.h"
+#include "torchspark/arrow/arrow_type.h"
 #include "torchspark/errors.h"
-#include "torchspark/host_memory.h"
+#include "torchspark/kernels/convert.h"
+#include "torchspark/kernels/host_memory.h"
 
 namespace torchspark {
 

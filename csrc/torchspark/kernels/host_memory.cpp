@@ -1,4 +1,4 @@
-#include "torchspark/host_memory.h"
+#include "torchspark/kernels/host_memory.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>

@@ -1,4 +1,4 @@
-#include "torchspark/arrow_type.h"
+#include "torchspark/arrow/arrow_type.h"
 
 #include <limits>
 #include <string_view>

@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <string>
 
-#include "torchspark/arrow_c_abi.h"
+#include "torchspark/arrow/arrow_c_abi.h"
 
 namespace torchspark {
 

@@ -1,4 +1,4 @@
-#include "torchspark/convert.h"
+#include "torchspark/kernels/convert.h"
 
 #include <ATen/core/Formatting.h>
 #include <c10/util/BFloat16.h>
@@ -10,7 +10,7 @@
 #include <limits>
 #include <type_traits>
 
-#include "torchspark/arrow_type.h"
+#include "torchspark/arrow/arrow_type.h"
 
 namespace torchspark {
 

@@ -1,4 +1,4 @@
-#include "torchspark/arrow_owner.h"
+#include "torchspark/arrow/arrow_owner.h"
 
 #include <cstring>
 #include <string>

@@ -24,7 +24,7 @@
 #include <string_view>
 #include <vector>
 
-#include "torchspark/arrow_owner.h"
+#include "torchspark/arrow/arrow_owner.h"
 
 namespace torchspark {
 

@@ -15,7 +15,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "torchspark/arrow_c_abi.h"
+#include "torchspark/arrow/arrow_c_abi.h"
 
 namespace torchspark {
 

@@ -1,4 +1,4 @@
-#include "torchspark/stats.h"
+#include "torchspark/engine/stats.h"
 
 #include <algorithm>
 #include <cmath>

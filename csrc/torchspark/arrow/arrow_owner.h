@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "torchspark/arrow_c_abi.h"
+#include "torchspark/arrow/arrow_c_abi.h"
 
 namespace torchspark {
 

@@ -1,4 +1,4 @@
-#include "torchspark/arrow_export.h"
+#include "torchspark/arrow/arrow_export.h"
 
 #include <ATen/ATen.h>
 

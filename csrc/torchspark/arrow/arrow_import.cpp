@@ -1,4 +1,4 @@
-#include "torchspark/arrow_import.h"
+#include "torchspark/arrow/arrow_import.h"
 
 #include <ATen/ATen.h>
 
@@ -7,10 +7,10 @@
 #include <numeric>
 #include <utility>
 
-#include "torchspark/arrow_type.h"
-#include "torchspark/convert.h"
+#include "torchspark/arrow/arrow_type.h"
 #include "torchspark/errors.h"
-#include "torchspark/host_memory.h"
+#include "torchspark/kernels/convert.h"
+#include "torchspark/kernels/host_memory.h"
 
 namespace torchspark {
 

@@ -1,4 +1,4 @@
-#include "torchspark/pad.h"
+#include "torchspark/kernels/pad.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -6,10 +6,10 @@
 #include <algorithm>
 #include <limits>
 
-#include "torchspark/arrow_type.h"
-#include "torchspark/convert.h"
+#include "torchspark/arrow/arrow_type.h"
 #include "torchspark/errors.h"
-#include "torchspark/host_memory.h"
+#include "torchspark/kernels/convert.h"
+#include "torchspark/kernels/host_memory.h"
 
 namespace torchspark {
 

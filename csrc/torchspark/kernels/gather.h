@@ -22,7 +22,7 @@
 #include <optional>
 #include <vector>
 
-#include "torchspark/arrow_import.h"
+#include "torchspark/arrow/arrow_import.h"
 
 namespace torchspark {
 

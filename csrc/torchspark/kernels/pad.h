@@ -12,7 +12,7 @@
 
 #include <optional>
 
-#include "torchspark/arrow_import.h"
+#include "torchspark/arrow/arrow_import.h"
 
 namespace torchspark {
 
