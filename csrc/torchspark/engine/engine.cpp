@@ -56,6 +56,13 @@ class AutocastScope {
   c10::ScalarType was_dtype_ = at::kFloat;
 };
 
+// An allocator's out-of-memory error. Inside a TorchScript model it does not
+// keep its type: the interpreter rethrows every error that is not its own as
+// a std::runtime_error holding the message (torch/csrc/jit/runtime/
+// interpreter.cpp, handleError; checked by tests/test_engine.py's
+// out-of-memory tests), so it is also recognised by torch's wording: "CUDA
+// out of memory" (MPS, XPU alike), the CPU allocator's "can't allocate
+// memory", std::bad_alloc's what().
 bool is_out_of_memory(const std::exception_ptr& error) {
   try {
     std::rethrow_exception(error);
@@ -63,6 +70,12 @@ bool is_out_of_memory(const std::exception_ptr& error) {
     return true;
   } catch (const std::bad_alloc&) {
     return true;
+  } catch (const std::exception& e) {
+    const std::string_view what = e.what();
+    for (std::string_view marker : {"out of memory", "can't allocate memory", "std::bad_alloc"}) {
+      if (what.find(marker) != std::string_view::npos) return true;
+    }
+    return false;
   } catch (...) {
     return false;
   }
