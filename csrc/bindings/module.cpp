@@ -16,7 +16,6 @@
 #include "torchspark/gather.h"
 #include "torchspark/model.h"
 #include "torchspark/pad.h"
-#include "torchspark/simulated_device.h"
 
 namespace py = pybind11;
 
@@ -452,7 +451,7 @@ void bind_engine(py::module_& m) {
       .def(py::init([](std::shared_ptr<Model> model, const at::Device& device, int64_t batch_size,
                        int64_t max_tokens, double max_delay_ms, const std::string& precision,
                        int64_t threads, int64_t inflight, bool static_batch, int64_t sort_window,
-                       int64_t inject_oom_above_rows, double inline_below_us, bool per_token_all,
+                       double inline_below_us, bool per_token_all,
                        std::vector<int64_t> per_token_indices,
                        std::vector<std::string> per_token_names, py::object specs) {
              EngineOptions options;
@@ -465,7 +464,6 @@ void bind_engine(py::module_& m) {
              options.inflight = inflight;
              options.static_batch = static_batch;
              options.sort_window = sort_window;
-             options.inject_oom_above_rows = inject_oom_above_rows;
              options.inline_below_seconds = inline_below_us * 1e-6;
              options.per_token.all = per_token_all;
              options.per_token.indices = std::move(per_token_indices);
@@ -475,9 +473,9 @@ void bind_engine(py::module_& m) {
            }),
            py::arg("model"), py::arg("device"), py::arg("batch_size"), py::arg("max_tokens"),
            py::arg("max_delay_ms"), py::arg("precision"), py::arg("threads"), py::arg("inflight"),
-           py::arg("static_batch"), py::arg("sort_window"), py::arg("inject_oom_above_rows"),
-           py::arg("inline_below_us"), py::arg("per_token_all"), py::arg("per_token_indices"),
-           py::arg("per_token_names"), py::arg("specs"))
+           py::arg("static_batch"), py::arg("sort_window"), py::arg("inline_below_us"),
+           py::arg("per_token_all"), py::arg("per_token_indices"), py::arg("per_token_names"),
+           py::arg("specs"))
       .def("run_tensors", &PyEngine::run_tensors, py::arg("tensors"), py::arg("try_inline"),
            py::arg("partial"))
       .def("run_arrow", &PyEngine::run_arrow, py::arg("batch"), py::arg("try_inline"),
@@ -498,7 +496,6 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "torchspark native core (private: use the torchspark package)";
   m.attr("TORCH_VERSION") = TORCHSPARK_TORCH_VERSION;
   py::register_local_exception_translator(&translate);
-  register_simulated_device();  // torch.ops.torchspark.simulated_kernel
 
   m.def("_set_error_types", &set_error_types, py::arg("unsupported_type"), py::arg("invalid_arrow"),
         py::arg("null_value"), py::arg("model"), py::arg("engine_closed"));

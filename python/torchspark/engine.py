@@ -386,7 +386,6 @@ class Engine:
         inputs: Sequence[Input] | None = None,
         per_token: bool | Sequence[int | str] = False,
         sha256: str | None = None,
-        _inject_oom_above_rows: int = 0,
         _inline_below_us: float = 1000.0,
         _model: Any = None,
     ) -> None:
@@ -445,7 +444,6 @@ class Engine:
             inflight,
             bool(static_batch),
             sort_window,
-            int(_inject_oom_above_rows),
             float(_inline_below_us),
             token_all,
             token_indices,

@@ -721,10 +721,6 @@ void Engine::stage(Batch& batch) {
 ModelOutputs Engine::run_model(const std::vector<at::Tensor>& inputs, const Batch& batch) {
   const int64_t rows = inputs.empty() ? 0 : inputs[0].size(0);
   try {
-    if (options_.inject_oom_above_rows > 0 && rows > options_.inject_oom_above_rows) {
-      throw c10::OutOfMemoryError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                                  c10::str("injected out of memory for ", rows, " rows"));
-    }
     // No grad, not InferenceMode: outputs go to the caller as they are, and
     // inference tensors could not be modified in place outside inference mode.
     c10::AutoGradMode no_grad(false);

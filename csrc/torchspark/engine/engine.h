@@ -105,8 +105,6 @@ struct EngineOptions {
     std::vector<std::string> names;
     bool any() const { return all || !indices.empty() || !names.empty(); }
   } per_token;
-  // Tests: a model call with more rows than this fails as out of memory; 0 = off.
-  int64_t inject_oom_above_rows = 0;
   // try_run_inline may run a batch inline while the model's calls average
   // less than this.
   double inline_below_seconds = 1e-3;
