@@ -4,7 +4,9 @@ Workloads (all on the CPU, in one process, ratios against baselines measured in
 the same run):
 
 * overlap: a simulated device. The model is one call of
-  ``torch.ops.torchspark.simulated_kernel`` (sleeps ``C`` ms, leaving the CPU
+  ``torch.ops.torchspark_test.simulated_kernel`` from the test op library
+  (tests/csrc/test_ops.cpp, loaded by tests/op_library.py, which builds it
+  with ``bash .ci/ctest --build-only`` if missing; sleeps ``C`` ms, leaving the CPU
   free, as a GPU kernel would); each batch is staged by gathering 16 float64
   Arrow columns x ``rows`` into float32 (a real copy of known cost ``S``,
   calibrated first so that ``C`` ~= ``S``). Throughput with ``inflight=1`` is
@@ -70,7 +72,9 @@ import pyarrow as pa
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
 import _bench
+import op_library
 
 import torchspark
 
@@ -81,7 +85,7 @@ class Simulated(torch.nn.Module):
         self.ms = ms
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.torchspark.simulated_kernel(x, self.ms)
+        return torch.ops.torchspark_test.simulated_kernel(x, self.ms)
 
 
 class Identity(torch.nn.Module):
@@ -146,6 +150,7 @@ def rss_mib() -> float:
 
 
 def overlap(workdir: str, quick: bool) -> None:
+    op_library.load()  # torch.ops.torchspark_test.simulated_kernel
     rows = 32768
     batches = 30 if quick else 80
     rng = np.random.default_rng(0)

@@ -10,12 +10,23 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import op_library
 import pytest
 
 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def test_ops() -> str:
+    """The test op library (tests/csrc/test_ops.cpp), loaded into this process:
+    ``torch.ops.torchspark_test.simulated_kernel`` and ``.oom_above``. Its path."""
+    try:
+        return op_library.load()
+    except op_library.OpLibraryError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="module")

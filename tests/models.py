@@ -197,6 +197,24 @@ class Slow(torch.nn.Module):
         return x
 
 
+# The models below run more than this many rows as out of memory.
+OOM_ROWS = 5
+
+
+class OomAbove(torch.nn.Module):
+    """``inner`` behind ``torch.ops.torchspark_test.oom_above(x, OOM_ROWS)``: a
+    call with more than OOM_ROWS rows raises c10::OutOfMemoryError inside the
+    TorchScript model, as an allocator would (the op library must be loaded:
+    the ``test_ops`` fixture); otherwise the same outputs as ``inner``."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor):
+        return self.inner(torch.ops.torchspark_test.oom_above(x, OOM_ROWS))
+
+
 def _trace(module: torch.nn.Module, *examples: torch.Tensor) -> Callable[[str], None]:
     return lambda path: torchspark.export(module, examples, path)
 
@@ -234,6 +252,9 @@ def _builders() -> dict[str, tuple[torch.nn.Module, Callable[[str], None]]]:
         "first_row": (first, _trace(first, x)),
         "sum_rows": (sums, _trace(sums, x)),
         "slow": (slow, _trace(slow, torch.randn(4, 256))),
+        # Traced with 4 rows (<= OOM_ROWS): the archive calls the op.
+        "oom_rows": (OomAbove(rows), _trace(OomAbove(rows), ids)),
+        "oom_mlp": (OomAbove(mlp), _trace(OomAbove(mlp), x)),
     }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from models import FEATURES, VOCAB, ModelFiles
+from models import FEATURES, OOM_ROWS, VOCAB, ModelFiles
 
 import torchspark
 from torchspark import Engine, EngineClosedError, Input, ModelError, NullValueError
@@ -409,17 +409,21 @@ def test_static_batch_identical_results(models):
         torch.testing.assert_close(ex.run(x), eager(module, x))
 
 
-def test_out_of_memory_split_matches_unsplit_run(models):
+def test_out_of_memory_split_matches_unsplit_run(models, test_ops):
+    # The oom_* models raise c10::OutOfMemoryError (torch.ops.torchspark_test.
+    # oom_above) for a call of more than OOM_ROWS rows, from inside the
+    # TorchScript interpreter: the engine must recognise it there and split.
     ids = torch.arange(200, dtype=torch.long).view(100, 2)
     with Engine(models.path("rows"), batch_size=32) as ex:
         unsplit, unsplit_rows = ex.run(ids)
         assert ex.stats()["retries"] == 0
-    with Engine(models.path("rows"), batch_size=32, _inject_oom_above_rows=5) as ex:
+    with Engine(models.path("oom_rows"), batch_size=32) as ex:
         doubled, call_rows = ex.run(ids)
         stats = ex.stats()
     assert torch.equal(doubled, unsplit)
+    assert torch.equal(doubled, ids * 2 + 1)
     assert int(unsplit_rows.max()) == 32
-    assert int(call_rows.max()) <= 5  # the model never ran more than 5 rows
+    assert int(call_rows.max()) <= OOM_ROWS  # the model never ran more rows
     assert stats["retries"] > 0
     assert stats["errors"] == 0
 
@@ -427,11 +431,21 @@ def test_out_of_memory_split_matches_unsplit_run(models):
     x = torch.randn(70, FEATURES)
     with Engine(models.path("mlp"), batch_size=32) as ex:
         reference = ex.run(x)
-    with Engine(models.path("mlp"), batch_size=32, _inject_oom_above_rows=5) as ex:
+    with Engine(models.path("oom_mlp"), batch_size=32) as ex:
         split = ex.run(x)
         assert ex.stats()["retries"] > 0
     torch.testing.assert_close(split, reference)
     torch.testing.assert_close(split, eager(module, x))
+
+
+def test_out_of_memory_in_a_torchscript_model_reaches_the_engine_as_such(models, test_ops):
+    # Without the split a batch that is out of memory fails naming it; with
+    # static_batch (which cannot split) the error says so.
+    x = torch.randn(OOM_ROWS + 3, FEATURES)
+    with Engine(models.path("oom_mlp"), batch_size=16, static_batch=True) as ex:
+        with pytest.raises(ModelError, match=r"out of memory on a static batch"):
+            ex.run(x)
+        assert ex.stats()["retries"] == 0
 
 
 def test_stats_shape(models):
@@ -1270,7 +1284,7 @@ def test_map_runs_on_the_engines_threads_and_keeps_coalescing(models):
     """map never runs inline (it overlaps the caller's next item with the
     model instead): items smaller than a batch share model calls, in order."""
     with Engine(models.path("rows"), batch_size=64, max_delay_ms=200, inline_below_ms=1e3) as ex:
-        ex.run(torch.zeros(4, 1))  # measured: run() may go inline from here on
+        ex.run(torch.zeros(4, 1, dtype=torch.long))  # measured: run() may inline from here
         items = [torch.full((4, 1), i) for i in range(128)]
         outs = list(ex.map(items))
         for i, (doubled, _) in enumerate(outs):

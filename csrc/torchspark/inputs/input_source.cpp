@@ -22,7 +22,8 @@ const at::Tensor& InputSource::tensor() const {
 }
 
 std::string InputSource::describe() const {
-  return c10::str(c10::toString(dtype()), " rows of shape ", row_shape(),
+  const std::vector<int64_t> row = row_shape();
+  return c10::str(c10::toString(dtype()), " rows of shape ", c10::IntArrayRef(row),
                   padded() ? ", padded" : "");
 }
 

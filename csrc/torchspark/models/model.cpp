@@ -39,7 +39,17 @@ bool Model::is_out_of_memory(const std::exception_ptr& error) const {
   } catch (const std::bad_alloc&) {
     return true;
   } catch (const std::exception& e) {
-    return std::string_view(e.what()).find("out of memory") != std::string_view::npos;
+    // TorchScript's interpreter rethrows what an op raised as a
+    // std::runtime_error holding the message (torch/csrc/jit/runtime/
+    // interpreter.cpp, handleError; tests/test_engine.py's out-of-memory
+    // tests check it), so allocators are also recognised by their wording:
+    // "CUDA out of memory" (MPS, XPU alike), the CPU allocator's "can't
+    // allocate memory", std::bad_alloc's what().
+    const std::string_view what = e.what();
+    for (std::string_view marker : {"out of memory", "can't allocate memory", "std::bad_alloc"}) {
+      if (what.find(marker) != std::string_view::npos) return true;
+    }
+    return false;
   } catch (...) {
     return false;
   }

@@ -72,8 +72,8 @@ class Model {
   virtual ModelCapabilities capabilities() const = 0;
   // Whether `error` (thrown by forward) means the device ran out of memory,
   // so that a smaller batch may succeed. The default recognises
-  // c10::OutOfMemoryError, std::bad_alloc, and an error whose message says
-  // "out of memory" (how an allocator failure reads once an interpreter has
+  // c10::OutOfMemoryError, std::bad_alloc, and an error whose message reads
+  // like an allocator's failure (how one reads once an interpreter has
   // rethrown it under another type).
   virtual bool is_out_of_memory(const std::exception_ptr& error) const;
 
