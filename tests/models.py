@@ -152,6 +152,25 @@ class TokensAndDense(torch.nn.Module):
         return self.bag.reference(rows) + dense
 
 
+class TwoTexts(torch.nn.Module):
+    """forward(a [rows, La], b [rows, Lb]) int64, 0 = padding -> (bag(a) + 2 bag(b)
+    [rows, 3], rows of the call [rows], La + Lb of the call [rows]): two padded
+    inputs, as a cross-encoder takes a sentence pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = Bag()
+
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        zero = torch.zeros_like(a[:, 0])
+        return self.bag(a)[0] + 2 * self.bag(b)[0], zero + a.size(0), zero + a.size(1) + b.size(1)
+
+    def reference(self, a: list[list[int]], b: list[list[int]]) -> torch.Tensor:
+        return self.bag.reference(a) + 2 * self.bag.reference(b)
+
+
 class Features(torch.nn.Module):
     """[rows, F] float32 -> [rows, 2]: for gathered Arrow columns."""
 
@@ -234,6 +253,7 @@ def _builders() -> dict[str, tuple[torch.nn.Module, Callable[[str], None]]]:
     tokens = torch.randint(0, VOCAB, (4, 6))
     mlp, two, tup, rows, bag = MLP(), TwoInput(), TupleOut(), Rows(), Bag()
     identity, tokens_dense, per_token = Identity(), TokensAndDense(), PerToken()
+    two_texts = TwoTexts()
     feat3, feat5, slow = Features(3), Features(5), Slow()
     neg, first, sums, dict_out = NegativeRaises(), FirstRow(), SumRows(), DictOut()
     return {
@@ -246,6 +266,7 @@ def _builders() -> dict[str, tuple[torch.nn.Module, Callable[[str], None]]]:
         "per_token": (per_token, _trace(per_token, tokens)),
         "identity": (identity, _trace(identity, x)),
         "tokens_dense": (tokens_dense, _trace(tokens_dense, torch.randn(4, 3), tokens)),
+        "two_texts": (two_texts, _trace(two_texts, tokens, tokens[:, :4])),
         "features3": (feat3, _trace(feat3, torch.randn(4, 3))),
         "features5": (feat5, _trace(feat5, torch.randn(4, 5))),
         "negative_raises": (neg, _script(neg)),

@@ -692,6 +692,85 @@ def test_pad_with_gather_input_keeps_rows_aligned(models, sort_window):
     torch.testing.assert_close(out, module.reference(dense, rows))
 
 
+@pytest.mark.parametrize("sort_window", [0, 16])
+def test_two_padded_inputs_share_the_token_budget(models, rng, sort_window):
+    """A sentence pair: both inputs padded, each batch under the budget
+    counted over both widths (rows x (La + Lb)), rows in submission order."""
+    module = models.module("two_texts")
+    a, b = ragged(rng, 60, 0, 14), ragged(rng, 60, 1, 6)
+    batch = pa.record_batch(
+        {
+            "a": pa.array(a, pa.list_(pa.int64())),
+            "b": pa.array(b, pa.list_(pa.int64())),
+        }
+    )
+    budget = 60
+    inputs = [Input("a", kind="pad"), Input("b", kind="pad")]
+    with Engine(
+        models.path("two_texts"), inputs=inputs, max_tokens=budget, sort_window=sort_window
+    ) as ex:
+        out, call_rows, call_width = ex.run(batch)
+        stats = ex.stats()
+    torch.testing.assert_close(out, module.reference(a, b))
+    # Each row went through a call of call_rows rows and call_width slots a row.
+    cost = call_rows * call_width
+    assert bool(((cost <= budget) | (call_rows == 1)).all()), cost.max()
+    assert stats["batches"] > 1 and 0 <= stats["padding_ratio"] < 1
+
+
+def test_input_options_are_checked_by_kind_when_the_engine_is_made(models):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown option 'fill'; expected some of dtype, nulls, max_len, pad_value",
+    ):
+        Engine(models.path("bag"), inputs=[Input("tokens", kind="pad", fill=1)])
+    with pytest.raises(
+        ValueError, match=r"unknown option 'max_len'; expected some of dtype, nulls, fill"
+    ):
+        Engine(models.path("mlp"), inputs=[Input("x", max_len=3)])
+    # Values are read by the kind with the batch: a wrong type fails the submission.
+    spec = Input("tokens", kind="pad", pad_value="x")
+    with (
+        Engine(models.path("bag"), inputs=[spec]) as ex,
+        pytest.raises(TypeError, match=r"option 'pad_value' must be a bool, int or float, got str"),
+    ):
+        ex.submit(tokens_batch([[1, 2]]))
+
+
+def test_engine_options_are_named_and_checked_in_one_place(models):
+    path = models.path("mlp")
+    with pytest.raises(ValueError, match=r"batch_size must be >= 1, got 0"):
+        Engine(path, batch_size=0)
+    with pytest.raises(ValueError, match=r"sort_window must be >= 0 \(0: no sorting\), got -1"):
+        Engine(path, sort_window=-1)
+    with pytest.raises(TypeError, match=r"EngineOptions\.batch_size: cannot take 'many'"):
+        Engine(path, batch_size="many")
+    with pytest.raises(
+        TypeError, match=r"unknown option 'batchsize'; expected some of .*batch_size"
+    ):
+        torchspark._C.EngineOptions(batchsize=3)
+    options = torchspark._C.EngineOptions(batch_size=7, precision="bf16", per_token_names=["x"])
+    assert (options.batch_size, options.precision, options.per_token_names) == (7, "bf16", ["x"])
+    assert torchspark._C.EngineOptions().max_delay_ms == 2.0
+
+
+def test_input_tensors_are_what_the_model_receives(rng):
+    rows = ragged(rng, 5, 0, 4)
+    batch = pa.record_batch(
+        {
+            "tokens": pa.array(rows, pa.list_(pa.int64())),
+            "x": [1.0, 2, 3, 4, 5],
+            "y": [0, 1, 0, 1, 0],
+        }
+    )
+    tokens, xy = torchspark.engine.input_tensors(
+        batch, [Input("tokens", kind="pad", pad_value=-1), Input(["x", "y"])]
+    )
+    width = max(len(r) for r in rows)
+    assert torch.equal(tokens, torch.tensor([r + [-1] * (width - len(r)) for r in rows]))
+    assert torch.equal(xy, torch.tensor([[1.0, 0], [2, 1], [3, 0], [4, 1], [5, 0]]))
+
+
 def test_pad_max_len_truncates(models, rng):
     module = models.module("bag")
     rows = ragged(rng, 20, 1, 15)
@@ -1027,6 +1106,12 @@ def test_torchscript_export_bf16(models, tmp_path):
 @pytest.fixture(scope="session")
 def aoti_mlp(models) -> str:
     return models.aoti("mlp", torch.randn(8, FEATURES))
+
+
+@pytest.mark.slow
+def test_aoti_refuses_a_run_time_precision(aoti_mlp):
+    with pytest.raises(ValueError, match=r"precision 'bf16' is applied at run time by autocast"):
+        Engine(aoti_mlp, precision="bf16")
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
 // here, on the calling (GIL-holding) thread.
 #include <torch/csrc/utils/pybind.h>
 
+#include <ATen/ATen.h>
+
 #include <optional>
 #include <string>
 #include <vector>
@@ -45,6 +47,7 @@ InputSpec parse_spec(py::handle item) {
     const std::string key = option.first.cast<std::string>();
     out.options.emplace(key, to_option(option.second, key));
   }
+  check_spec(out);
   return out;
 }
 
@@ -155,6 +158,34 @@ class PyEngine {
   std::vector<InputSpec> specs_;
 };
 
+// The tensors `specs` make of an Arrow batch, as the model would receive
+// them in one batch (padded inputs at their longest row): the engine's own
+// conversion, for callers that need the tensors themselves (an export's
+// example inputs).
+std::vector<at::Tensor> input_tensors(py::handle obj, py::object specs) {
+  std::vector<InputSpec> parsed;
+  for (py::handle item : specs) parsed.push_back(parse_spec(item));
+  ImportedTable table = import_arrow(obj, "batch");
+  std::vector<at::Tensor> tensors;
+  {
+    py::gil_scoped_release nogil;
+    Inputs inputs = make_inputs(table, parsed);
+    for (const InputSourcePtr& source : inputs.sources) {
+      if (source->tensor().defined()) {
+        tensors.push_back(source->tensor().clone());  // not a view of the Arrow batch
+        continue;
+      }
+      std::vector<int64_t> sizes{source->rows()};
+      const std::vector<int64_t> row = source->row_shape();
+      sizes.insert(sizes.end(), row.begin(), row.end());
+      at::Tensor dst = at::empty(sizes, at::TensorOptions().dtype(source->dtype()));
+      source->stage_into(0, source->rows(), at::Tensor(), dst);
+      tensors.push_back(std::move(dst));
+    }
+  }
+  return tensors;
+}
+
 py::tuple request_result(Request& request) {
   ModelOutputs outputs;
   {
@@ -241,6 +272,7 @@ void bind_engine(py::module_& m) {
       .def("stats", &PyEngine::stats)
       .def("collect_garbage", &PyEngine::collect_garbage);
   m.def("input_kinds", &input_kinds);
+  m.def("input_tensors", &input_tensors, py::arg("batch"), py::arg("specs"));
 }
 
 }  // namespace torchspark

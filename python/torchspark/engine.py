@@ -92,21 +92,6 @@ class Input:
             return self.kind
         return "tensor" if len(self.column_list) == 1 else "gather"
 
-    def example(self, batch: Any) -> torch.Tensor:
-        """The tensor this input gives the model for an Arrow ``batch`` (the
-        engine makes the same natively, inside its threads)."""
-        from .arrow import gather, pad, to_tensor
-
-        kind = self.resolved_kind
-        if kind == "gather":
-            dtype = self.dtype or torch.float32
-            return gather(batch, self.column_list, dtype=dtype, nulls=self.nulls, fill=self.fill)
-        column = batch.column(self.column_list[0])
-        if kind == "pad":
-            options = {"max_len": self.max_len, "pad_value": self.pad_value, "dtype": self.dtype}
-            return pad(column, nulls=self.nulls, **options)[0]
-        return to_tensor(column, dtype=self.dtype, nulls=self.nulls, fill=self.fill)
-
     def _native(self) -> dict[str, Any]:
         """The spec the engine's registry of input kinds takes: the kind, its
         columns, and the options set away from their defaults (a kind refuses
@@ -116,13 +101,13 @@ class Input:
             for name, default in _OPTION_DEFAULTS.items()
             if getattr(self, name) != default or (default is None) != (getattr(self, name) is None)
         }
-        if self.resolved_kind == "pad" and "fill" in options:
-            # A padded input fills null elements with its pad_value.
-            raise ValueError(
-                f"Input({self.column_list}, kind='pad'): fill does not apply; null elements "
-                "take pad_value under nulls='fill'"
-            )
         return {"kind": self.resolved_kind, "columns": self.column_list, "options": options}
+
+
+def input_tensors(batch: Any, inputs: Sequence[Input]) -> list[torch.Tensor]:
+    """The tensors ``inputs`` make of an Arrow ``batch``, one per model input, as
+    the engine converts them (padded inputs at the batch's longest row)."""
+    return _C.input_tensors(batch, [i._native() for i in inputs])
 
 
 # The options an Input passes to its kind, and their defaults (not passed).

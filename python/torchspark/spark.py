@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from .distribute import ModelRef, fetch, ship
-from .engine import Engine, Input, check_argument_names, size_intra_op_threads
+from .engine import Engine, Input, check_argument_names, input_tensors, size_intra_op_threads
 from .export import argument_names, check_module, export_cached
 
 __all__ = ["ArrowPredictor", "Report", "arrow_predictor", "last_report", "predict", "torch_udf"]
@@ -487,7 +487,7 @@ def _plan(
                 "export the module with; export it with torchspark.export and pass the file"
             )
         batch = probe.combine_chunks().to_batches()[0]
-        model = export_cached(model, [spec.example(batch) for spec in specs])
+        model = export_cached(model, input_tensors(batch, specs))
     ref = ship(model, df.sparkSession.sparkContext, sha256)
     # The same model (by digest) over the same input types was probed already
     # in this session: its output schema holds, no model load or probe job.

@@ -46,7 +46,6 @@ class GatherSource final : public InputSource {
 };
 
 InputSourcePtr make_gather_input(const ImportedTable& table, const InputSpec& spec) {
-  check_option_names(spec, {"dtype", "nulls", "fill"});
   GatherOptions options;
   options.dtype = dtype_option(spec, "dtype").value_or(at::kFloat);
   options.nulls = parse_null_policy(string_option(spec, "nulls").value_or("error"));
@@ -56,7 +55,8 @@ InputSourcePtr make_gather_input(const ImportedTable& table, const InputSpec& sp
   return std::make_shared<GatherSource>(std::move(columns), table.num_rows(), options);
 }
 
-const bool registered = (register_input_kind("gather", make_gather_input), true);
+const bool registered =
+    (register_input_kind("gather", {"dtype", "nulls", "fill"}, make_gather_input), true);
 
 }  // namespace
 }  // namespace torchspark

@@ -10,9 +10,21 @@ namespace torchspark {
 
 namespace {
 
-std::map<std::string, InputFactory>& factories() {
-  static std::map<std::string, InputFactory> registered;
+struct Kind {
+  std::vector<std::string> options;
+  InputFactory factory;
+};
+
+std::map<std::string, Kind>& kinds() {
+  static std::map<std::string, Kind> registered;
   return registered;
+}
+
+const Kind& kind_of(const InputSpec& spec) {
+  auto it = kinds().find(spec.kind);
+  TORCH_CHECK_VALUE(it != kinds().end(), "input kind: expected one of ",
+                    c10::Join(", ", input_kinds()), ", got '", spec.kind, "'");
+  return it->second;
 }
 
 std::string label_of(const InputSpec& spec) {
@@ -39,22 +51,26 @@ const T* typed(const InputSpec& spec, const std::string& key, const char* expect
 
 }  // namespace
 
-void register_input_kind(const std::string& kind, InputFactory factory) {
-  TORCH_CHECK(factories().emplace(kind, std::move(factory)).second, "input kind '", kind,
-              "' is registered twice");
+void register_input_kind(const std::string& kind, std::vector<std::string> options,
+                         InputFactory factory) {
+  TORCH_CHECK(kinds().emplace(kind, Kind{std::move(options), std::move(factory)}).second,
+              "input kind '", kind, "' is registered twice");
 }
 
 std::vector<std::string> input_kinds() {
-  std::vector<std::string> kinds;
-  for (const auto& item : factories()) kinds.push_back(item.first);
-  return kinds;
+  std::vector<std::string> names;
+  for (const auto& item : kinds()) names.push_back(item.first);
+  return names;
+}
+
+void check_spec(const InputSpec& spec) {
+  check_option_names(spec, kind_of(spec).options);
 }
 
 InputSourcePtr make_input(const ImportedTable& table, const InputSpec& spec) {
-  auto it = factories().find(spec.kind);
-  TORCH_CHECK_VALUE(it != factories().end(), "input kind: expected one of ",
-                    c10::Join(", ", input_kinds()), ", got '", spec.kind, "'");
-  return it->second(table, spec);
+  const Kind& kind = kind_of(spec);
+  check_option_names(spec, kind.options);
+  return kind.factory(table, spec);
 }
 
 Inputs make_inputs(const ImportedTable& table, const std::vector<InputSpec>& specs) {

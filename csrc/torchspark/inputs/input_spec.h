@@ -1,10 +1,10 @@
 // How one model input is made from an Arrow batch: a kind, its columns and
 // the kind's own options, and the registry of kinds.
 //
-// Each kind's file registers a factory under its name (static registration,
-// like the model backends). A factory reads its options through the helpers
-// below, which reject keys the kind does not know, listing those it does,
-// and converts the batch's columns into an InputSource on the caller's
+// Each kind's file registers a factory under its name with the option names
+// it takes (static registration, like the model backends). A factory reads
+// its options through the typed helpers below (unknown names were refused
+// before it runs) and converts the batch's columns into an InputSource on the caller's
 // thread, checking types and nulls there, so that a bad column fails the
 // submission rather than a batch.
 #pragma once
@@ -36,13 +36,20 @@ struct InputSpec {
 
 using InputFactory = std::function<InputSourcePtr(const ImportedTable&, const InputSpec&)>;
 
-// Registers a kind; a second registration of a name is a logic error.
-void register_input_kind(const std::string& kind, InputFactory factory);
+// Registers a kind, the option names it takes and its factory; a second
+// registration of a name is a logic error.
+void register_input_kind(const std::string& kind, std::vector<std::string> options,
+                         InputFactory factory);
 // The registered kinds, sorted.
 std::vector<std::string> input_kinds();
 
-// One input of an Arrow batch; ValueError for an unknown kind (listing the
-// registered ones), and the kind's conversion errors, naming the column.
+// ValueError for an unknown kind (listing the registered ones) or an option
+// the kind does not take (listing those it does): what can be checked before
+// any data arrives (the engine checks its specs when it is made).
+void check_spec(const InputSpec& spec);
+
+// One input of an Arrow batch: check_spec's errors, and the kind's
+// conversion errors, naming the column.
 InputSourcePtr make_input(const ImportedTable& table, const InputSpec& spec);
 // All inputs of an Arrow batch, one per spec.
 Inputs make_inputs(const ImportedTable& table, const std::vector<InputSpec>& specs);

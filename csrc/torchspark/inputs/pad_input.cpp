@@ -9,7 +9,6 @@ namespace torchspark {
 namespace {
 
 InputSourcePtr make_pad_input(const ImportedTable& table, const InputSpec& spec) {
-  check_option_names(spec, {"dtype", "nulls", "max_len", "pad_value"});
   Column column = table.column(single_column(spec));
   PadOptions options;
   options.dtype = dtype_option(spec, "dtype");
@@ -21,7 +20,8 @@ InputSourcePtr make_pad_input(const ImportedTable& table, const InputSpec& spec)
                        column.label);
 }
 
-const bool registered = (register_input_kind("pad", make_pad_input), true);
+const bool registered =
+    (register_input_kind("pad", {"dtype", "nulls", "max_len", "pad_value"}, make_pad_input), true);
 
 }  // namespace
 }  // namespace torchspark

@@ -9,7 +9,6 @@ namespace torchspark {
 namespace {
 
 InputSourcePtr make_tensor_input(const ImportedTable& table, const InputSpec& spec) {
-  check_option_names(spec, {"dtype", "nulls", "fill"});
   Column column = table.column(single_column(spec));
   ToTensorOptions options;
   options.dtype = dtype_option(spec, "dtype");
@@ -20,7 +19,8 @@ InputSourcePtr make_tensor_input(const ImportedTable& table, const InputSpec& sp
   return tensor_source(to_tensor(column, options).values);
 }
 
-const bool registered = (register_input_kind("tensor", make_tensor_input), true);
+const bool registered =
+    (register_input_kind("tensor", {"dtype", "nulls", "fill"}, make_tensor_input), true);
 
 }  // namespace
 }  // namespace torchspark
