@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "bindings/common.h"
+#include "torchspark/arrow/arrow_batch.h"
 #include "torchspark/arrow/arrow_export.h"
 #include "torchspark/arrow/arrow_owner.h"
 #include "torchspark/kernels/gather.h"
@@ -35,8 +36,9 @@ T* capsule_pointer(py::handle capsule, const char* name, const std::string& labe
 // Runs with the GIL held (producers may be Python code).
 }  // namespace
 
-ImportedTable import_arrow(py::handle obj, const std::string& label) {
-  if (py::hasattr(obj, "__arrow_c_stream__")) {
+ImportedTable import_arrow(py::handle obj, const std::string& label, bool prefer_array) {
+  if (py::hasattr(obj, "__arrow_c_stream__") &&
+      !(prefer_array && py::hasattr(obj, "__arrow_c_array__"))) {
     py::object capsule = obj.attr("__arrow_c_stream__")();
     auto* stream = capsule_pointer<ArrowArrayStream>(capsule, "arrow_array_stream", label);
     return ImportedTable(import_stream(stream, label), label);
@@ -162,6 +164,22 @@ py::tuple py_pad(py::handle obj, std::optional<int64_t> max_len, py::handle pad_
   return py::make_tuple(std::move(result.values), std::move(result.lengths));
 }
 
+// Capsule destructors: release the struct unless a consumer moved it out, then free it.
+void destroy_schema(PyObject* capsule) {
+  auto* schema = static_cast<ArrowSchema*>(PyCapsule_GetPointer(capsule, "arrow_schema"));
+  if (schema != nullptr && schema->release != nullptr) {
+    schema->release(schema);
+  }
+  std::free(schema);
+}
+void destroy_array(PyObject* capsule) {
+  auto* array = static_cast<ArrowArray*>(PyCapsule_GetPointer(capsule, "arrow_array"));
+  if (array != nullptr && array->release != nullptr) {
+    array->release(array);
+  }
+  std::free(array);
+}
+
 // A tensor that exports itself through the Arrow PyCapsule interface. Each
 // __arrow_c_array__ call produces a fresh (zero-copy) export.
 class TensorExport {
@@ -191,23 +209,58 @@ class TensorExport {
   const at::Tensor& tensor() const { return tensor_; }
 
  private:
-  static void destroy_schema(PyObject* capsule) {
-    auto* schema = static_cast<ArrowSchema*>(PyCapsule_GetPointer(capsule, "arrow_schema"));
-    if (schema != nullptr && schema->release != nullptr) {
-      schema->release(schema);
-    }
-    std::free(schema);
-  }
-  static void destroy_array(PyObject* capsule) {
-    auto* array = static_cast<ArrowArray*>(PyCapsule_GetPointer(capsule, "arrow_array"));
-    if (array != nullptr && array->release != nullptr) {
-      array->release(array);
-    }
-    std::free(array);
-  }
-
   at::Tensor tensor_;
   ExportOptions options_;
+};
+
+// An output batch: the passed-through columns of an imported input beside
+// tensors, exporting itself through the Arrow PyCapsule interface (each call
+// a fresh zero-copy export; see arrow_batch.h).
+class BatchExport {
+ public:
+  BatchExport(py::handle input, const std::vector<std::string>& keep,
+              std::vector<std::string> names, std::vector<at::Tensor> tensors) {
+    TORCH_CHECK_VALUE(names.size() == tensors.size(), "record_batch: ", names.size(), " names for ",
+                      tensors.size(), " tensors");
+    if (!input.is_none()) {
+      // One batch as one chunk, even with zero rows (a stream may yield none).
+      table_ = std::make_shared<ImportedTable>(import_arrow(input, "batch", /*prefer_array=*/true));
+      kept_ = table_->select(keep, "record_batch");
+      rows_ = table_->num_rows();
+    } else {
+      TORCH_CHECK_VALUE(keep.empty(), "record_batch: columns to keep need an input batch");
+      rows_ = tensors.empty() ? 0 : (tensors[0].dim() >= 1 ? tensors[0].size(0) : -1);
+    }
+    for (size_t i = 0; i < kept_.size(); ++i) columns_.push_back({keep[i], &kept_[i], {}});
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      columns_.push_back({std::move(names[i]), nullptr, std::move(tensors[i])});
+    }
+  }
+
+  py::tuple arrow_c_array(py::object requested_schema) const {
+    auto* schema = static_cast<ArrowSchema*>(std::calloc(1, sizeof(ArrowSchema)));
+    auto* array = static_cast<ArrowArray*>(std::calloc(1, sizeof(ArrowArray)));
+    if (schema == nullptr || array == nullptr) {
+      std::free(schema);
+      std::free(array);
+      throw std::bad_alloc();
+    }
+    py::capsule schema_capsule(schema, "arrow_schema", &destroy_schema);
+    py::capsule array_capsule(array, "arrow_array", &destroy_array);
+    {
+      py::gil_scoped_release nogil;
+      export_record_batch(columns_, rows_, schema, array);
+    }
+    return py::make_tuple(schema_capsule, array_capsule);
+  }
+
+  int64_t rows() const { return rows_; }
+
+ private:
+  std::shared_ptr<ImportedTable> table_;
+  std::vector<Column> kept_;
+  std::vector<OutputColumn> columns_;
+  int64_t rows_ = 0;
 };
 
 }  // namespace
@@ -236,6 +289,13 @@ void bind_arrow(py::module_& m) {
   m.def("pad", &py_pad, py::arg("obj"), py::arg("max_len") = py::none(), py::arg("pad_value") = 0,
         py::arg("dtype") = py::none(), py::arg("nulls") = "error");
 
+  py::class_<BatchExport>(m, "BatchExport")
+      .def(py::init<py::handle, const std::vector<std::string>&, std::vector<std::string>,
+                    std::vector<at::Tensor>>(),
+           py::arg("batch"), py::arg("keep"), py::arg("names"), py::arg("tensors"))
+      .def("__arrow_c_array__", &BatchExport::arrow_c_array,
+           py::arg("requested_schema") = py::none())
+      .def_property_readonly("num_rows", &BatchExport::rows);
   py::class_<TensorExport>(m, "TensorExport")
       .def(py::init<at::Tensor, bool>(), py::arg("tensor"), py::arg("fixed_size_list") = false)
       .def("__arrow_c_array__", &TensorExport::arrow_c_array,

@@ -12,10 +12,11 @@
 namespace torchspark {
 namespace py = pybind11;
 
-// Takes whatever the object exports through the Arrow PyCapsule interface
-// (the stream when it has both). Runs with the GIL held (producers may be
-// Python code). `label` names the argument in messages.
-ImportedTable import_arrow(py::handle obj, const std::string& label);
+// Takes whatever the object exports through the Arrow PyCapsule interface:
+// the stream when it has both (it covers chunked data), unless
+// `prefer_array`. Runs with the GIL held (producers may be Python code).
+// `label` names the argument in messages.
+ImportedTable import_arrow(py::handle obj, const std::string& label, bool prefer_array = false);
 
 // A Python bool, int or float as a c10::Scalar (torch's caster cannot load
 // one); TypeError naming `name` otherwise.
