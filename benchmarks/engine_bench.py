@@ -12,15 +12,12 @@ the same run):
   calibrated first so that ``C`` ~= ``S``). Throughput with ``inflight=1`` is
   compared with ``1/(S + C)``, with ``inflight=2`` against ``1/max(S, C)``
   (target: >= 90 %).
-* overhead: an identity model over 1,024-row float32 batches through ``map``,
-  against the Python loop a user would write (``torch.from_numpy`` +
-  ``model(x)`` on the same batches, same TorchScript model, same threads).
-  Target: < 30 us per batch end to end and no slower than the loop. Also shown
-  with inline runs off, i.e. every batch through the batcher and a worker.
-* crossover: where running inline stops paying, and whether ``map``'s own
-  measured choice finds the faster way: every item inline (a loop of ``run``),
-  every item threaded (``map`` with inline runs off), and ``map`` as it is, for
-  small MLPs of several call costs and a producer spending 0-20 us per item.
+* overhead: an identity model over 1,024-row float32 batches: ``Engine.map``
+  (every batch through the batcher and a worker thread, as on the Arrow path
+  ``predict`` uses), a loop of ``Engine.run`` (inline on the caller's thread:
+  the model is cheap and the engine idle), against the Python loop a user
+  would write (``torch.from_numpy`` + ``model(x)`` on the same batches, same
+  TorchScript model, same threads). Target: < 30 us per batch end to end.
 * tokens: a model over right-padded token ids with a skewed length
   distribution (most rows short, a few long), fixed-size batches vs a
   ``max_tokens`` budget with length sorting: rows/s and padding ratio.
@@ -223,24 +220,21 @@ def overhead(workdir: str, quick: bool) -> None:
             for i in range(n_batches):
                 model(torch.from_numpy(arrays[i % 64]).view(1024, 16))
 
-    # The default, and the same engine with inline runs off (every batch
-    # through the batcher and a worker thread).
+    # map: every batch through the batcher and a worker thread; run: inline.
     engines = {
-        "engine": torchspark.Engine(path, batch_size=1024, inflight=2, max_delay_ms=0.0),
-        "threaded": torchspark.Engine(
-            path, batch_size=1024, inflight=2, max_delay_ms=0.0, _inline_below_us=0
-        ),
+        "map": torchspark.Engine(path, batch_size=1024, inflight=2, max_delay_ms=0.0),
+        "run": torchspark.Engine(path, batch_size=1024, inflight=2, max_delay_ms=0.0),
     }
 
-    def through(ex: torchspark.Engine) -> Callable[[], None]:
-        def run() -> None:
-            for _ in ex.map(tensors[i % 64] for i in range(n_batches)):
-                pass
+    def through_map() -> None:
+        for _ in engines["map"].map(tensors[i % 64] for i in range(n_batches)):
+            pass
 
-        return run
+    def through_run() -> None:
+        for i in range(n_batches):
+            engines["run"].run(tensors[i % 64])
 
-    methods = {name: through(ex) for name, ex in engines.items()}
-    methods["loop"] = loop
+    methods = {"map": through_map, "run": through_run, "loop": loop}
     for fn in methods.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in methods}
@@ -254,8 +248,8 @@ def overhead(workdir: str, quick: bool) -> None:
         ex.close()
     lp = np.median(times["loop"])
     labels = {
-        "engine": f"torchspark Engine.map (default; {inline['engine']} batches inline)",
-        "threaded": "Engine.map, inline off (batcher + worker thread)",
+        "map": f"Engine.map (batcher + worker thread; {inline['map']} inline)",
+        "run": f"loop of Engine.run ({inline['run']} batches inline)",
         "loop": "Python loop: from_numpy + model(x)",
     }
     print(f"## overhead: identity model, 1024 x 16 float32 batches, {n_batches} per round")
@@ -274,97 +268,6 @@ def overhead(workdir: str, quick: bool) -> None:
         )
     )
     print("(vs loop > 1x: faster than the loop)\n")
-
-
-class Small(torch.nn.Module):
-    """16-W-1 with ReLU: calls of a few to a few tens of microseconds."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(16, width), torch.nn.ReLU(), torch.nn.Linear(width, 1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def crossover(workdir: str, quick: bool) -> None:
-    """Where inline runs stop paying, and whether map's measured choice finds
-    the faster way: every item inline (a loop of ``run``, which runs inline
-    on an idle engine), every item threaded (``map`` with inline runs off),
-    and ``map`` as it is, over models of several call costs C and a producer
-    that spends P per item (a busy wait, as real work would)."""
-    n = 1000 if quick else 3000
-
-    def spin(us: float) -> None:
-        end = time.perf_counter() + us * 1e-6
-        while time.perf_counter() < end:
-            pass
-
-    rows_out = []
-    for width, rows in ((8, 16), (128, 16), (8, 256), (256, 256)):
-        path = os.path.join(workdir, f"small_{width}.pt")
-        torch.manual_seed(0)
-        torchspark.export(Small(width), (torch.ones(2, 16),), path)
-        x = torch.randn(rows, 16)
-        for produce_us in (0, 10, 20):
-
-            def items(p: float = produce_us, x: torch.Tensor = x) -> Any:
-                for _ in range(n):
-                    spin(p)
-                    yield x
-
-            results = {}
-            call_us = 0.0
-            for name, bound in (("inline", 1e9), ("threaded", 0.0), ("default", None)):
-                options = {} if bound is None else {"_inline_below_us": bound}
-                with torchspark.Engine(path, batch_size=rows, max_delay_ms=0.0, **options) as ex:
-
-                    def once(e: torchspark.Engine = ex, way: str = name) -> None:
-                        if way == "inline":
-                            for item in items():
-                                e.run(item)
-                        else:
-                            _drain(e.map(items()))
-
-                    once()  # warm up (and measure the call)
-                    before = ex.stats()["inline_batches"]
-                    best = min(_timed(once) for _ in range(3))
-                    results[name] = (best / n, ex.stats()["inline_batches"] - before)
-                    if name == "inline":
-                        call_us = ex.stats()["compute"]["p50_ms"] * 1e3
-            fastest = min(results[k][0] for k in ("inline", "threaded"))
-            rows_out.append(
-                [
-                    f"{call_us:.1f}",
-                    produce_us,
-                    f"{results['inline'][0] * 1e6:.1f}",
-                    f"{results['threaded'][0] * 1e6:.1f}",
-                    f"{results['default'][0] * 1e6:.1f}",
-                    f"{100 * results['default'][1] / (3 * n):.0f} % inline",
-                    _bench.ratio(fastest / results["default"][0]),
-                ]
-            )
-    print(
-        f"## crossover: map over {n} items, per item (best of 3), "
-        f"torch threads {torch.get_num_threads()}"
-    )
-    print(
-        _bench.table(
-            [
-                "call C us (p50)",
-                "producer P us",
-                "inline us",
-                "threaded us",
-                "default us",
-                "default chose",
-                "default vs the faster",
-            ],
-            rows_out,
-        )
-    )
-    print("(default vs the faster: 1x = map's own choice is as fast as the faster way)\n")
 
 
 def _timed(fn: Callable[[], None]) -> float:
@@ -607,7 +510,7 @@ def transformer(workdir: str, quick: bool, rounds: int) -> None:
 
 def main() -> None:
     parser = _bench.parser(__doc__, default_rounds=5, quick_rounds=3)
-    names = ["overlap", "overhead", "crossover", "tokens", "memory", "mlp", "transformer"]
+    names = ["overlap", "overhead", "tokens", "memory", "mlp", "transformer"]
     parser.add_argument("--only", choices=names, help="run one workload")
     parser.add_argument(
         "--workloads",
@@ -628,7 +531,6 @@ def main() -> None:
         workloads: dict[str, Callable[[], None]] = {
             "overlap": lambda: overlap(workdir, args.quick),
             "overhead": lambda: overhead(workdir, args.quick),
-            "crossover": lambda: crossover(workdir, args.quick),
             "tokens": lambda: tokens(workdir, args.quick),
             "memory": lambda: memory(workdir, args.quick),
             "mlp": lambda: mlp(workdir, args.quick, args.rounds),

@@ -180,6 +180,27 @@ void destroy_array(PyObject* capsule) {
   std::free(array);
 }
 
+// The (schema, array) capsule pair of the Arrow PyCapsule interface, filled
+// by `fill(schema, array)` with the GIL released. The capsules own the structs
+// from the start, including on the error path.
+template <typename Fill>
+py::tuple export_capsules(const Fill& fill) {
+  auto* schema = static_cast<ArrowSchema*>(std::calloc(1, sizeof(ArrowSchema)));
+  auto* array = static_cast<ArrowArray*>(std::calloc(1, sizeof(ArrowArray)));
+  if (schema == nullptr || array == nullptr) {
+    std::free(schema);
+    std::free(array);
+    throw std::bad_alloc();
+  }
+  py::capsule schema_capsule(schema, "arrow_schema", &destroy_schema);
+  py::capsule array_capsule(array, "arrow_array", &destroy_array);
+  {
+    py::gil_scoped_release nogil;
+    fill(schema, array);
+  }
+  return py::make_tuple(schema_capsule, array_capsule);
+}
+
 // A tensor that exports itself through the Arrow PyCapsule interface. Each
 // __arrow_c_array__ call produces a fresh (zero-copy) export.
 class TensorExport {
@@ -189,21 +210,9 @@ class TensorExport {
 
   py::tuple arrow_c_array(py::object requested_schema) const {
     // A requested schema may be ignored (the consumer casts); we export our type.
-    auto* schema = static_cast<ArrowSchema*>(std::calloc(1, sizeof(ArrowSchema)));
-    auto* array = static_cast<ArrowArray*>(std::calloc(1, sizeof(ArrowArray)));
-    if (schema == nullptr || array == nullptr) {
-      std::free(schema);
-      std::free(array);
-      throw std::bad_alloc();
-    }
-    // Capsules own the structs from here on, including on the error path.
-    py::capsule schema_capsule(schema, "arrow_schema", &destroy_schema);
-    py::capsule array_capsule(array, "arrow_array", &destroy_array);
-    {
-      py::gil_scoped_release nogil;
+    return export_capsules([&](ArrowSchema* schema, ArrowArray* array) {
       export_tensor(tensor_, options_, schema, array);
-    }
-    return py::make_tuple(schema_capsule, array_capsule);
+    });
   }
 
   const at::Tensor& tensor() const { return tensor_; }
@@ -238,20 +247,9 @@ class BatchExport {
   }
 
   py::tuple arrow_c_array(py::object requested_schema) const {
-    auto* schema = static_cast<ArrowSchema*>(std::calloc(1, sizeof(ArrowSchema)));
-    auto* array = static_cast<ArrowArray*>(std::calloc(1, sizeof(ArrowArray)));
-    if (schema == nullptr || array == nullptr) {
-      std::free(schema);
-      std::free(array);
-      throw std::bad_alloc();
-    }
-    py::capsule schema_capsule(schema, "arrow_schema", &destroy_schema);
-    py::capsule array_capsule(array, "arrow_array", &destroy_array);
-    {
-      py::gil_scoped_release nogil;
+    return export_capsules([&](ArrowSchema* schema, ArrowArray* array) {
       export_record_batch(columns_, rows_, schema, array);
-    }
-    return py::make_tuple(schema_capsule, array_capsule);
+    });
   }
 
   int64_t rows() const { return rows_; }

@@ -48,7 +48,7 @@ class GatherSource final : public InputSource {
 InputSourcePtr make_gather_input(const ImportedTable& table, const InputSpec& spec) {
   GatherOptions options;
   options.dtype = dtype_option(spec, "dtype").value_or(at::kFloat);
-  options.nulls = parse_null_policy(string_option(spec, "nulls").value_or("error"));
+  options.nulls = nulls_option(spec);
   options.fill = scalar_option(spec, "fill").value_or(0);
   std::vector<Column> columns = table.select(spec.columns, "gather input");
   check_gather(columns, 0, table.num_rows(), options);

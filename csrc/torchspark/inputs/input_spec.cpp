@@ -122,4 +122,8 @@ std::optional<c10::Scalar> scalar_option(const InputSpec& spec, const std::strin
   return std::nullopt;
 }
 
+NullPolicy nulls_option(const InputSpec& spec) {
+  return parse_null_policy(string_option(spec, "nulls").value_or("error"));
+}
+
 }  // namespace torchspark

@@ -67,5 +67,7 @@ std::optional<std::string> string_option(const InputSpec& spec, const std::strin
 std::optional<int64_t> int_option(const InputSpec& spec, const std::string& key);
 // A bool, int or float.
 std::optional<c10::Scalar> scalar_option(const InputSpec& spec, const std::string& key);
+// The "nulls" option as a policy ("error" when absent).
+NullPolicy nulls_option(const InputSpec& spec);
 
 }  // namespace torchspark

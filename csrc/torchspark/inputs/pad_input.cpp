@@ -12,7 +12,7 @@ InputSourcePtr make_pad_input(const ImportedTable& table, const InputSpec& spec)
   Column column = table.column(single_column(spec));
   PadOptions options;
   options.dtype = dtype_option(spec, "dtype");
-  options.nulls = parse_null_policy(string_option(spec, "nulls").value_or("error"));
+  options.nulls = nulls_option(spec);
   options.max_len = int_option(spec, "max_len");
   options.pad_value = scalar_option(spec, "pad_value").value_or(0);
   PadResult padded = pad(column, options);

@@ -12,7 +12,7 @@ InputSourcePtr make_tensor_input(const ImportedTable& table, const InputSpec& sp
   Column column = table.column(single_column(spec));
   ToTensorOptions options;
   options.dtype = dtype_option(spec, "dtype");
-  options.nulls = parse_null_policy(string_option(spec, "nulls").value_or("error"));
+  options.nulls = nulls_option(spec);
   options.fill = scalar_option(spec, "fill").value_or(0);
   TORCH_CHECK_VALUE(options.nulls != NullPolicy::kMask, column.label,
                     ": nulls='mask' is not available for model inputs; use 'fill'");
