@@ -173,9 +173,9 @@ def source(df: Any) -> pa.Table:
 @pytest.fixture(autouse=True)
 def fresh_probes():
     """Each test sees the driver-side checks of a first predict (see _plan's cache)."""
-    from torchspark import spark as layer
+    from torchspark.spark import plan
 
-    layer._probed.clear()
+    plan._probed.clear()
 
 
 def collect(scored: Any, expected_ids: list[int]) -> pa.Table:
@@ -744,6 +744,24 @@ def test_per_task_log_line(df, models, monkeypatch, capfd):
     ), err
 
 
+def _dies_after_first_batch(fn: Any, partition: int) -> Any:
+    """``fn`` wrapped so that attempt 0 of ``partition`` exits its Python worker
+    right after yielding its first output batch (a test double: the product has
+    no crash switch)."""
+
+    def wrapper(batches: Any) -> Any:
+        from pyspark import TaskContext
+
+        task = TaskContext.get()
+        crash = task.partitionId() == partition and task.attemptNumber() == 0
+        for batch in fn(batches):
+            yield batch
+            if crash:
+                os._exit(17)
+
+    return wrapper
+
+
 def test_python_worker_killed_mid_partition_is_retried(spark, df, source, models):
     """Attempt 0 of partition 1 exits its Python worker after the first of 5
     Arrow batches; Spark retries the task and each id comes out once, with the
@@ -752,9 +770,8 @@ def test_python_worker_killed_mid_partition_is_retried(spark, df, source, models
     try:
         path = models.path("mlp")
         clean = collect(torchspark.predict(df, path, inputs="features", keep=["id"]), ids(source))
-        crashed = torchspark.predict(
-            df, path, inputs="features", keep=["id"], _inject_crash_partition=1
-        )
+        fn = torchspark.arrow_predictor(df, path, inputs="features", keep=["id"])
+        crashed = df.mapInArrow(_dies_after_first_batch(fn, partition=1), fn.schema)
         table = collect(crashed, ids(source))
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
@@ -820,12 +837,18 @@ def test_local_cluster_ships_the_model_to_each_executor(cluster_job):
 
 def test_docstring_examples_run(spark):
     import doctest
+    import importlib
+    import pkgutil
 
-    import torchspark.spark as module
+    import torchspark.spark as package
 
-    tests = doctest.DocTestFinder().find(module, "torchspark.spark")
-    # The module's example first: it defines the spark, path and df the others use.
-    tests.sort(key=lambda t: t.name != "torchspark.spark")
+    finder = doctest.DocTestFinder()
+    tests = finder.find(package, package.__name__)
+    for info in pkgutil.iter_modules(package.__path__):
+        name = f"{package.__name__}.{info.name}"
+        tests += finder.find(importlib.import_module(name), name)
+    # The package's example first: it defines the spark, path and df the others use.
+    tests.sort(key=lambda t: t.name != package.__name__)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     shared: dict = {}
     for test in tests:
@@ -871,7 +894,7 @@ def test_pack_is_for_gathered_columns_only():
 
 
 def test_packed_fill_values_of_every_kind(spark):
-    from torchspark.spark import _sql_literal
+    from torchspark.spark.packing import sql_literal as _sql_literal
 
     cases = [
         (_sql_literal(-2, "float"), -2.0),
