@@ -15,6 +15,7 @@ this module starts so that it overlaps the local tests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -105,10 +106,16 @@ class SparkModels(ModelFiles):
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         super().__init__(directory)
         masked, head, grid = MaskedMean(), DictHead(), Grid()
+        torch.manual_seed(11)
+        head1 = torch.nn.Linear(FEATURES, 1)  # [rows, 1]: one value per row
         tokens = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]] * 2)
         self._builders["masked_mean"] = (
             masked,
             lambda path: torchspark.export(masked, (tokens,), path),
+        )
+        self._builders["head1"] = (
+            head1,
+            lambda path: torchspark.export(head1, (torch.randn(4, FEATURES),), path),
         )
         self._builders["grid"] = (
             grid,
@@ -319,6 +326,32 @@ def test_tuple_outputs_become_numbered_columns(df, source, models):
     torch.testing.assert_close(floats(table, "prediction_0"), lin)
     torch.testing.assert_close(floats(table, "prediction_1"), total)
     assert table.column("prediction_2").to_pylist() == argmax.tolist()
+
+
+def test_one_output_per_row_is_a_scalar_column(df, source, models):
+    """[N, 1] (and [N]) outputs give a float column, as predict_batch_udf does."""
+    scored = torchspark.predict(df, models.path("head1"), inputs="features", keep=["id"])
+    assert scored.schema.simpleString() == "struct<id:bigint,prediction:float>"
+    table = collect(scored, ids(source))
+    expected = eager(models.module("head1"), floats(source, "features"))
+    assert expected.shape == (ROWS, 1)
+    torch.testing.assert_close(floats(table, "prediction"), expected.squeeze(1))
+    fn = torchspark.torch_udf(models.path("head1"), example=torch.randn(2, FEATURES))
+    assert fn.returnType.simpleString() == "float"
+    got = df.select("id", fn("features").alias("s")).toArrow().sort_by("id")
+    torch.testing.assert_close(floats(got, "s"), expected.squeeze(1))
+
+
+def test_one_value_per_row_is_flattened_by_a_view():
+    from torchspark.spark.outputs import per_row, to_arrow
+
+    column = torch.arange(5, dtype=torch.float32).view(5, 1)
+    flat = per_row(column)
+    assert flat.shape == (5,) and flat.data_ptr() == column.data_ptr()
+    assert to_arrow(column).to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    wide = torch.zeros(5, 2)
+    assert per_row(wide) is wide
+    assert per_row(torch.zeros(5, 1, 1)).shape == (5, 1, 1)
 
 
 def test_dict_outputs_named_by_keys(df, source, models):
@@ -611,6 +644,36 @@ def test_null_array_row_fails_the_job_naming_the_column(df, models):
     text = str(info.value)
     assert "NullValueError" in text
     assert "column 'features': 1 null value" in text
+    # Where: partition 3 holds ids 1500..1999 in one Arrow batch; id 1993 is its row 493.
+    assert re.search(
+        r"\[at stage \d+ partition 3 attempt \d+, Arrow batch 0 \(500 rows\), row 493 "
+        rf"\(id={ROWS - 7}\)\]",
+        text,
+    ), text
+    # The engine's error is the one raised, not a chain through torchspark's bookkeeping.
+    assert "During handling of the above exception" not in text
+    assert "direct cause" not in text
+
+
+def test_model_error_in_a_task_names_the_rows(df, models):
+    """A model raising on a batch in a task: the error gives the rows of that model
+    call within the Arrow batch and the id of the first."""
+    bad = df.selectExpr("id", "transform(features, v -> abs(v) * if(id = 1850, -1, 1)) as features")
+    scored = torchspark.predict(
+        bad, models.path("negative_raises"), inputs="features", keep=["id"], batch_size=100
+    )
+    with pytest.raises(Exception) as info:
+        scored.collect()
+    text = str(info.value)
+    assert "ModelError" in text and "negative input" in text
+    where = re.search(
+        r"partition 3 attempt \d+, Arrow batch 0 \(500 rows\), rows \[(\d+), (\d+)\) "
+        r"\(first: id=(\d+)\)\]",
+        text,
+    )
+    assert where, text
+    begin, end, first = (int(g) for g in where.groups())
+    assert begin <= 350 < end and first == 1500 + begin
 
 
 def test_null_in_the_probe_rows_raises_on_the_driver(df, models):
@@ -699,9 +762,18 @@ def test_models_that_cannot_load(df, models, tmp_path):
 
 
 def test_model_that_fails_on_the_probe_batch(df, models):
-    # features has 8 columns; features3 takes 3.
-    with pytest.raises(torchspark.ModelError, match=r"model 'features3\.pt' on a probe batch"):
+    # features has 8 columns; features3 takes 3: the error names the column and both widths.
+    with pytest.raises(torchspark.ModelError) as info:
         torchspark.predict(df, models.path("features3"), inputs="features")
+    message = str(info.value)
+    assert message.startswith("model 'features3.pt' on a probe batch of 16 rows (on the driver)")
+    assert "column 'features' gives [N, 8]; the model's first layer expects 3" in message
+    assert "Traceback" not in message and info.value.__cause__ is None
+    with pytest.raises(torchspark.ModelError) as info:
+        torchspark.predict(df, models.path("features5"), inputs=["c0", "c1", "c2"])
+    assert "columns ['c0', 'c1', 'c2'] give [N, 3]; the model's first layer expects 5" in str(
+        info.value
+    )
 
 
 def test_named_inputs_must_match_the_arguments(df, models):
@@ -724,24 +796,31 @@ def test_output_names_and_options_checked(df, models):
 # Logs, faults
 
 
-def test_per_task_log_line(df, models, monkeypatch, capfd):
-    """The line each task logs (model, device, batch size, rows). In local mode a
-    Python worker's stderr goes to the JVM's, which pytest cannot capture, so the
-    predictor runs here on the driver; spark_cluster_job.py reads the executors'
-    lines from their stderr files."""
-    monkeypatch.setenv("TORCHSPARK_LOG_LEVEL", "INFO")
+def test_per_task_log_line(df, models, monkeypatch, capfd, caplog):
+    """The line each task logs (model, device, batch size, rows), through the
+    ``torchspark`` logger at INFO: not printed unless logging is configured so.
+    In local mode a Python worker's log goes to the JVM's stderr, which pytest
+    cannot capture, so the predictor runs here on the driver;
+    spark_cluster_job.py reads the executors' lines from their stderr files."""
+    monkeypatch.delenv("TORCHSPARK_LOG_LEVEL", raising=False)
     fn = torchspark.arrow_predictor(
         df, models.path("mlp"), inputs="features", keep=["id"], batch_size=64
     )
     batches = df.limit(100).toArrow().to_batches()
-    out = pa.Table.from_batches(list(fn(iter(batches))))
+    with caplog.at_level(logging.INFO, logger="torchspark"):
+        out = pa.Table.from_batches(list(fn(iter(batches))))
     assert out.num_rows == 100 and out.column_names == ["id", "prediction"]
-    err = capfd.readouterr().err
-    assert re.search(
-        r"torchspark: driver: model 'mlp\.pt' \(TorchScript\) on cpu, batch_size 64, "
-        rf"intra-op threads \d+: 100 rows in {len(batches)} Arrow batches",
-        err,
-    ), err
+    lines = [r.getMessage() for r in caplog.records if r.name == "torchspark"]
+    assert any(
+        re.fullmatch(
+            r"driver: model 'mlp\.pt' \(TorchScript\) on cpu, batch_size 64, "
+            rf"intra-op threads \d+: 100 rows in {len(batches)} Arrow batches, [\d.]+ s",
+            line,
+        )
+        for line in lines
+    ), lines
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "torchspark")
+    assert "torchspark:" not in capfd.readouterr().err  # nothing printed by default
 
 
 def _dies_after_first_batch(fn: Any, partition: int) -> Any:

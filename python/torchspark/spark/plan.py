@@ -8,6 +8,7 @@ not load or run on a probe batch, outputs that do not match ``schema=``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -227,6 +228,9 @@ def plan(
         with Engine(path, device=probe_device, inputs=specs, _model=loaded, **probe_options) as ex:
             names, tensors = out.flatten(ex.run(batch))
     except Exception as e:
+        shape_error = _shape_error(e, ref, len(probe), specs, batch)
+        if shape_error is not None:
+            raise shape_error from None  # the message says it all; no TorchScript trace
         raise _probe_error(e, ref, len(probe)) from e
     outputs = out.output_names(output, names, len(tensors))
     output_types = [out.spark_type(t, n) for t, n in zip(tensors, outputs, strict=True)]
@@ -296,6 +300,62 @@ def _probe_error(error: Exception, ref: ModelRef, rows: int) -> Exception:
         return type(error)(message)
     except Exception:
         return RuntimeError(message)
+
+
+# torch's messages for inputs of the wrong width: linear/matmul and convolutions.
+_MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
+_CHANNELS = re.compile(r"to have (\d+) channels, but got (\d+) channels")
+_SHAPE_WORDS = ("shape", "size of tensor", "must match the size", "dimension", "channels")
+
+
+def _shape_error(
+    error: Exception, ref: ModelRef, rows: int, specs: Sequence[Input], batch: Any
+) -> Exception | None:
+    """For a model that rejects the shape of its inputs: the error naming each
+    input column and the row shape it gives, and what the model expects where
+    torch's message says (None for any other error)."""
+    from ..errors import ModelError
+
+    text = str(error)
+    matmul, channels = _MATMUL.search(text), _CHANNELS.search(text)
+    if not isinstance(error, ModelError) or not (
+        matmul or channels or any(w in text for w in _SHAPE_WORDS)
+    ):
+        return None
+    given = []
+    widths = set()
+    for spec in specs:
+        try:
+            shape = list(spec.example(batch).shape)
+        except Exception:
+            return None
+        widths.add(shape[-1] if len(shape) > 1 else None)
+        columns = spec.column_list
+        name = f"column '{columns[0]}' gives" if len(columns) == 1 else f"columns {columns} give"
+        given.append(f"{name} [N{''.join(f', {d}' for d in shape[1:])}]")
+    if matmul is not None:
+        got, wanted = int(matmul[2]), int(matmul[3])
+        layer = "the model's first layer" if got in widths else "a layer of the model"
+        expects = f"{layer} expects {wanted}" + ("" if got in widths else f", got {got}")
+    elif channels is not None:
+        expects = f"the model expects {channels[1]} channels, got {channels[2]}"
+    else:
+        expects = f"the model rejects that shape ({_torch_reason(text)})"
+    message = (
+        f"model '{ref.name}' on a probe batch of {rows} rows (on the driver): the inputs do not "
+        f"fit the model: {'; '.join(given)}; {expects}"
+    )
+    return type(error)(message)
+
+
+def _torch_reason(text: str) -> str:
+    """The last ``...Error: reason`` line of a (TorchScript) error message."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        found = re.match(r"^\w*(Error|Exception): (.*)$", line)
+        if found:
+            return found[2]
+    return lines[-1] if lines else text
 
 
 def _order_by_arguments(

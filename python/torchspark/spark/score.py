@@ -115,7 +115,11 @@ def predict(
             ``{"x": ..., "tokens": ...}``: by the model's argument names.
         output: the prediction column's name; a model returning a tuple gets
             ``<output>_0, <output>_1, ...``; a dict output keeps its keys; a list
-            names each output. 2-D outputs become ``array<float>`` columns.
+            names each output. A column's rows are the output's rows: one value
+            per row (``[N]`` or ``[N, 1]``) gives a scalar column (``float``,
+            not an ``array<float>`` of length 1, as ``predict_batch_udf``
+            does), ``[N, D]`` gives ``array<float>``, ``[N, D, E]``
+            ``array<array<float>>``. Half precision becomes ``float``.
         keep: columns passed through (default: every column not used as input).
         device: ``"auto"`` (the task's GPU, else the CPU) or a torch device.
         batch_size: rows per model call; default: Spark's Arrow batch size

@@ -10,7 +10,9 @@ the engine and sends one record to the driver (see :mod:`.report`).
 from __future__ import annotations
 
 import collections
+import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -65,10 +67,59 @@ def _cached_engine(
     return engine
 
 
-def _log(message: str) -> None:
-    level = os.environ.get("TORCHSPARK_LOG_LEVEL", "INFO").upper()
-    if level in ("INFO", "DEBUG"):
-        print(f"torchspark: {message}", file=sys.stderr, flush=True)
+logger = logging.getLogger("torchspark")
+_env_level: list[str | None] = [None]  # the TORCHSPARK_LOG_LEVEL applied to the logger
+
+
+def _configure_logger() -> None:
+    """``TORCHSPARK_LOG_LEVEL`` (e.g. ``INFO``), where set, is the ``torchspark``
+    logger's level; if nothing handles its records yet (an executor's Python
+    worker, say), they go to stderr, which Spark keeps in the executor's log.
+    Unset, logging's own configuration decides (INFO lines are not shown)."""
+    value = os.environ.get("TORCHSPARK_LOG_LEVEL")
+    if not value or value == _env_level[0]:
+        return
+    _env_level[0] = value
+    try:
+        logger.setLevel(value.upper())
+    except ValueError:
+        return
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("torchspark: %(message)s"))
+        logger.addHandler(handler)
+
+
+# Where an engine error points inside its request (the Arrow batch):
+# NullValueError "... (first in row 7)" / "null values in row 7", ModelError "rows [0, 64)".
+_ROW = re.compile(
+    r"\(first in row (\d+)\)|null values in row (\d+)|request \d+ rows \[(\d+), (\d+)\)"
+)
+
+
+def _locate(error: BaseException, batch: Any, index: int, where: str, keep: list[str]) -> None:
+    """Add to ``error``'s message where it happened: the task, the Arrow batch,
+    the row and its first ``keep`` column's value (usually the id), so that a
+    user can find the row. The exception stays the same object (same type and
+    traceback): Spark shows the engine's error first."""
+    if len(error.args) != 1 or not isinstance(error.args[0], str):
+        return
+    text = error.args[0]
+    match = _ROW.search(text)
+    rows = batch.num_rows
+    at = f"{where}, Arrow batch {index} ({rows} rows)"
+    if match is not None:
+        groups = [g for g in match.groups() if g is not None]
+        row = int(groups[0])
+        single = len(groups) == 1
+        at += f", row {row}" if single else f", rows [{groups[0]}, {groups[1]})"
+        if keep and 0 <= row < rows:
+            try:
+                value = batch.column(keep[0])[row].as_py()
+                at += f" ({'' if single else 'first: '}{keep[0]}={value!r})"
+            except Exception:  # a label is a courtesy: never mask the error
+                pass
+    error.args = (f"{text} [at {at}]",)
 
 
 def _record_batch(arrays: list[Any], names: list[str]) -> Any:
@@ -111,6 +162,7 @@ class ArrowPredictor:
     def __call__(self, batches: Iterable[Any]) -> Iterator[Any]:
         from pyspark import TaskContext
 
+        _configure_logger()
         task = TaskContext.get()
         device = _task_device(self.device)
         cpus = task.cpus() if task is not None else None
@@ -124,59 +176,91 @@ class ArrowPredictor:
             else "driver"
         )
         calls_before = engine.stats()["batches"]
-        pending: collections.deque[tuple[Any, float]] = collections.deque()
-        latencies: list[float] = []
-        rows = 0
-        count = 0
-        start = time.time()
+        # Fed to the engine, outputs not yet out: (batch, index in the task, fed at).
+        pending: collections.deque[tuple[Any, int, float]] = collections.deque()
+        taken = [True]  # whether the engine took the last batch fed (its submit returned)
+        stats = {"rows": 0, "arrow_batches": 0, "latency_ms": [], "start": time.time()}
         error: str | None = None
 
         def feed() -> Iterator[Any]:
-            for batch in batches:
-                pending.append((batch, time.perf_counter()))
+            for index, batch in enumerate(batches):
+                pending.append((batch, index, time.perf_counter()))
+                taken[0] = False
                 yield batch
+                taken[0] = True
 
         try:
             for result in engine.map(feed()):
-                batch, submitted = pending.popleft()
+                batch, _, submitted = pending.popleft()
                 names, tensors = out.flatten(result)
                 arrays = [batch.column(name) for name in self.keep]
                 arrays += [out.to_arrow(t) for t in tensors]
                 outputs = self.outputs or out.output_names("_out", names, len(tensors))
-                latencies.append((time.perf_counter() - submitted) * 1e3)
-                rows += batch.num_rows
-                count += 1
+                stats["latency_ms"].append((time.perf_counter() - submitted) * 1e3)
+                stats["rows"] += batch.num_rows
+                stats["arrow_batches"] += 1
                 yield _record_batch(arrays, self.keep + outputs)
+        except Exception as e:
+            # Raised when submitting the newest batch, or when collecting the
+            # oldest one's outputs.
+            if pending:
+                batch, index, _ = pending[-1] if not taken[0] else pending[0]
+                _locate(e, batch, index, where, self.keep)
+            error = f"{type(e).__name__}: {e}"
+            raise
         except BaseException as e:
             error = f"{type(e).__name__}: {e}"
             raise
         finally:
-            end = time.time()
-            record = {
-                "run": self.run,
-                "stage": task.stageId() if task is not None else -1,
-                "partition": task.partitionId() if task is not None else -1,
-                "attempt": task.attemptNumber() if task is not None else 0,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "model": self.ref.name,
-                "format": engine.model.format,
-                "device": str(device),
-                "batch_size": engine.batch_size,
-                "intra_op_threads": torch.get_num_threads(),
-                "rows": rows,
-                "arrow_batches": count,
-                "model_calls": engine.stats()["batches"] - calls_before,
-                "start": start,
-                "end": end,
-                "latency_ms": sample(latencies),
-                "error": error,
-            }
-            _log(
-                f"{where}: model '{self.ref.name}' ({engine.model.format}) on {device}, "
-                f"batch_size {engine.batch_size}, intra-op threads {torch.get_num_threads()}: "
-                f"{rows} rows in {count} Arrow batches, {end - start:.3f} s"
-                + (f"; failed: {error}" if error else "")
-            )
-            if self._records is not None:
-                self._records.add([record])
+            try:
+                stats["model_calls"] = engine.stats()["batches"] - calls_before
+                self._finish(task, engine, device, where, stats, error)
+            except Exception as bookkeeping:  # never in place of the task's own outcome
+                logger.warning("%s: the task's record was lost: %s", where, bookkeeping)
+
+    def _finish(
+        self,
+        task: Any,
+        engine: Engine,
+        device: torch.device,
+        where: str,
+        stats: dict[str, Any],
+        error: str | None,
+    ) -> None:
+        """The task's record to the driver, its line to the log."""
+        end = time.time()
+        execution = task.getLocalProperty("spark.sql.execution.id") if task is not None else None
+        record = {
+            "run": self.run,
+            "execution": int(execution) if execution else None,
+            "stage": task.stageId() if task is not None else -1,
+            "partition": task.partitionId() if task is not None else -1,
+            "attempt": task.attemptNumber() if task is not None else 0,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "model": self.ref.name,
+            "format": engine.model.format,
+            "device": str(device),
+            "batch_size": engine.batch_size,
+            "intra_op_threads": torch.get_num_threads(),
+            **stats,
+            "end": end,
+            "latency_ms": sample(stats["latency_ms"]),
+            "error": error,
+        }
+        logger.info(
+            "%s: model '%s' (%s) on %s, batch_size %d, intra-op threads %d: "
+            "%d rows in %d Arrow batches, %.3f s%s",
+            where,
+            self.ref.name,
+            engine.model.format,
+            device,
+            engine.batch_size,
+            torch.get_num_threads(),
+            stats["rows"],
+            stats["arrow_batches"],
+            end - stats["start"],
+            f"; failed: {error}" if error else "",
+        )
+        if self._records is not None:
+            self._records.add([record])
