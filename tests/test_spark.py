@@ -607,6 +607,26 @@ def test_empty_dataframe_with_schema(df, models):
     assert scored.count() == 0
 
 
+def test_last_report_is_the_last_job_even_an_empty_one(spark, df, models):
+    path = models.path("mlp")
+    first = torchspark.predict(df, path, inputs="features", keep=["id"])
+    first.write.format("noop").mode("overwrite").save()
+    assert torchspark.last_report().rows == ROWS
+    # No partitions at all: the job runs no task, so no record; its report says so.
+    empty = df.select("id", "features").limit(0)  # the optimizer makes it a local relation
+    scored = torchspark.predict(
+        empty, path, inputs="features", keep=["id"], schema="prediction array<float>"
+    )
+    assert scored.count() == 0
+    report = torchspark.last_report()
+    assert (report.rows, report.tasks, report.failed, report.errors) == (0, 0, False, [])
+    assert "no rows" in str(report)
+    # The first DataFrame again: the newest job is the one reported.
+    first.write.format("noop").mode("overwrite").save()
+    report = torchspark.last_report()
+    assert (report.rows, report.tasks) == (ROWS, PARTITIONS)
+
+
 def test_empty_dataframe_without_schema_asks_for_one(df, models):
     with pytest.raises(ValueError, match=r"empty.*schema="):
         torchspark.predict(df.filter("id < 0"), models.path("mlp"), inputs="features")
@@ -644,6 +664,9 @@ def test_null_array_row_fails_the_job_naming_the_column(df, models):
     text = str(info.value)
     assert "NullValueError" in text
     assert "column 'features': 1 null value" in text
+    report = torchspark.last_report()
+    assert report.failed and "NullValueError: column 'features'" in report.errors[-1]
+    assert str(report).startswith("FAILED: ")
     # Where: partition 3 holds ids 1500..1999 in one Arrow batch; id 1993 is its row 493.
     assert re.search(
         r"\[at stage \d+ partition 3 attempt \d+, Arrow batch 0 \(500 rows\), row 493 "

@@ -19,7 +19,7 @@ from ..engine import Engine, Input
 from ..export import check_module, export_cached
 from . import outputs as out
 from .plan import arrow_batch_rows, check_engine_options
-from .report import new_run
+from .report import function_name, new_run
 from .worker import ArrowPredictor
 
 
@@ -178,6 +178,8 @@ def torch_udf(
 
     def torch_model(arrays: Iterator[Any]) -> Iterator[Any]:
         return body(arrays)
+
+    torch_model.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
 
     with warnings.catch_warnings():
         # The function takes one or several columns, so it has no single type

@@ -25,7 +25,7 @@ import torch
 from ..distribute import ModelRef, fetch
 from ..engine import Engine, Input, size_intra_op_threads
 from . import outputs as out
-from .report import sample
+from .report import function_name, sample
 
 _engines: collections.OrderedDict[tuple[Any, ...], Engine] = collections.OrderedDict()
 _engines_lock = threading.Lock()
@@ -158,6 +158,8 @@ class ArrowPredictor:
         self.options = options
         self.run = run
         self._records = records
+        if run is not None:
+            self.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
 
     def __call__(self, batches: Iterable[Any]) -> Iterator[Any]:
         from pyspark import TaskContext
