@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..engine import Input
+from .environment import check_executor_python
 from .packing import packed
 from .plan import Plan, arrow_batch_rows, check_engine_options, plan, quote
 from .report import new_run
@@ -48,6 +49,7 @@ def arrow_predictor(
     """
     batch_size = batch_size or arrow_batch_rows(df_or_schema)
     options = check_engine_options(batch_size, precision, engine_options)
+    check_executor_python(df_or_schema.sparkSession)
     planned = plan(df_or_schema, model, inputs, output, keep, device, options, sha256, schema)
     return _predictor(df_or_schema, planned)
 
@@ -150,6 +152,7 @@ def predict(
     """
     batch_size = batch_size or arrow_batch_rows(df)
     options = check_engine_options(batch_size, precision, engine_options)
+    check_executor_python(df.sparkSession)
     df, inputs, keep = packed(df, inputs, keep)
     planned = plan(df, model, inputs, output, keep, device, options, sha256, schema)
     used = [c for spec in planned.specs for c in spec.column_list]

@@ -18,6 +18,7 @@ from ..distribute import ModelRef, fetch, ship
 from ..engine import Engine, Input
 from ..export import check_module, export_cached
 from . import outputs as out
+from .environment import check_executor_python
 from .plan import arrow_batch_rows, check_engine_options
 from .report import function_name, new_run
 from .worker import ArrowPredictor
@@ -154,6 +155,7 @@ def torch_udf(
         raise RuntimeError("torch_udf: no active SparkSession")
     batch_size = batch_size or arrow_batch_rows(spark)
     options = check_engine_options(batch_size, precision, engine_options)
+    check_executor_python(spark)
     if not isinstance(model, (str, os.PathLike)):
         check_module(model, "torch_udf")
         if example is None:
