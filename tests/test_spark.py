@@ -221,10 +221,19 @@ def check_report(rows: int, tasks: int) -> torchspark.Report:
 # Input kinds, outputs compared with eager PyTorch
 
 
+def python_node(scored: Any) -> str:
+    """Which Spark operator runs Python in ``scored``'s plan."""
+    plan = scored._jdf.queryExecution().executedPlan().toString()
+    return "ArrowEvalPython" if "ArrowEvalPython" in plan else "MapInArrow"
+
+
 def test_array_column_matches_eager_and_keeps_other_columns(df, source, models):
     scored = torchspark.predict(df, models.path("mlp"), inputs="features", batch_size=256)
-    keep = [c for c in df.columns if c != "features"]
+    # Every column kept, the input included, as withColumn does; on Spark 4.1+
+    # an arrow_udf column, so that only the input crosses to Python.
+    keep = df.columns
     assert scored.columns == [*keep, "prediction"]
+    assert python_node(scored) == "ArrowEvalPython"
     assert scored.schema["prediction"].dataType.simpleString() == "array<float>"
     table = collect(scored, ids(source))
     expected = eager(models.module("mlp"), floats(source, "features"))
@@ -354,6 +363,42 @@ def test_one_value_per_row_is_flattened_by_a_view():
     assert per_row(torch.zeros(5, 1, 1)).shape == (5, 1, 1)
 
 
+def test_default_keep_before_spark_4_1_runs_through_map_in_arrow(df, source, models, monkeypatch):
+    from torchspark.spark import score
+
+    monkeypatch.setattr(score, "_has_arrow_udf", lambda: False)  # pyspark < 4.1
+    scored = torchspark.predict(df, models.path("mlp"), inputs="features")
+    assert scored.columns == [*df.columns, "prediction"]
+    assert python_node(scored) == "MapInArrow"
+    table = collect(scored, ids(source))
+    assert table.select(df.columns).equals(source.select(df.columns))
+    expected = eager(models.module("mlp"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+
+
+def test_default_keep_with_several_outputs_and_a_failing_row(df, source, models):
+    """Several outputs by default: one arrow_udf struct, expanded into columns and
+    computed once per row; a failing row is named by the first column (id)."""
+    scored = torchspark.predict(df, models.path("tuple_out"), inputs="features")
+    assert scored.columns == [*df.columns, "prediction_0", "prediction_1", "prediction_2"]
+    assert python_node(scored) == "ArrowEvalPython"
+    table = collect(scored, ids(source))
+    lin, total, argmax = eager(models.module("tuple_out"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "prediction_0"), lin)
+    torch.testing.assert_close(floats(table, "prediction_1"), total)
+    assert table.column("prediction_2").to_pylist() == argmax.tolist()
+    check_report(ROWS, PARTITIONS)  # each row scored once, not once per output
+
+    bad = with_nulls(df, "features", f"id = {ROWS - 7}")
+    with pytest.raises(Exception) as info:
+        torchspark.predict(bad, models.path("mlp"), inputs="features").collect()
+    text = str(info.value)
+    assert "column 'features': 1 null value" in text
+    assert re.search(
+        rf"partition 3 attempt \d+, Arrow batch 0 \(500 rows\), row 493 \(id={ROWS - 7}\)", text
+    ), text
+
+
 def test_dict_outputs_named_by_keys(df, source, models):
     scored = torchspark.predict(
         df, models.path("dict_head"), inputs={"y": "b", "x": "a"}, keep=["id"]
@@ -369,7 +414,8 @@ def test_nested_array_input_and_nested_outputs(df, source, models):
     grid = df.selectExpr("id", "transform(sequence(0, 1), j -> slice(features, j * 4 + 1, 4)) as g")
     scored = torchspark.predict(grid, models.path("grid"), inputs="g", output=["y", "pos", "half"])
     assert scored.schema.simpleString() == (
-        "struct<id:bigint,y:array<array<float>>,pos:array<boolean>,half:float>"
+        "struct<id:bigint,g:array<array<float>>,y:array<array<float>>,pos:array<boolean>,"
+        "half:float>"
     )
     table = collect(scored, ids(source))
     x = floats(source, "features").view(-1, 2, 4)
@@ -1006,9 +1052,8 @@ def test_packed_gather_matches_the_gather(df, source, models, nulls):
     data = with_nulls(df, "c0", "pmod(id, 5) = 0") if nulls else df
     spec = Input(["c0", "c1", "c2"], pack=True, nulls="fill" if nulls else "error", fill=-2)
     scored = torchspark.predict(data, models.path("features3"), inputs=spec)
-    # The default keep is decided on the named columns, not the packed one.
-    kept = [c for c in df.columns if c not in ("c0", "c1", "c2")]
-    assert scored.columns == [*kept, "prediction"]
+    # The default keeps the DataFrame's columns, not the packed one.
+    assert scored.columns == [*df.columns, "prediction"]
     table = collect(scored, ids(source))
     x = torch.stack([floats(source, c) for c in ("c0", "c1", "c2")], dim=1)
     if nulls:

@@ -32,7 +32,7 @@ them against a local SparkSession); they share ``spark``, ``path`` and ``df``:
 ...                            "id long, x array<float>")
 >>> scored = torchspark.predict(df, path, inputs="x")
 >>> scored.columns
-['id', 'prediction']
+['id', 'x', 'prediction']
 >>> scored.count()
 2
 """

@@ -21,14 +21,13 @@ from .plan import check_column_types, plan_inputs, quote
 
 def packed(df: Any, inputs: Any, keep: Sequence[str] | None) -> tuple[Any, Any, Any]:
     """``df`` with a packed column per ``pack=True`` input, the inputs reading
-    them, and ``keep`` (its default decided on the columns the user named)."""
+    them, and ``keep`` (by default every column of the DataFrame given)."""
     specs, names = plan_inputs(inputs)
     if not any(spec.pack for spec in specs):
         return df, inputs, keep
     check_column_types(df.schema, specs)
-    if keep is None:  # the default is decided on the columns the user named
-        used = {c for spec in specs for c in spec.column_list}
-        keep = [c for c in df.columns if c not in used]
+    if keep is None:  # every column the user's DataFrame has, not the packed ones
+        keep = list(df.columns)
     result = []
     for i, spec in enumerate(specs):
         if not spec.pack:

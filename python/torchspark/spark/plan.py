@@ -170,7 +170,7 @@ def plan(
     check_column_types(df.schema, specs)
     used = [c for spec in specs for c in spec.column_list]
     if keep is None:
-        keep = [c for c in df.columns if c not in used]
+        keep = list(df.columns)  # every column, as withColumn does
     else:
         keep = list(keep)
         missing = [c for c in keep if c not in df.columns]

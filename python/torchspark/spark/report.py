@@ -27,7 +27,9 @@ class Report:
 
     ``rows_per_s`` is rows over the span from the first task's start to the
     last task's end; latencies are per Arrow batch (submit to outputs ready),
-    pooled over tasks.
+    pooled over tasks. ``failed``: the job failed; Spark's error is the last of
+    ``errors`` (a failed task's own record never reaches the driver). A job
+    that ran no task (an empty DataFrame) reports 0 ``rows`` and 0 ``tasks``.
     """
 
     rows: int

@@ -25,7 +25,14 @@ from .worker import ArrowPredictor
 
 
 class _UdfFunction:
-    """The body of a :func:`torch_udf`: pyarrow arrays in, one array out."""
+    """The body of an ``arrow_udf`` running a model: pyarrow arrays in, one array out.
+
+    For :func:`torch_udf`, each argument is one positional model input of the
+    given ``kinds`` (named ``_0``, ``_1``, ...). For :func:`predict`'s column
+    route, ``specs`` read the arguments by ``names``; a last argument named
+    ``label`` (the first kept column) is not a model input: it only names the
+    row of an error.
+    """
 
     def __init__(
         self,
@@ -36,6 +43,9 @@ class _UdfFunction:
         options: dict[str, Any],
         run: str,
         records: Any,
+        specs: list[Input] | None = None,
+        names: list[str] | None = None,
+        label: str | None = None,
     ) -> None:
         self.ref = ref
         self.kinds = kinds
@@ -44,8 +54,13 @@ class _UdfFunction:
         self.options = options
         self.run = run
         self.records = records
+        self.fixed_specs = specs
+        self.names = names
+        self.label = label
 
     def specs(self, count: int) -> list[Input]:
+        if self.fixed_specs is not None:
+            return self.fixed_specs
         names = [f"_{i}" for i in range(count)]
         if self.kinds == "gather":
             return [Input(names, kind="gather")]
@@ -61,20 +76,25 @@ class _UdfFunction:
         import pyarrow as pa
 
         first = next(iter(arrays), None)
-        if first is None:
-            return
-        count = len(first) if isinstance(first, tuple) else 1
-        names = [f"_{i}" for i in range(count)]
+        if first is None and self.fixed_specs is None:
+            return  # the number of columns is unknown, so are the inputs
+        count = (
+            len(self.names) if first is None else (len(first) if isinstance(first, tuple) else 1)
+        )
+        names = self.names or [f"_{i}" for i in range(count)]
 
         def batches() -> Iterator[Any]:
+            if first is None:
+                return
             for item in _chain(first, arrays):
                 cols = list(item) if isinstance(item, tuple) else [item]
                 yield pa.RecordBatch.from_arrays(cols, names=names)
 
+        keep = [self.label] if self.label else []
         predictor = ArrowPredictor(
             self.ref,
             self.specs(count),
-            [],
+            keep,
             None,
             None,
             self.device,
@@ -83,7 +103,7 @@ class _UdfFunction:
             self.records,
         )
         for batch in predictor(batches()):
-            yield self.column(batch)
+            yield self.column(batch.drop_columns(keep) if keep else batch)
 
     def column(self, batch: Any) -> Any:
         import pyarrow as pa
@@ -98,6 +118,60 @@ class _UdfFunction:
         if self.fields is None:
             return batch.column(0)
         return pa.StructArray.from_arrays(batch.columns, names=self.fields)
+
+
+def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
+    """The outputs of ``planned`` as one column of ``df`` on an ``arrow_udf``
+    (a struct for several outputs) and its type: only the input columns (and
+    ``label``) cross to Python, every other column stays in the JVM."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+    from pyspark.sql.functions import ArrowUDFType
+
+    from .plan import quote
+
+    # The arguments keep their names in the batches the model reads (so errors
+    # name the user's columns): Arrow field names are not parsed.
+    columns = list(dict.fromkeys(c for spec in planned.specs for c in spec.column_list))
+    names = list(columns)
+    arguments = [F.col(quote(c)) for c in columns]
+    if label is not None:
+        names.append(label)
+        arguments.append(F.col(quote(label)))
+    fields = None if len(planned.outputs) == 1 else list(planned.outputs)
+    if fields is None:
+        return_type = planned.output_types[0]
+    else:
+        return_type = T.StructType(
+            [
+                T.StructField(n, t, nullable=False)
+                for n, t in zip(planned.outputs, planned.output_types, strict=True)
+            ]
+        )
+    run, records = new_run(df.sparkSession.sparkContext)
+    body = _UdfFunction(
+        planned.ref,
+        None,
+        fields,
+        planned.device,
+        planned.options,
+        run,
+        records,
+        specs=planned.specs,
+        names=names,
+        label=label,
+    )
+
+    def torch_model(arrays: Iterator[Any]) -> Iterator[Any]:
+        return body(arrays)
+
+    torch_model.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "It is preferred to specify type hints")
+        udf = F.arrow_udf(
+            torch_model, returnType=return_type, functionType=ArrowUDFType.SCALAR_ITER
+        )
+    return udf(*arguments), return_type
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
