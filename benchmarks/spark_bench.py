@@ -24,6 +24,14 @@ produces ``id long, prediction float``):
   -> model, the model loaded once per partition iterator.
 * ``pandas``: hand-written ``mapInPandas`` (``np.stack`` of the array column,
   ``DataFrame.to_numpy`` of the scalar columns), model loaded the same way.
+* ``keep-map`` and ``keep-udf`` (not in the default list; light and tabular):
+  every column of the input kept, as ``withColumn`` does. ``keep-map`` is
+  ``torchspark.predict(..., keep=<every column>)``: through ``mapInArrow``
+  every kept column crosses to Python and back. ``keep-udf`` is
+  ``df.withColumn("prediction", torchspark.torch_udf(...)(inputs))`` on
+  ``arrow_udf`` (Spark 4.1+): the kept columns stay in the JVM and only the
+  inputs cross (tabular: the 64 columns packed into one ``array`` in the JVM,
+  as ``Input(pack=True)`` does).
 * ``torchspark``: ``torchspark.predict(..., keep=["id"])`` on a TorchScript
   file made by ``torchspark.export`` (see ``torchspark_predict``; skipped with
   a note where the API does not exist). ``predict`` itself runs a probe batch
@@ -111,6 +119,7 @@ TABULAR_COLS = [f"f{i}" for i in range(64)]
 VOCAB = 1000
 MAX_LEN = 256
 METHODS = ["floor", "pbu", "arrow", "pandas", "torchspark", "torchspark-unpacked"]
+KEEP_METHODS = ["keep-map", "keep-udf"]  # every column kept; run only when asked for
 OUT_SCHEMA = "id long, prediction float"
 
 
@@ -416,6 +425,22 @@ def torchspark_predict(
     return out.select("id", "prediction")
 
 
+def keep_everything(df, wl: Workload, model_path: str, args: argparse.Namespace, via: str):
+    """Every column of ``df`` kept and a ``prediction`` column added, through
+    ``mapInArrow`` (``via="map"``) or an ``arrow_udf`` column (``via="udf"``)."""
+    from pyspark.sql import functions as F
+
+    packed = wl.kind == "columns"
+    if via == "map":
+        inputs = [torchspark.Input(wl.cols, pack=True)] if packed else wl.cols[0]
+        return torchspark.predict(
+            df, model_path, inputs=inputs, keep=df.columns, batch_size=args.batch_size
+        )
+    score = torchspark.torch_udf(model_path, return_type="float", batch_size=args.batch_size)
+    column = F.array(*[F.col(c).cast("float") for c in wl.cols]) if packed else F.col(wl.cols[0])
+    return df.withColumn("prediction", score(column))
+
+
 def build_methods(df, wl: Workload, cfg: dict, ts_path: str, args: argparse.Namespace) -> dict:
     """name -> a function returning the DataFrame ``id, prediction`` of that method."""
     from pyspark.ml.functions import predict_batch_udf
@@ -457,9 +482,12 @@ def build_methods(df, wl: Workload, cfg: dict, ts_path: str, args: argparse.Name
         "pandas": lambda: df.mapInPandas(make_pandas_fn(cfg), OUT_SCHEMA),
         "torchspark": lambda: torchspark_predict(df, wl, ts_path, args),
         "torchspark-unpacked": lambda: torchspark_predict(df, wl, ts_path, args, pack=False),
+        "keep-map": lambda: keep_everything(df, wl, ts_path, args, "map"),
+        "keep-udf": lambda: keep_everything(df, wl, ts_path, args, "udf"),
     }
     # Packing only changes how scalar columns cross: the unpacked row is for them.
     methods = [m for m in args.methods if m != "torchspark-unpacked" or wl.kind == "columns"]
+    methods = [m for m in methods if m not in KEEP_METHODS or wl.kind != "tokens"]
     return {m: all_methods[m] for m in methods}
 
 
@@ -532,6 +560,13 @@ def report(
             table_rows,
         )
     )
+    keep_map, keep_udf = by.get("keep-map"), by.get("keep-udf")
+    if keep_map and keep_udf:
+        print(
+            f"\nkeeping every column: keep-udf (arrow_udf) {keep_udf.median:.3f} s, keep-map "
+            f"(mapInArrow) {keep_map.median:.3f} s: arrow_udf takes "
+            f"{keep_udf.median / keep_map.median:.2f}x the time of mapInArrow"
+        )
     ts = by.get("torchspark")
     if ts is None:
         return
@@ -624,8 +659,8 @@ def parse_args() -> argparse.Namespace:
         if w not in WORKLOADS:
             raise SystemExit(f"--workloads: unknown {w!r}; expected some of {list(WORKLOADS)}")
     for m in args.methods:
-        if m not in METHODS:
-            raise SystemExit(f"--methods: unknown {m!r}; expected some of {METHODS}")
+        if m not in METHODS + KEEP_METHODS:
+            raise SystemExit(f"--methods: unknown {m!r}; expected some of {METHODS + KEEP_METHODS}")
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.repeats < 1:
@@ -634,7 +669,9 @@ def parse_args() -> argparse.Namespace:
     args.batch_size = args.batch_size or args.mrpb
     args.sweep = [int(v) for v in args.mrpb_sweep.split(",") if v]
     args.row_counts = parse_rows(args.rows)
-    if "torchspark-unpacked" in args.methods and "torchspark" not in args.methods:
+    if any(m in args.methods for m in ["torchspark-unpacked", *KEEP_METHODS]) and (
+        "torchspark" not in args.methods
+    ):
         args.methods.append("torchspark")  # the export below is keyed on it
     if "torchspark" in args.methods and not hasattr(torchspark, "predict"):
         print("note: torchspark.predict does not exist in this build; skipping method torchspark\n")

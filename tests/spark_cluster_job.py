@@ -114,12 +114,12 @@ def main(workdir: str) -> dict:
         import pyarrow as pa
         from pyspark import SparkFiles
 
-        from torchspark import spark as ts_spark
+        from torchspark.spark import worker
 
         for _ in batches:
             pass
         path = _os.path.abspath(SparkFiles.get(name))
-        cached = any(key[0].location == name for key in ts_spark._engines)
+        cached = any(key[0].location == name for key in worker._engines)
         yield pa.RecordBatch.from_pylist(
             [{"pid": _os.getpid(), "path": path, "exists": _os.path.isfile(path), "cached": cached}]
         )

@@ -15,6 +15,7 @@ this module starts so that it overlaps the local tests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -105,10 +106,16 @@ class SparkModels(ModelFiles):
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         super().__init__(directory)
         masked, head, grid = MaskedMean(), DictHead(), Grid()
+        torch.manual_seed(11)
+        head1 = torch.nn.Linear(FEATURES, 1)  # [rows, 1]: one value per row
         tokens = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]] * 2)
         self._builders["masked_mean"] = (
             masked,
             lambda path: torchspark.export(masked, (tokens,), path),
+        )
+        self._builders["head1"] = (
+            head1,
+            lambda path: torchspark.export(head1, (torch.randn(4, FEATURES),), path),
         )
         self._builders["grid"] = (
             grid,
@@ -173,9 +180,9 @@ def source(df: Any) -> pa.Table:
 @pytest.fixture(autouse=True)
 def fresh_probes():
     """Each test sees the driver-side checks of a first predict (see _plan's cache)."""
-    from torchspark import spark as layer
+    from torchspark.spark import plan
 
-    layer._probed.clear()
+    plan._probed.clear()
 
 
 def collect(scored: Any, expected_ids: list[int]) -> pa.Table:
@@ -214,10 +221,19 @@ def check_report(rows: int, tasks: int) -> torchspark.Report:
 # Input kinds, outputs compared with eager PyTorch
 
 
+def python_node(scored: Any) -> str:
+    """Which Spark operator runs Python in ``scored``'s plan."""
+    plan = scored._jdf.queryExecution().executedPlan().toString()
+    return "ArrowEvalPython" if "ArrowEvalPython" in plan else "MapInArrow"
+
+
 def test_array_column_matches_eager_and_keeps_other_columns(df, source, models):
     scored = torchspark.predict(df, models.path("mlp"), inputs="features", batch_size=256)
-    keep = [c for c in df.columns if c != "features"]
+    # Every column kept, the input included, as withColumn does; on Spark 4.1+
+    # an arrow_udf column, so that only the input crosses to Python.
+    keep = df.columns
     assert scored.columns == [*keep, "prediction"]
+    assert python_node(scored) == "ArrowEvalPython"
     assert scored.schema["prediction"].dataType.simpleString() == "array<float>"
     table = collect(scored, ids(source))
     expected = eager(models.module("mlp"), floats(source, "features"))
@@ -321,6 +337,70 @@ def test_tuple_outputs_become_numbered_columns(df, source, models):
     assert table.column("prediction_2").to_pylist() == argmax.tolist()
 
 
+def test_one_output_per_row_is_a_scalar_column(df, source, models):
+    """[N, 1] (and [N]) outputs give a float column, as predict_batch_udf does."""
+    scored = torchspark.predict(df, models.path("head1"), inputs="features", keep=["id"])
+    assert scored.schema.simpleString() == "struct<id:bigint,prediction:float>"
+    table = collect(scored, ids(source))
+    expected = eager(models.module("head1"), floats(source, "features"))
+    assert expected.shape == (ROWS, 1)
+    torch.testing.assert_close(floats(table, "prediction"), expected.squeeze(1))
+    fn = torchspark.torch_udf(models.path("head1"), example=torch.randn(2, FEATURES))
+    assert fn.returnType.simpleString() == "float"
+    got = df.select("id", fn("features").alias("s")).toArrow().sort_by("id")
+    torch.testing.assert_close(floats(got, "s"), expected.squeeze(1))
+
+
+def test_one_value_per_row_is_flattened_by_a_view():
+    from torchspark.spark.outputs import per_row, record_batch
+
+    column = torch.arange(5, dtype=torch.float32).view(5, 1)
+    flat = per_row(column)
+    assert flat.shape == (5,) and flat.data_ptr() == column.data_ptr()
+    batch = record_batch(None, [], ["p"], [column])
+    assert batch.column("p").to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert batch.column("p").buffers()[1].address == column.data_ptr()  # no copy
+    wide = torch.zeros(5, 2)
+    assert per_row(wide) is wide
+    assert per_row(torch.zeros(5, 1, 1)).shape == (5, 1, 1)
+
+
+def test_default_keep_before_spark_4_1_runs_through_map_in_arrow(df, source, models, monkeypatch):
+    from torchspark.spark import score
+
+    monkeypatch.setattr(score, "_has_arrow_udf", lambda: False)  # pyspark < 4.1
+    scored = torchspark.predict(df, models.path("mlp"), inputs="features")
+    assert scored.columns == [*df.columns, "prediction"]
+    assert python_node(scored) == "MapInArrow"
+    table = collect(scored, ids(source))
+    assert table.select(df.columns).equals(source.select(df.columns))
+    expected = eager(models.module("mlp"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "prediction"), expected)
+
+
+def test_default_keep_with_several_outputs_and_a_failing_row(df, source, models):
+    """Several outputs by default: one arrow_udf struct, expanded into columns and
+    computed once per row; a failing row is named by the first column (id)."""
+    scored = torchspark.predict(df, models.path("tuple_out"), inputs="features")
+    assert scored.columns == [*df.columns, "prediction_0", "prediction_1", "prediction_2"]
+    assert python_node(scored) == "ArrowEvalPython"
+    table = collect(scored, ids(source))
+    lin, total, argmax = eager(models.module("tuple_out"), floats(source, "features"))
+    torch.testing.assert_close(floats(table, "prediction_0"), lin)
+    torch.testing.assert_close(floats(table, "prediction_1"), total)
+    assert table.column("prediction_2").to_pylist() == argmax.tolist()
+    check_report(ROWS, PARTITIONS)  # each row scored once, not once per output
+
+    bad = with_nulls(df, "features", f"id = {ROWS - 7}")
+    with pytest.raises(Exception) as info:
+        torchspark.predict(bad, models.path("mlp"), inputs="features").collect()
+    text = str(info.value)
+    assert "column 'features': 1 null value" in text
+    assert re.search(
+        rf"partition 3 attempt \d+, Arrow batch 0 \(500 rows\), row 493 \(id={ROWS - 7}\)", text
+    ), text
+
+
 def test_dict_outputs_named_by_keys(df, source, models):
     scored = torchspark.predict(
         df, models.path("dict_head"), inputs={"y": "b", "x": "a"}, keep=["id"]
@@ -336,7 +416,8 @@ def test_nested_array_input_and_nested_outputs(df, source, models):
     grid = df.selectExpr("id", "transform(sequence(0, 1), j -> slice(features, j * 4 + 1, 4)) as g")
     scored = torchspark.predict(grid, models.path("grid"), inputs="g", output=["y", "pos", "half"])
     assert scored.schema.simpleString() == (
-        "struct<id:bigint,y:array<array<float>>,pos:array<boolean>,half:float>"
+        "struct<id:bigint,g:array<array<float>>,y:array<array<float>>,pos:array<boolean>,"
+        "half:float>"
     )
     table = collect(scored, ids(source))
     x = floats(source, "features").view(-1, 2, 4)
@@ -574,6 +655,26 @@ def test_empty_dataframe_with_schema(df, models):
     assert scored.count() == 0
 
 
+def test_last_report_is_the_last_job_even_an_empty_one(spark, df, models):
+    path = models.path("mlp")
+    first = torchspark.predict(df, path, inputs="features", keep=["id"])
+    first.write.format("noop").mode("overwrite").save()
+    assert torchspark.last_report().rows == ROWS
+    # No partitions at all: the job runs no task, so no record; its report says so.
+    empty = df.select("id", "features").limit(0)  # the optimizer makes it a local relation
+    scored = torchspark.predict(
+        empty, path, inputs="features", keep=["id"], schema="prediction array<float>"
+    )
+    assert scored.count() == 0
+    report = torchspark.last_report()
+    assert (report.rows, report.tasks, report.failed, report.errors) == (0, 0, False, [])
+    assert "no rows" in str(report)
+    # The first DataFrame again: the newest job is the one reported.
+    first.write.format("noop").mode("overwrite").save()
+    report = torchspark.last_report()
+    assert (report.rows, report.tasks) == (ROWS, PARTITIONS)
+
+
 def test_empty_dataframe_without_schema_asks_for_one(df, models):
     with pytest.raises(ValueError, match=r"empty.*schema="):
         torchspark.predict(df.filter("id < 0"), models.path("mlp"), inputs="features")
@@ -611,6 +712,39 @@ def test_null_array_row_fails_the_job_naming_the_column(df, models):
     text = str(info.value)
     assert "NullValueError" in text
     assert "column 'features': 1 null value" in text
+    report = torchspark.last_report()
+    assert report.failed and "NullValueError: column 'features'" in report.errors[-1]
+    assert str(report).startswith("FAILED: ")
+    # Where: partition 3 holds ids 1500..1999 in one Arrow batch; id 1993 is its row 493.
+    assert re.search(
+        r"\[at stage \d+ partition 3 attempt \d+, Arrow batch 0 \(500 rows\), row 493 "
+        rf"\(id={ROWS - 7}\)\]",
+        text,
+    ), text
+    # The engine's error is the one raised, not a chain through torchspark's bookkeeping.
+    assert "During handling of the above exception" not in text
+    assert "direct cause" not in text
+
+
+def test_model_error_in_a_task_names_the_rows(df, models):
+    """A model raising on a batch in a task: the error gives the rows of that model
+    call within the Arrow batch and the id of the first."""
+    bad = df.selectExpr("id", "transform(features, v -> abs(v) * if(id = 1850, -1, 1)) as features")
+    scored = torchspark.predict(
+        bad, models.path("negative_raises"), inputs="features", keep=["id"], batch_size=100
+    )
+    with pytest.raises(Exception) as info:
+        scored.collect()
+    text = str(info.value)
+    assert "ModelError" in text and "negative input" in text
+    where = re.search(
+        r"partition 3 attempt \d+, Arrow batch 0 \(500 rows\), rows \[(\d+), (\d+)\) "
+        r"\(first: id=(\d+)\)\]",
+        text,
+    )
+    assert where, text
+    begin, end, first = (int(g) for g in where.groups())
+    assert begin <= 350 < end and first == 1500 + begin
 
 
 def test_null_in_the_probe_rows_raises_on_the_driver(df, models):
@@ -667,6 +801,32 @@ def test_null_token_rows_filled_as_empty(df, source, models):
 # Errors raised on the driver, before any task
 
 
+def test_executors_without_torchspark_fail_before_the_job(tmp_path):
+    """PYSPARK_PYTHON names a bare virtualenv (no torchspark): predict raises on
+    the driver after one single-task check job, naming that Python and how to
+    point Spark at the right one."""
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("no Java runtime for Spark")
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = str(bare / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYTHONPATH")}
+    job = subprocess.run(
+        [sys.executable, os.path.join(HERE, "spark_bare_python_job.py"), python, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        timeout=240,
+    )
+    assert job.returncode == 0, job.stderr.decode(errors="replace")[-4000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    error = r["error"]
+    assert error is not None and error.startswith("RuntimeError: torchspark: the executors' Python")
+    assert f"({python}) cannot import torchspark: ModuleNotFoundError" in error, error
+    assert "No module named 'torchspark'" in error
+    assert "spark.pyspark.python" in error and "PYSPARK_PYTHON" in error
+    assert r["tasks"] == 1  # the check's task: no probe batch, no scoring job
+
+
 def test_missing_column(df, models):
     with pytest.raises(ValueError, match=r"input column 'nope': not in the DataFrame"):
         torchspark.predict(df, models.path("mlp"), inputs="nope")
@@ -699,9 +859,18 @@ def test_models_that_cannot_load(df, models, tmp_path):
 
 
 def test_model_that_fails_on_the_probe_batch(df, models):
-    # features has 8 columns; features3 takes 3.
-    with pytest.raises(torchspark.ModelError, match=r"model 'features3\.pt' on a probe batch"):
+    # features has 8 columns; features3 takes 3: the error names the column and both widths.
+    with pytest.raises(torchspark.ModelError) as info:
         torchspark.predict(df, models.path("features3"), inputs="features")
+    message = str(info.value)
+    assert message.startswith("model 'features3.pt' on a probe batch of 16 rows (on the driver)")
+    assert "column 'features' gives [N, 8]; the model's first layer expects 3" in message
+    assert "Traceback" not in message and info.value.__cause__ is None
+    with pytest.raises(torchspark.ModelError) as info:
+        torchspark.predict(df, models.path("features5"), inputs=["c0", "c1", "c2"])
+    assert "columns ['c0', 'c1', 'c2'] give [N, 3]; the model's first layer expects 5" in str(
+        info.value
+    )
 
 
 def test_named_inputs_must_match_the_arguments(df, models):
@@ -724,24 +893,49 @@ def test_output_names_and_options_checked(df, models):
 # Logs, faults
 
 
-def test_per_task_log_line(df, models, monkeypatch, capfd):
-    """The line each task logs (model, device, batch size, rows). In local mode a
-    Python worker's stderr goes to the JVM's, which pytest cannot capture, so the
-    predictor runs here on the driver; spark_cluster_job.py reads the executors'
-    lines from their stderr files."""
-    monkeypatch.setenv("TORCHSPARK_LOG_LEVEL", "INFO")
+def test_per_task_log_line(df, models, monkeypatch, capfd, caplog):
+    """The line each task logs (model, device, batch size, rows), through the
+    ``torchspark`` logger at INFO: not printed unless logging is configured so.
+    In local mode a Python worker's log goes to the JVM's stderr, which pytest
+    cannot capture, so the predictor runs here on the driver;
+    spark_cluster_job.py reads the executors' lines from their stderr files."""
+    monkeypatch.delenv("TORCHSPARK_LOG_LEVEL", raising=False)
     fn = torchspark.arrow_predictor(
         df, models.path("mlp"), inputs="features", keep=["id"], batch_size=64
     )
     batches = df.limit(100).toArrow().to_batches()
-    out = pa.Table.from_batches(list(fn(iter(batches))))
+    with caplog.at_level(logging.INFO, logger="torchspark"):
+        out = pa.Table.from_batches(list(fn(iter(batches))))
     assert out.num_rows == 100 and out.column_names == ["id", "prediction"]
-    err = capfd.readouterr().err
-    assert re.search(
-        r"torchspark: driver: model 'mlp\.pt' \(TorchScript\) on cpu, batch_size 64, "
-        rf"intra-op threads \d+: 100 rows in {len(batches)} Arrow batches",
-        err,
-    ), err
+    lines = [r.getMessage() for r in caplog.records if r.name == "torchspark"]
+    assert any(
+        re.fullmatch(
+            r"driver: model 'mlp\.pt' \(TorchScript\) on cpu, batch_size 64, "
+            rf"intra-op threads \d+: 100 rows in {len(batches)} Arrow batches, [\d.]+ s",
+            line,
+        )
+        for line in lines
+    ), lines
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "torchspark")
+    assert "torchspark:" not in capfd.readouterr().err  # nothing printed by default
+
+
+def _dies_after_first_batch(fn: Any, partition: int) -> Any:
+    """``fn`` wrapped so that attempt 0 of ``partition`` exits its Python worker
+    right after yielding its first output batch (a test double: the product has
+    no crash switch)."""
+
+    def wrapper(batches: Any) -> Any:
+        from pyspark import TaskContext
+
+        task = TaskContext.get()
+        crash = task.partitionId() == partition and task.attemptNumber() == 0
+        for batch in fn(batches):
+            yield batch
+            if crash:
+                os._exit(17)
+
+    return wrapper
 
 
 def test_python_worker_killed_mid_partition_is_retried(spark, df, source, models):
@@ -752,9 +946,8 @@ def test_python_worker_killed_mid_partition_is_retried(spark, df, source, models
     try:
         path = models.path("mlp")
         clean = collect(torchspark.predict(df, path, inputs="features", keep=["id"]), ids(source))
-        crashed = torchspark.predict(
-            df, path, inputs="features", keep=["id"], _inject_crash_partition=1
-        )
+        fn = torchspark.arrow_predictor(df, path, inputs="features", keep=["id"])
+        crashed = df.mapInArrow(_dies_after_first_batch(fn, partition=1), fn.schema)
         table = collect(crashed, ids(source))
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
@@ -820,12 +1013,18 @@ def test_local_cluster_ships_the_model_to_each_executor(cluster_job):
 
 def test_docstring_examples_run(spark):
     import doctest
+    import importlib
+    import pkgutil
 
-    import torchspark.spark as module
+    import torchspark.spark as package
 
-    tests = doctest.DocTestFinder().find(module, "torchspark.spark")
-    # The module's example first: it defines the spark, path and df the others use.
-    tests.sort(key=lambda t: t.name != "torchspark.spark")
+    finder = doctest.DocTestFinder()
+    tests = finder.find(package, package.__name__)
+    for info in pkgutil.iter_modules(package.__path__):
+        name = f"{package.__name__}.{info.name}"
+        tests += finder.find(importlib.import_module(name), name)
+    # The package's example first: it defines the spark, path and df the others use.
+    tests.sort(key=lambda t: t.name != package.__name__)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     shared: dict = {}
     for test in tests:
@@ -855,9 +1054,8 @@ def test_packed_gather_matches_the_gather(df, source, models, nulls):
     data = with_nulls(df, "c0", "pmod(id, 5) = 0") if nulls else df
     spec = Input(["c0", "c1", "c2"], pack=True, nulls="fill" if nulls else "error", fill=-2)
     scored = torchspark.predict(data, models.path("features3"), inputs=spec)
-    # The default keep is decided on the named columns, not the packed one.
-    kept = [c for c in df.columns if c not in ("c0", "c1", "c2")]
-    assert scored.columns == [*kept, "prediction"]
+    # The default keeps the DataFrame's columns, not the packed one.
+    assert scored.columns == [*df.columns, "prediction"]
     table = collect(scored, ids(source))
     x = torch.stack([floats(source, c) for c in ("c0", "c1", "c2")], dim=1)
     if nulls:
@@ -871,7 +1069,7 @@ def test_pack_is_for_gathered_columns_only():
 
 
 def test_packed_fill_values_of_every_kind(spark):
-    from torchspark.spark import _sql_literal
+    from torchspark.spark.packing import sql_literal as _sql_literal
 
     cases = [
         (_sql_literal(-2, "float"), -2.0),

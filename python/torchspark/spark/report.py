@@ -1,0 +1,240 @@
+"""What the tasks of a scoring job report: per-task records, :class:`Report`, :func:`last_report`.
+
+Each task of a ``predict`` / ``arrow_predictor`` / ``torch_udf`` job sends one
+record (rows, Arrow batches, model calls, latencies, device, error, the SQL
+execution it ran in) to the driver through an accumulator of its run (one run
+per function made on the driver). The function Spark runs is named
+``torchspark_<run>``, so the plan of each SQL execution says which runs it
+holds: :func:`last_report` finds the newest execution that ran one, with or
+without tasks, and whether it failed (a failed task's record does not reach
+the driver: Spark drops the accumulator updates of failed tasks).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+_LATENCY_SAMPLES = 256  # per task, sent back to the driver
+
+
+@dataclass
+class Report:
+    """What the tasks of the last job that ran a ``predict`` reported.
+
+    ``rows_per_s`` is rows over the span from the first task's start to the
+    last task's end; latencies are per Arrow batch (submit to outputs ready),
+    pooled over tasks. ``failed``: the job failed; Spark's error is the last of
+    ``errors`` (a failed task's own record never reaches the driver). A job
+    that ran no task (an empty DataFrame) reports 0 ``rows`` and 0 ``tasks``.
+    """
+
+    rows: int
+    tasks: int
+    wall_s: float
+    rows_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    arrow_batches: int
+    model_calls: int
+    devices: list[str]
+    models: list[str]
+    batch_sizes: list[int]
+    intra_op_threads: list[int]
+    errors: list[str] = field(default_factory=list)
+    failed: bool = False
+    task_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def __str__(self) -> str:
+        status = "FAILED: " if self.failed else ""
+        if self.tasks == 0:
+            return (
+                status
+                + "no rows: the job ran no task (an empty DataFrame)"
+                + (f"; errors: {self.errors}" if self.errors else "")
+            )
+        return status + (
+            f"{self.rows:,} rows in {self.tasks} tasks, {self.wall_s:.2f} s "
+            f"({self.rows_per_s:,.0f} rows/s); latency per Arrow batch p50 {self.p50_ms:.1f} ms, "
+            f"p90 {self.p90_ms:.1f} ms, p99 {self.p99_ms:.1f} ms; {self.arrow_batches} Arrow "
+            f"batches, {self.model_calls} model calls; model {', '.join(self.models)} on "
+            f"{', '.join(self.devices)}, batch_size {', '.join(map(str, self.batch_sizes))}, "
+            f"intra-op threads {', '.join(map(str, self.intra_op_threads))}"
+            + (f"; errors: {self.errors}" if self.errors else "")
+        )
+
+
+def sample(values: list[float], limit: int = _LATENCY_SAMPLES) -> list[float]:
+    """At most ``limit`` of ``values``, evenly spaced."""
+    if len(values) <= limit:
+        return values
+    step = len(values) / limit
+    return [values[int(i * step)] for i in range(limit)]
+
+
+class _ListParam:
+    """Accumulator of per-task records (lists concatenate)."""
+
+    def zero(self, value: list[Any]) -> list[Any]:
+        return []
+
+    def addInPlace(self, a: list[Any], b: list[Any]) -> list[Any]:
+        a.extend(b)
+        return a
+
+
+_runs: dict[str, Any] = {}  # run id -> accumulator of its task records
+_runs_lock = threading.Lock()
+
+
+def new_run(sc: Any) -> tuple[str, Any]:
+    """A run id and the accumulator its tasks add their records to."""
+    from pyspark.accumulators import AccumulatorParam
+
+    param = type("_TorchSparkRecords", (_ListParam, AccumulatorParam), {})()
+    accumulator = sc.accumulator([], param)
+    run = uuid.uuid4().hex[:12]
+    with _runs_lock:
+        _runs[run] = accumulator
+    return run, accumulator
+
+
+def function_name(run: str) -> str:
+    """The name Spark shows for a run's function in its plans."""
+    return f"torchspark_{run}"
+
+
+_FUNCTION = re.compile(r"torchspark_([0-9a-f]{12})\b")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _summarise(records: list[dict[str, Any]]) -> Report:
+    latencies = [v for r in records for v in r["latency_ms"]]
+    start = min((r["start"] for r in records), default=0.0)
+    end = max((r["end"] for r in records), default=0.0)
+    rows = sum(r["rows"] for r in records)
+    wall = max(end - start, 1e-9) if records else 0.0
+    return Report(
+        rows=rows,
+        tasks=len(records),
+        wall_s=wall,
+        rows_per_s=rows / wall if records else 0.0,
+        p50_ms=_percentile(latencies, 0.5),
+        p90_ms=_percentile(latencies, 0.9),
+        p99_ms=_percentile(latencies, 0.99),
+        arrow_batches=sum(r["arrow_batches"] for r in records),
+        model_calls=sum(r["model_calls"] for r in records),
+        devices=sorted({r["device"] for r in records}),
+        models=sorted({f"{r['model']} ({r['format']})" for r in records}),
+        batch_sizes=sorted({r["batch_size"] for r in records}),
+        intra_op_threads=sorted({r["intra_op_threads"] for r in records}),
+        errors=[r["error"] for r in records if r["error"]],
+        task_records=records,
+    )
+
+
+def last_report() -> Report | None:
+    """A summary of the tasks of the most recent job that ran a ``predict``
+    (or an ``arrow_predictor`` / ``torch_udf``), or None before any ran.
+
+    The most recent such job, whatever it did: a job that failed has
+    ``failed`` set and Spark's error in ``errors``; a job that ran no task (an
+    empty DataFrame) reports 0 rows and 0 tasks.
+
+    >>> torchspark.predict(df, path, inputs="x").write.format("noop").mode("overwrite").save()
+    >>> report = torchspark.last_report()
+    >>> report.rows, report.p50_ms <= report.p99_ms, report.failed
+    (2, True, False)
+    """
+    with _runs_lock:
+        runs = dict(_runs)
+    records = [r for a in runs.values() for r in a.value]
+    last = _last_execution(set(runs), records)
+    if last is None:
+        return _latest_by_time(records)
+    execution, error = last
+    report = _summarise(_deduplicated([r for r in records if r.get("execution") == execution]))
+    if error:
+        report.failed = True
+        report.errors.append(error)
+    return report
+
+
+def _deduplicated(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per task attempt (the latest), by partition."""
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in records:
+        key = (r["run"], r["stage"], r["partition"], r["attempt"])
+        if key not in latest or r["end"] > latest[key]["end"]:
+            latest[key] = r
+    return sorted(latest.values(), key=lambda r: (r["partition"], r["attempt"], r["stage"]))
+
+
+def _latest_by_time(records: list[dict[str, Any]]) -> Report | None:
+    """Without Spark's execution history (no SQL status store): the stage that
+    ended last, by its records."""
+    if not records:
+        return None
+    last = max(records, key=lambda r: r["end"])
+    key = (last["run"], last["stage"])
+    return _summarise(_deduplicated([r for r in records if (r["run"], r["stage"]) == key]))
+
+
+_SCANNED = 64  # newest SQL executions searched for a torchspark function
+
+
+def _last_execution(runs: set[str], records: list[dict[str, Any]]) -> tuple[int, str | None] | None:
+    """The newest SQL execution that ran a function of ``runs``: its id and, if
+    it failed, the error; None where Spark's status store is out of reach."""
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context
+    if sc is None or not runs:
+        return None
+    try:
+        sc._jsc.sc().listenerBus().waitUntilEmpty()  # the events of the job that just ended
+        store = sc._jvm.org.apache.spark.sql.SparkSession.active().sharedState().statusStore()
+        count = store.executionsCount()
+        executions = store.executionsList(max(0, count - _SCANNED), min(count, _SCANNED))
+        newest = []
+        iterator = executions.iterator()
+        while iterator.hasNext():
+            newest.append(iterator.next())
+        with_records = {r.get("execution") for r in records}
+        for execution in reversed(newest):
+            number = int(execution.executionId())
+            if number not in with_records:
+                # No record: a job with no task if a function of ours is in its
+                # plan (wrapped in a user's function, it shows under their name,
+                # but then it has records), unless a cache holds its output (the
+                # job read it without running the function; an older one did).
+                plan = execution.physicalPlanDescription()
+                if not runs & set(_FUNCTION.findall(plan)) or "InMemoryRelation" in plan:
+                    continue
+            message = execution.errorMessage()
+            error = message.get() if message.isDefined() else None
+            return number, _first_error_line(error) if error else None
+    except Exception:
+        return None
+    return None
+
+
+def _first_error_line(message: str) -> str:
+    """The Python exception line of a Spark error (``NullValueError: ...``), else its first line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if re.match(r"^[\w.]*(Error|Exception): ", line) and not line.startswith(
+            ("org.apache.", "java.", "py4j.", "scala.")
+        ):
+            return line[:2000]
+    return lines[0][:2000] if lines else message

@@ -1,0 +1,283 @@
+"""``torch_udf``: a model as a column function on Spark's ``arrow_udf`` (Spark 4.1+).
+
+Only the column arguments cross to Python; the other columns of the row stay
+in the JVM. The body reuses the worker's :class:`ArrowPredictor` (engine
+cache, device and thread binding, per-task records).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ..distribute import ModelRef, fetch, ship
+from ..engine import Engine, Input
+from ..export import check_module, export_cached
+from . import outputs as out
+from .environment import check_executor_python
+from .plan import arrow_batch_rows, check_engine_options
+from .report import function_name, new_run
+from .worker import ArrowPredictor
+
+
+class _UdfFunction:
+    """The body of an ``arrow_udf`` running a model: pyarrow arrays in, one array out.
+
+    For :func:`torch_udf`, each argument is one positional model input of the
+    given ``kinds`` (named ``_0``, ``_1``, ...). For :func:`predict`'s column
+    route, ``specs`` read the arguments by ``names``; a last argument named
+    ``label`` (the first kept column) is not a model input: it only names the
+    row of an error.
+    """
+
+    def __init__(
+        self,
+        ref: ModelRef,
+        kinds: Any,
+        fields: list[str] | None,
+        device: str,
+        options: dict[str, Any],
+        run: str,
+        records: Any,
+        specs: list[Input] | None = None,
+        names: list[str] | None = None,
+        label: str | None = None,
+    ) -> None:
+        self.ref = ref
+        self.kinds = kinds
+        self.fields = fields  # struct field names, or None for one output
+        self.device = device
+        self.options = options
+        self.run = run
+        self.records = records
+        self.fixed_specs = specs
+        self.names = names
+        self.label = label
+
+    def specs(self, count: int) -> list[Input]:
+        if self.fixed_specs is not None:
+            return self.fixed_specs
+        names = [f"_{i}" for i in range(count)]
+        if self.kinds == "gather":
+            return [Input(names, kind="gather")]
+        kinds = self.kinds or ["tensor"] * count
+        if len(kinds) != count:
+            raise ValueError(
+                f"torch_udf('{self.ref.name}'): {len(kinds)} input kinds {kinds} for "
+                f"{count} columns"
+            )
+        return [Input(n, kind=k) for n, k in zip(names, kinds, strict=True)]
+
+    def __call__(self, arrays: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        first = next(iter(arrays), None)
+        if first is None and self.fixed_specs is None:
+            return  # the number of columns is unknown, so are the inputs
+        count = (
+            len(self.names) if first is None else (len(first) if isinstance(first, tuple) else 1)
+        )
+        names = self.names or [f"_{i}" for i in range(count)]
+
+        def batches() -> Iterator[Any]:
+            if first is None:
+                return
+            for item in _chain(first, arrays):
+                cols = list(item) if isinstance(item, tuple) else [item]
+                yield pa.RecordBatch.from_arrays(cols, names=names)
+
+        keep = [self.label] if self.label else []
+        predictor = ArrowPredictor(
+            self.ref,
+            self.specs(count),
+            keep,
+            None,
+            None,
+            self.device,
+            self.options,
+            self.run,
+            self.records,
+        )
+        for batch in predictor(batches()):
+            yield self.column(batch.drop_columns(keep) if keep else batch)
+
+    def column(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        expected = 1 if self.fields is None else len(self.fields)
+        if batch.num_columns != expected:
+            raise ValueError(
+                f"torch_udf('{self.ref.name}'): the model returned {batch.num_columns} outputs "
+                f"but the return type has {expected}"
+                + ("" if self.fields is None else f" fields {self.fields}")
+            )
+        if self.fields is None:
+            return batch.column(0)
+        return pa.StructArray.from_arrays(batch.columns, names=self.fields)
+
+
+def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
+    """The outputs of ``planned`` as one column of ``df`` on an ``arrow_udf``
+    (a struct for several outputs) and its type: only the input columns (and
+    ``label``) cross to Python, every other column stays in the JVM."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+    from pyspark.sql.functions import ArrowUDFType
+
+    from .plan import quote
+
+    # The arguments keep their names in the batches the model reads (so errors
+    # name the user's columns): Arrow field names are not parsed.
+    columns = list(dict.fromkeys(c for spec in planned.specs for c in spec.column_list))
+    names = list(columns)
+    arguments = [F.col(quote(c)) for c in columns]
+    if label is not None:
+        names.append(label)
+        arguments.append(F.col(quote(label)))
+    fields = None if len(planned.outputs) == 1 else list(planned.outputs)
+    if fields is None:
+        return_type = planned.output_types[0]
+    else:
+        return_type = T.StructType(
+            [
+                T.StructField(n, t, nullable=False)
+                for n, t in zip(planned.outputs, planned.output_types, strict=True)
+            ]
+        )
+    run, records = new_run(df.sparkSession.sparkContext)
+    body = _UdfFunction(
+        planned.ref,
+        None,
+        fields,
+        planned.device,
+        planned.options,
+        run,
+        records,
+        specs=planned.specs,
+        names=names,
+        label=label,
+    )
+
+    def torch_model(arrays: Iterator[Any]) -> Iterator[Any]:
+        return body(arrays)
+
+    torch_model.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "It is preferred to specify type hints")
+        udf = F.arrow_udf(
+            torch_model, returnType=return_type, functionType=ArrowUDFType.SCALAR_ITER
+        )
+    return udf(*arguments), return_type
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def torch_udf(
+    model: str | os.PathLike[str] | torch.nn.Module,
+    *,
+    return_type: Any = None,
+    example: Any = None,
+    output: str | Sequence[str] = "prediction",
+    inputs: str | Sequence[str] | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    sha256: str | None = None,
+    **engine_options: Any,
+) -> Any:
+    """A column function running ``model``, built on Spark's ``arrow_udf`` (Spark 4.1+).
+
+    Each column argument is one positional model input (``inputs=["tensor",
+    "pad", ...]`` sets each one's kind; ``inputs="gather"`` gathers all the
+    columns into one ``[N, F]`` input). ``return_type`` is the Spark type of
+    the result: a model with several outputs returns a struct, its fields in
+    output order. Without ``return_type``, ``example`` (the model's inputs for
+    a couple of rows: a tensor or a tuple of tensors) runs once on the driver
+    to derive it; several outputs then make a struct whose fields are named
+    like :func:`predict`'s columns (``output``). ``model`` may be an
+    ``nn.Module`` with ``example``: it is exported on the driver with that
+    example and verified against the module, as in :func:`predict`.
+
+    >>> score = torchspark.torch_udf(path, return_type="float")
+    >>> df.withColumn("score", score("x")).columns
+    ['id', 'x', 'score']
+    """
+    import pyspark
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if not hasattr(F, "arrow_udf"):
+        raise RuntimeError(
+            "torchspark.torch_udf needs Spark 4.1 or newer (pyspark.sql.functions.arrow_udf); "
+            f"this is pyspark {pyspark.__version__}. Use torchspark.predict, which runs on "
+            "mapInArrow (Spark 3.3+)."
+        )
+    from pyspark.sql.functions import ArrowUDFType
+
+    if inputs is not None and inputs != "gather":
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise RuntimeError("torch_udf: no active SparkSession")
+    batch_size = batch_size or arrow_batch_rows(spark)
+    options = check_engine_options(batch_size, precision, engine_options)
+    check_executor_python(spark)
+    if not isinstance(model, (str, os.PathLike)):
+        check_module(model, "torch_udf")
+        if example is None:
+            raise ValueError(
+                f"torch_udf: a {type(model).__name__} module needs example= (its inputs for a "
+                "few rows) to be exported; or pass the path of a model from torchspark.export"
+            )
+        model = export_cached(model, example)
+    ref = ship(model, spark.sparkContext, sha256)
+    if return_type is None:
+        if example is None:
+            raise ValueError(
+                f"torch_udf('{ref.name}'): give return_type (e.g. 'float', 'array<float>') or "
+                "example= (model inputs for a few rows) to derive it"
+            )
+        return_type = _udf_type_from_example(ref, example, output, options)
+    elif isinstance(return_type, str):
+        return_type = T._parse_datatype_string(return_type)
+    fields = return_type.fieldNames() if isinstance(return_type, T.StructType) else None
+    run, records = new_run(spark.sparkContext)
+    body = _UdfFunction(ref, inputs, fields, device, options, run, records)
+
+    def torch_model(arrays: Iterator[Any]) -> Iterator[Any]:
+        return body(arrays)
+
+    torch_model.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
+
+    with warnings.catch_warnings():
+        # The function takes one or several columns, so it has no single type
+        # hint; the explicit type is what Spark asks of such functions.
+        warnings.filterwarnings("ignore", "It is preferred to specify type hints")
+        return F.arrow_udf(
+            torch_model, returnType=return_type, functionType=ArrowUDFType.SCALAR_ITER
+        )
+
+
+def _udf_type_from_example(
+    ref: ModelRef, example: Any, output: str | Sequence[str], options: dict[str, Any]
+) -> Any:
+    from pyspark.sql import types as T
+
+    probe_options = {**options, "max_delay_ms": 0.0}
+    probe_options.pop("intra_op_threads", None)
+    with Engine(fetch(ref), device="cpu", **probe_options) as ex:
+        names, tensors = out.flatten(ex.run(example))
+    outs = out.output_names(output, names, len(tensors))
+    output_types = [out.spark_type(t, n) for t, n in zip(tensors, outs, strict=True)]
+    if len(output_types) == 1:
+        return output_types[0]
+    fields = [T.StructField(n, t, nullable=False) for n, t in zip(outs, output_types, strict=True)]
+    return T.StructType(fields)

@@ -1,0 +1,260 @@
+"""The function pickled to the executors: :class:`ArrowPredictor`.
+
+Runs in Spark's Python workers. Each worker keeps its engines (one per model,
+device, inputs and options; a few at most) across the tasks it runs; each task
+binds to its GPU (``TaskContext.resources()["gpu"]``) or the CPU, sizes torch's
+intra-op threads from ``spark.task.cpus``, streams its Arrow batches through
+the engine and sends one record to the driver (see :mod:`.report`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..distribute import ModelRef, fetch
+from ..engine import Engine, Input, size_intra_op_threads
+from . import outputs as out
+from .report import function_name, sample
+
+_engines: collections.OrderedDict[tuple[Any, ...], Engine] = collections.OrderedDict()
+_engines_lock = threading.Lock()
+_MAX_CACHED = 4
+
+
+def _task_device(device: str) -> torch.device:
+    from pyspark import TaskContext
+
+    if device != "auto":
+        return torch.device(device)
+    task = TaskContext.get()
+    gpus = task.resources().get("gpu") if task is not None else None
+    if gpus is not None and gpus.addresses:
+        accelerator = torch.accelerator.current_accelerator()
+        if accelerator is not None and torch.accelerator.device_count() > 0:
+            return torch.device(accelerator.type, int(gpus.addresses[0]))
+    from ..engine import _resolve_device
+
+    return _resolve_device("auto")
+
+
+def _cached_engine(
+    ref: ModelRef, device: torch.device, specs: Sequence[Input], options: Mapping[str, Any]
+) -> Engine:
+    key = (ref, str(device), repr(list(specs)), repr(sorted(options.items())))
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is not None and not engine.closed:
+            _engines.move_to_end(key)
+            return engine
+    path = fetch(ref)
+    engine = Engine(path, device=device, inputs=list(specs), **options)
+    with _engines_lock:
+        _engines[key] = engine
+        while len(_engines) > _MAX_CACHED:
+            _, old = _engines.popitem(last=False)
+            old.close()
+    return engine
+
+
+logger = logging.getLogger("torchspark")
+_env_level: list[str | None] = [None]  # the TORCHSPARK_LOG_LEVEL applied to the logger
+
+
+def _configure_logger() -> None:
+    """``TORCHSPARK_LOG_LEVEL`` (e.g. ``INFO``), where set, is the ``torchspark``
+    logger's level; if nothing handles its records yet (an executor's Python
+    worker, say), they go to stderr, which Spark keeps in the executor's log.
+    Unset, logging's own configuration decides (INFO lines are not shown)."""
+    value = os.environ.get("TORCHSPARK_LOG_LEVEL")
+    if not value or value == _env_level[0]:
+        return
+    _env_level[0] = value
+    try:
+        logger.setLevel(value.upper())
+    except ValueError:
+        return
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("torchspark: %(message)s"))
+        logger.addHandler(handler)
+
+
+# Where an engine error points inside its request (the Arrow batch):
+# NullValueError "... (first in row 7)" / "null values in row 7", ModelError "rows [0, 64)".
+_ROW = re.compile(
+    r"\(first in row (\d+)\)|null values in row (\d+)|request \d+ rows \[(\d+), (\d+)\)"
+)
+
+
+def _locate(error: BaseException, batch: Any, index: int, where: str, keep: list[str]) -> None:
+    """Add to ``error``'s message where it happened: the task, the Arrow batch,
+    the row and its first ``keep`` column's value (usually the id), so that a
+    user can find the row. The exception stays the same object (same type and
+    traceback): Spark shows the engine's error first."""
+    if len(error.args) != 1 or not isinstance(error.args[0], str):
+        return
+    text = error.args[0]
+    match = _ROW.search(text)
+    rows = batch.num_rows
+    at = f"{where}, Arrow batch {index} ({rows} rows)"
+    if match is not None:
+        groups = [g for g in match.groups() if g is not None]
+        row = int(groups[0])
+        single = len(groups) == 1
+        at += f", row {row}" if single else f", rows [{groups[0]}, {groups[1]})"
+        if keep and 0 <= row < rows:
+            try:
+                value = batch.column(keep[0])[row].as_py()
+                at += f" ({'' if single else 'first: '}{keep[0]}={value!r})"
+            except Exception:  # a label is a courtesy: never mask the error
+                pass
+    error.args = (f"{text} [at {at}]",)
+
+
+class ArrowPredictor:
+    """The function to hand to ``df.mapInArrow(predictor, predictor.schema)``.
+
+    Made by :func:`arrow_predictor` (or inside :func:`predict`). Pickled to the
+    executors; each Python worker loads the model once and reuses it across
+    tasks. Yields one output batch per input batch: the ``keep`` columns
+    (zero-copy) and one column per model output.
+    """
+
+    def __init__(
+        self,
+        ref: ModelRef,
+        specs: list[Input],
+        keep: list[str],
+        outputs: list[str] | None,
+        schema: Any,
+        device: str,
+        options: dict[str, Any],
+        run: str | None = None,
+        records: Any = None,
+    ) -> None:
+        self.ref = ref
+        self.specs = specs
+        self.keep = keep
+        self.outputs = outputs
+        self.schema = schema
+        self.device = device
+        self.options = options
+        self.run = run
+        self._records = records
+        if run is not None:
+            self.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
+
+    def __call__(self, batches: Iterable[Any]) -> Iterator[Any]:
+        from pyspark import TaskContext
+
+        _configure_logger()
+        task = TaskContext.get()
+        device = _task_device(self.device)
+        cpus = task.cpus() if task is not None else None
+        if device.type == "cpu":
+            # spark.task.cpus cores per task, one Python worker per task.
+            size_intra_op_threads(1, self.options.get("intra_op_threads") or cpus)
+        engine = _cached_engine(self.ref, device, self.specs, self.options)
+        where = (
+            f"stage {task.stageId()} partition {task.partitionId()} attempt {task.attemptNumber()}"
+            if task is not None
+            else "driver"
+        )
+        calls_before = engine.stats()["batches"]
+        # Fed to the engine, outputs not yet out: (batch, index in the task, fed at).
+        pending: collections.deque[tuple[Any, int, float]] = collections.deque()
+        taken = [True]  # whether the engine took the last batch fed (its submit returned)
+        stats = {"rows": 0, "arrow_batches": 0, "latency_ms": [], "start": time.time()}
+        error: str | None = None
+
+        def feed() -> Iterator[Any]:
+            for index, batch in enumerate(batches):
+                pending.append((batch, index, time.perf_counter()))
+                taken[0] = False
+                yield batch
+                taken[0] = True
+
+        try:
+            for result in engine.map(feed()):
+                batch, _, submitted = pending.popleft()
+                names, tensors = out.flatten(result)
+                outputs = self.outputs or out.output_names("_out", names, len(tensors))
+                stats["latency_ms"].append((time.perf_counter() - submitted) * 1e3)
+                stats["rows"] += batch.num_rows
+                stats["arrow_batches"] += 1
+                yield out.record_batch(batch, self.keep, outputs, tensors)
+        except Exception as e:
+            # Raised when submitting the newest batch, or when collecting the
+            # oldest one's outputs.
+            if pending:
+                batch, index, _ = pending[-1] if not taken[0] else pending[0]
+                _locate(e, batch, index, where, self.keep)
+            error = f"{type(e).__name__}: {e}"
+            raise
+        except BaseException as e:
+            error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            try:
+                stats["model_calls"] = engine.stats()["batches"] - calls_before
+                self._finish(task, engine, device, where, stats, error)
+            except Exception as bookkeeping:  # never in place of the task's own outcome
+                logger.warning("%s: the task's record was lost: %s", where, bookkeeping)
+
+    def _finish(
+        self,
+        task: Any,
+        engine: Engine,
+        device: torch.device,
+        where: str,
+        stats: dict[str, Any],
+        error: str | None,
+    ) -> None:
+        """The task's record to the driver, its line to the log."""
+        end = time.time()
+        execution = task.getLocalProperty("spark.sql.execution.id") if task is not None else None
+        record = {
+            "run": self.run,
+            "execution": int(execution) if execution else None,
+            "stage": task.stageId() if task is not None else -1,
+            "partition": task.partitionId() if task is not None else -1,
+            "attempt": task.attemptNumber() if task is not None else 0,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "model": self.ref.name,
+            "format": engine.model.format,
+            "device": str(device),
+            "batch_size": engine.batch_size,
+            "intra_op_threads": torch.get_num_threads(),
+            **stats,
+            "end": end,
+            "latency_ms": sample(stats["latency_ms"]),
+            "error": error,
+        }
+        logger.info(
+            "%s: model '%s' (%s) on %s, batch_size %d, intra-op threads %d: "
+            "%d rows in %d Arrow batches, %.3f s%s",
+            where,
+            self.ref.name,
+            engine.model.format,
+            device,
+            engine.batch_size,
+            torch.get_num_threads(),
+            stats["rows"],
+            stats["arrow_batches"],
+            end - stats["start"],
+            f"; failed: {error}" if error else "",
+        )
+        if self._records is not None:
+            self._records.add([record])
