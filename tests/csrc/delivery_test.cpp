@@ -79,6 +79,10 @@ TEST(PerTokenOutputs, UnknownNameListsTheOutputs) {
   options.per_token_names = {"logits"};
   EXPECT_THROW_WITH(per_token_outputs(options, three_outputs(), 5, "model 'm.pt'", 0),
                     c10::ValueError, "model 'm.pt'", "'logits'", "a, b, c");
+  // Positional outputs have no names to list: the message says so.
+  const ModelOutputs positional = outputs_of({}, {at::zeros({4, 5}), at::zeros({4, 5})});
+  EXPECT_THROW_WITH(per_token_outputs(options, positional, 5, "model 'm.pt'", 0), c10::ValueError,
+                    "'logits'", "2 positional outputs (no names)");
 }
 
 TEST(PerTokenOutputs, WrongDimOneNamesTheOutputAndBatch) {
