@@ -24,7 +24,10 @@ std::vector<bool> per_token_outputs(const EngineOptions& options, const ModelOut
   for (const std::string& name : options.per_token_names) {
     auto it = std::find(outputs.names.begin(), outputs.names.end(), name);
     TORCH_CHECK_VALUE(it != outputs.names.end(), label, ": per_token names output '", name,
-                      "' but the model returned ", c10::Join(", ", outputs.names));
+                      "' but the model returned ",
+                      outputs.names.empty()
+                          ? c10::str(outputs.tensors.size(), " positional outputs (no names)")
+                          : c10::Join(", ", outputs.names));
     flags[it - outputs.names.begin()] = true;
   }
   for (size_t j = 0; j < flags.size(); ++j) {
