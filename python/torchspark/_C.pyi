@@ -70,6 +70,20 @@ class TensorExport:
     @property
     def tensor(self) -> torch.Tensor: ...
 
+class BatchExport:
+    """An output record batch: the ``keep`` columns of ``batch`` (re-exported
+    zero-copy) beside tensors named ``names``, through the Arrow PyCapsule
+    interface."""
+
+    def __init__(
+        self, batch: Any, keep: list[str], names: list[str], tensors: list[torch.Tensor]
+    ) -> None: ...
+    def __arrow_c_array__(
+        self, requested_schema: object | None = None
+    ) -> tuple[object, object]: ...
+    @property
+    def num_rows(self) -> int: ...
+
 # ---- models.cpp ----
 
 class Model:
@@ -163,3 +177,6 @@ class Engine:
 
 def input_kinds() -> list[str]:
     """The registered input kinds, sorted: "gather", "pad", "tensor"."""
+
+def input_tensors(batch: Any, specs: object) -> list[torch.Tensor]:
+    """The tensors ``specs`` make of an Arrow ``batch``, as the model receives them."""
