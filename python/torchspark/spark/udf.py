@@ -126,7 +126,6 @@ def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
     ``label``) cross to Python, every other column stays in the JVM."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
-    from pyspark.sql.functions import ArrowUDFType
 
     from .plan import quote
 
@@ -162,16 +161,7 @@ def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
         label=label,
     )
 
-    def torch_model(arrays: Iterator[Any]) -> Iterator[Any]:
-        return body(arrays)
-
-    torch_model.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "It is preferred to specify type hints")
-        udf = F.arrow_udf(
-            torch_model, returnType=return_type, functionType=ArrowUDFType.SCALAR_ITER
-        )
-    return udf(*arguments), return_type
+    return _arrow_udf(body, run, return_type)(*arguments), return_type
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
@@ -220,7 +210,6 @@ def torch_udf(
             f"this is pyspark {pyspark.__version__}. Use torchspark.predict, which runs on "
             "mapInArrow (Spark 3.3+)."
         )
-    from pyspark.sql.functions import ArrowUDFType
 
     if inputs is not None and inputs != "gather":
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
@@ -252,18 +241,7 @@ def torch_udf(
     run, records = new_run(spark.sparkContext)
     body = _UdfFunction(ref, inputs, fields, device, options, run, records)
 
-    def torch_model(arrays: Iterator[Any]) -> Iterator[Any]:
-        return body(arrays)
-
-    torch_model.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
-
-    with warnings.catch_warnings():
-        # The function takes one or several columns, so it has no single type
-        # hint; the explicit type is what Spark asks of such functions.
-        warnings.filterwarnings("ignore", "It is preferred to specify type hints")
-        return F.arrow_udf(
-            torch_model, returnType=return_type, functionType=ArrowUDFType.SCALAR_ITER
-        )
+    return _arrow_udf(body, run, return_type)
 
 
 def _udf_type_from_example(
@@ -281,3 +259,22 @@ def _udf_type_from_example(
         return output_types[0]
     fields = [T.StructField(n, t, nullable=False) for n, t in zip(outs, output_types, strict=True)]
     return T.StructType(fields)
+
+
+def _arrow_udf(body: _UdfFunction, run: str, return_type: Any) -> Any:
+    """The SCALAR_ITER ``arrow_udf`` running ``body``, named for its run in
+    Spark's plans (see .report)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import ArrowUDFType
+
+    def torch_model(arrays: Iterator[Any]) -> Iterator[Any]:
+        return body(arrays)
+
+    torch_model.__name__ = function_name(run)
+    with warnings.catch_warnings():
+        # The function takes one or several columns, so it has no single type
+        # hint; the explicit type is what Spark asks of such functions.
+        warnings.filterwarnings("ignore", "It is preferred to specify type hints")
+        return F.arrow_udf(
+            torch_model, returnType=return_type, functionType=ArrowUDFType.SCALAR_ITER
+        )
