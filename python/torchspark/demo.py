@@ -172,7 +172,7 @@ def _check(input_path: str, output_path: str) -> tuple[int, float]:
         pc.list_flatten(data.column("features")).to_numpy().reshape(data.num_rows, FEATURES).copy()
     )
     scalars = torch.stack(
-        [torch.from_numpy(data.column(c).to_numpy()).float() for c in SCALARS], dim=1
+        [torch.from_numpy(data.column(c).to_numpy().copy()).float() for c in SCALARS], dim=1
     )
     with torch.inference_mode():
         expected = bundled_model()(features, scalars).numpy()
