@@ -142,6 +142,14 @@ TEST_F(ModelRegistryTest, APyTorchArchiveOfEagerWeightsPointsAtExport) {
                     "a zip archive with records [", "data.pkl", "torch.save", "torchspark.export");
 }
 
+TEST_F(ModelRegistryTest, ADirectoryIsNotAModelFile) {
+  const std::string path = (dir_ / "unpacked.pt2").string();
+  fs::create_directory(path);
+  EXPECT_THROW_WITH(detect_format(path), c10::ValueError, "model '" + path + "'",
+                    "expected a model file, got a directory");
+  EXPECT_THROW_WITH(load_model(path, ModelOptions{}), c10::ValueError, "got a directory");
+}
+
 TEST_F(ModelRegistryTest, AMissingFileCannotBeOpened) {
   const std::string path = (dir_ / "missing.pt").string();
   EXPECT_THROW_WITH(detect_format(path), c10::ValueError, path, "cannot open");

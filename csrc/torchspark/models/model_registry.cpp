@@ -5,6 +5,7 @@
 #include <caffe2/serialize/inline_container.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 
 namespace torchspark {
@@ -19,6 +20,10 @@ std::vector<ModelBackend>& backends() {
 ModelFile read_model_file(const std::string& path) {
   ModelFile file;
   file.path = path;
+  std::error_code error;
+  TORCH_CHECK_VALUE(!std::filesystem::is_directory(path, error), "model '", path,
+                    "': expected a model file, got a directory (an AOTInductor package is "
+                    "the .pt2 file itself, not a folder it was unpacked into)");
   {
     std::ifstream in(path, std::ios::binary);
     TORCH_CHECK_VALUE(in.good(), "model '", path, "': cannot open the file");
