@@ -99,7 +99,7 @@ class Input:
         options = {
             name: getattr(self, name)
             for name, default in _OPTION_DEFAULTS.items()
-            if getattr(self, name) != default or (default is None) != (getattr(self, name) is None)
+            if getattr(self, name) != default
         }
         return {"kind": self.resolved_kind, "columns": self.column_list, "options": options}
 

@@ -80,30 +80,40 @@ int64_t Engine::check_inputs(const Inputs& inputs) const {
   return rows;
 }
 
+namespace {
+
+// One row's shape, a padded input's width (dim 0) zeroed: widths may differ.
+std::vector<int64_t> layout_row(const InputSource& source) {
+  std::vector<int64_t> row = source.row_shape();
+  if (source.padded() && !row.empty()) row[0] = 0;
+  return row;
+}
+
+}  // namespace
+
 void Engine::check_layout(const Inputs& inputs) {
   // Every submission must feed the model the same way (batches mix them).
-  std::vector<InputLayout> layout;
-  for (const InputSourcePtr& source : inputs.sources) {
-    InputLayout input{source->dtype(), source->row_shape(), source->padded(), source->describe()};
-    if (input.padded && !input.row.empty()) input.row[0] = 0;
-    layout.push_back(std::move(input));
-  }
+  // Called with mutex_ held for every submission: compared in place, the
+  // descriptions are only formatted for an error.
   if (layout_.empty()) {
-    layout_ = std::move(layout);
-    for (size_t i = 0; i < layout_.size(); ++i) {
-      if (layout_[i].padded) padded_.push_back(i);
+    for (size_t i = 0; i < inputs.sources.size(); ++i) {
+      const InputSource& source = *inputs.sources[i];
+      layout_.push_back({source.dtype(), layout_row(source), source.padded(), source.describe()});
+      if (source.padded()) padded_.push_back(i);
     }
     return;
   }
-  TORCH_CHECK_VALUE(layout.size() == layout_.size(), model_->label(),
+  TORCH_CHECK_VALUE(inputs.sources.size() == layout_.size(), model_->label(),
                     ": every submission must have the same inputs; the first had ", layout_.size(),
-                    ", this one has ", layout.size());
-  for (size_t i = 0; i < layout.size(); ++i) {
-    const InputLayout& a = layout_[i];
-    const InputLayout& b = layout[i];
-    TORCH_CHECK_VALUE(a.dtype == b.dtype && a.row == b.row && a.padded == b.padded, model_->label(),
-                      ": input ", i, " has ", b.description, " but the first submission had ",
-                      a.description, "; submissions to one engine must match");
+                    ", this one has ", inputs.sources.size());
+  for (size_t i = 0; i < layout_.size(); ++i) {
+    const InputLayout& first = layout_[i];
+    const InputSource& source = *inputs.sources[i];
+    TORCH_CHECK_VALUE(first.dtype == source.dtype() && first.padded == source.padded() &&
+                          first.row == layout_row(source),
+                      model_->label(), ": input ", i, " has ", source.describe(),
+                      " but the first submission had ", first.description,
+                      "; submissions to one engine must match");
   }
 }
 

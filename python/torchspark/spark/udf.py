@@ -90,20 +90,21 @@ class _UdfFunction:
                 cols = list(item) if isinstance(item, tuple) else [item]
                 yield pa.RecordBatch.from_arrays(cols, names=names)
 
-        keep = [self.label] if self.label else []
+        # The label column (an id) crosses in to name a failing row, not out again.
         predictor = ArrowPredictor(
             self.ref,
             self.specs(count),
-            keep,
+            [],
             None,
             None,
             self.device,
             self.options,
             self.run,
             self.records,
+            label=self.label,
         )
         for batch in predictor(batches()):
-            yield self.column(batch.drop_columns(keep) if keep else batch)
+            yield self.column(batch)
 
     def column(self, batch: Any) -> Any:
         import pyarrow as pa

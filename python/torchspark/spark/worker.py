@@ -97,9 +97,9 @@ _ROW = re.compile(
 )
 
 
-def _locate(error: BaseException, batch: Any, index: int, where: str, keep: list[str]) -> None:
+def _locate(error: BaseException, batch: Any, index: int, where: str, label: str | None) -> None:
     """Add to ``error``'s message where it happened: the task, the Arrow batch,
-    the row and its first ``keep`` column's value (usually the id), so that a
+    the row and its ``label`` column's value (usually the id), so that a
     user can find the row. The exception stays the same object (same type and
     traceback): Spark shows the engine's error first."""
     if len(error.args) != 1 or not isinstance(error.args[0], str):
@@ -113,10 +113,10 @@ def _locate(error: BaseException, batch: Any, index: int, where: str, keep: list
         row = int(groups[0])
         single = len(groups) == 1
         at += f", row {row}" if single else f", rows [{groups[0]}, {groups[1]})"
-        if keep and 0 <= row < rows:
+        if label is not None and 0 <= row < rows:
             try:
-                value = batch.column(keep[0])[row].as_py()
-                at += f" ({'' if single else 'first: '}{keep[0]}={value!r})"
+                value = batch.column(label)[row].as_py()
+                at += f" ({'' if single else 'first: '}{label}={value!r})"
             except Exception:  # a label is a courtesy: never mask the error
                 pass
     error.args = (f"{text} [at {at}]",)
@@ -142,6 +142,7 @@ class ArrowPredictor:
         options: dict[str, Any],
         run: str | None = None,
         records: Any = None,
+        label: str | None = None,
     ) -> None:
         self.ref = ref
         self.specs = specs
@@ -152,6 +153,8 @@ class ArrowPredictor:
         self.options = options
         self.run = run
         self._records = records
+        # The column whose value names a failing row: the first kept one by default.
+        self.label = label if label is not None else (keep[0] if keep else None)
         if run is not None:
             self.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
 
@@ -199,7 +202,7 @@ class ArrowPredictor:
             # oldest one's outputs.
             if pending:
                 batch, index, _ = pending[-1] if not taken[0] else pending[0]
-                _locate(e, batch, index, where, self.keep)
+                _locate(e, batch, index, where, self.label)
             error = f"{type(e).__name__}: {e}"
             raise
         except BaseException as e:
