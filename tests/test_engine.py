@@ -646,7 +646,13 @@ def test_per_token_checks(models):
     ]
     for per_token, batch_rows, message in cases:
         with (
-            Engine(models.path("per_token"), inputs=spec, per_token=per_token, max_tokens=6) as e,
+            Engine(
+                models.path("per_token"),
+                inputs=spec,
+                per_token=per_token,
+                max_tokens=6,
+                sort_window=0,
+            ) as e,
             pytest.raises((ModelError, ValueError), match=message),
         ):
             e.run(tokens_batch(batch_rows))
@@ -741,8 +747,10 @@ def test_engine_options_are_named_and_checked_in_one_place(models):
     path = models.path("mlp")
     with pytest.raises(ValueError, match=r"batch_size must be >= 1, got 0"):
         Engine(path, batch_size=0)
-    with pytest.raises(ValueError, match=r"sort_window must be >= 0 \(0: no sorting\), got -1"):
-        Engine(path, sort_window=-1)
+    with pytest.raises(
+        ValueError, match=r"sort_window must be >= 0 \(0: no sorting\) or -1 .*, got -2"
+    ):
+        Engine(path, sort_window=-2)
     with pytest.raises(TypeError, match=r"EngineOptions\.batch_size: cannot take 'many'"):
         Engine(path, batch_size="many")
     with pytest.raises(
@@ -1064,7 +1072,8 @@ def test_constructor_argument_errors(models):
         {"precision": "fp8"},
         {"max_tokens": 0},
         {"max_delay_ms": -1},
-        {"sort_window": -1},
+        {"max_tokens": "some"},
+        {"sort_window": -2},
     ):
         with pytest.raises(ValueError):
             Engine(path, **kwargs)

@@ -125,6 +125,17 @@ class PyEngine {
     d["batches"] = s.batches;
     d["mean_batch_rows"] = s.mean_batch_rows;
     d["padding_ratio"] = s.padding_ratio;
+    d["token_budget"] = s.token_budget;
+    d["token_budget_tuning"] = s.token_budget_tuning;
+    py::list trials;
+    for (const TokenBudget::Trial& t : s.token_budget_trials) {
+      py::dict trial;
+      trial["max_tokens"] = t.budget;
+      trial["batches"] = t.batches;
+      trial["tokens_per_s"] = t.tokens_per_second();
+      trials.append(trial);
+    }
+    d["token_budget_trials"] = trials;
     d["errors"] = s.errors;
     d["retries"] = s.retries;
     d["inline_batches"] = s.inline_batches;

@@ -294,14 +294,17 @@ def _compare(expected: Any, actual: Any, label: str, format: str, compute: torch
             )
 
 
-def argument_names(module: torch.nn.Module, count: int) -> list[str]:
-    """The first ``count`` positional parameter names of ``module.forward``, or []."""
+def argument_names(module: torch.nn.Module, count: int | None = None) -> list[str]:
+    """The first ``count`` (default: all) positional parameter names of
+    ``module.forward``, or [] when it has fewer."""
     try:
         parameters = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):
         return []
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     names = [p.name for p in parameters if p.kind in positional]
+    if count is None:
+        return names
     return names[:count] if len(names) >= count else []
 
 

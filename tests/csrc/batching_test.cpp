@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <random>
 #include <utility>
 #include <vector>
@@ -96,13 +97,26 @@ struct Fit {
   BatchShape batch;
 };
 
+// Slots of a shape counted here: per length group, its widest input.
+int64_t reference_slots(const BatchShape& shape) {
+  std::map<int64_t, int64_t> widest;
+  for (size_t p = 0; p < shape.widths.size(); ++p) {
+    const int64_t group = shape.groups.empty() ? static_cast<int64_t>(p) : shape.groups[p];
+    widest[group] = std::max(widest[group], shape.widths[p]);
+  }
+  int64_t width = 0;
+  for (const auto& entry : widest) width += entry.second;
+  return shape.rows * width;
+}
+
 Fit reference_fit(const BatchShape& start, const RowLengths& lengths, int64_t begin,
                   int64_t available, int64_t batch_size, int64_t max_tokens) {
   const size_t inputs = lengths.lengths.size();
   Fit best{0, start};
   best.batch.widths.resize(inputs, 0);
   for (int64_t k = 1; k <= available; ++k) {
-    BatchShape shape{start.rows + k, start.widths};
+    BatchShape shape = start;
+    shape.rows = start.rows + k;
     shape.widths.resize(inputs, 0);
     for (size_t p = 0; p < inputs; ++p) {
       for (int64_t i = 0; i < k; ++i) {
@@ -111,7 +125,7 @@ Fit reference_fit(const BatchShape& start, const RowLengths& lengths, int64_t be
     }
     if (shape.rows > batch_size) break;
     const bool alone = start.rows == 0 && k == 1;
-    if (max_tokens > 0 && inputs > 0 && !alone && shape.token_slots() > max_tokens) break;
+    if (max_tokens > 0 && inputs > 0 && !alone && reference_slots(shape) > max_tokens) break;
     best = Fit{k, shape};
   }
   return best;
@@ -161,6 +175,22 @@ TEST(FitRows, TwoPaddedInputsCostRowsTimesTheSumOfWidths) {
   EXPECT_EQ(fit_rows(batch, rows, 0, 4, 100, 20), 2);
   EXPECT_EQ(batch.widths, (std::vector<int64_t>{2, 3}));
   EXPECT_EQ(batch.token_slots(), 10);
+}
+
+TEST(FitRows, InputsOfOneLengthGroupCountOnce) {
+  // A text's ids and attention mask (group 0) and a second text (group 1).
+  const std::vector<int64_t> ids = {3, 3, 4, 4};
+  const std::vector<int64_t> other = {2, 2, 2, 2};
+  RowLengths rows{{ids.data(), ids.data(), other.data()}};
+  BatchShape batch;
+  batch.groups = {0, 0, 1};
+  // 3 rows: 3 x (4 + 2) = 18 <= 18; counted per input it would be 3 x 10.
+  EXPECT_EQ(fit_rows(batch, rows, 0, 4, 100, 18), 3);
+  EXPECT_EQ(batch.widths, (std::vector<int64_t>{4, 4, 2}));
+  EXPECT_EQ(batch.token_slots(), 18);
+  // Counted per input, 2 rows already make 2 x (3 + 3 + 2) = 16 and 3 rows 24.
+  BatchShape ungrouped;
+  EXPECT_EQ(fit_rows(ungrouped, rows, 0, 4, 100, 18), 2);
 }
 
 TEST(FitRows, ARowOverTheBudgetRunsAloneInAnEmptyBatch) {
@@ -219,7 +249,7 @@ TEST(FitRows, MatchesTheBruteForceReference) {
   std::mt19937_64 rng(11);
   for (int round = 0; round < 2000; ++round) {
     const int64_t n = 1 + static_cast<int64_t>(rng() % 24);
-    const size_t inputs = rng() % 3;  // 0, 1 or 2 padded inputs
+    const size_t inputs = rng() % 4;  // 0 to 3 padded inputs
     std::vector<std::vector<int64_t>> lengths(inputs, std::vector<int64_t>(n));
     for (auto& input : lengths) {
       for (int64_t& l : input) l = static_cast<int64_t>(rng() % 12);
@@ -237,6 +267,10 @@ TEST(FitRows, MatchesTheBruteForceReference) {
     const int64_t batch_size = 1 + static_cast<int64_t>(rng() % 16);
     const int64_t max_tokens = rng() % 4 == 0 ? 0 : static_cast<int64_t>(rng() % 80);
     BatchShape start;
+    if (inputs > 0 && rng() % 2 == 0) {
+      // Length groups: inputs numbered into at most `inputs` groups.
+      for (size_t p = 0; p < inputs; ++p) start.groups.push_back(int64_t(rng() % inputs));
+    }
     if (rng() % 2 == 0) {
       start.rows = static_cast<int64_t>(rng() % 4);
       if (start.rows > 0) {

@@ -32,6 +32,9 @@ TEST(ValidateOptions, DefaultsAndEdgesAreValid) {
   EXPECT_NO_THROW(validate_options(edges));
   edges.inline_below_ms = kInf;  // always inline
   EXPECT_NO_THROW(validate_options(edges));
+  edges.max_tokens = kAutoTokens;
+  edges.sort_window = kWholeSubmission;
+  EXPECT_NO_THROW(validate_options(edges));
 }
 
 struct Case {
@@ -44,13 +47,13 @@ TEST(ValidateOptions, EachFieldOutOfRangeNamesTheField) {
   const std::vector<Case> cases = {
       {"batch_size", [](EngineOptions& o) { o.batch_size = 0; }, "0"},
       {"batch_size", [](EngineOptions& o) { o.batch_size = -5; }, "-5"},
-      {"max_tokens", [](EngineOptions& o) { o.max_tokens = -1; }, "-1"},
+      {"max_tokens", [](EngineOptions& o) { o.max_tokens = -2; }, "-2"},
       {"max_delay_ms", [](EngineOptions& o) { o.max_delay_ms = -0.5; }, "-0.5"},
       {"max_delay_ms", [](EngineOptions& o) { o.max_delay_ms = kNan; }, "nan"},
       {"max_delay_ms", [](EngineOptions& o) { o.max_delay_ms = kInf; }, "inf"},
       {"threads", [](EngineOptions& o) { o.threads = 0; }, "0"},
       {"inflight", [](EngineOptions& o) { o.inflight = 0; }, "0"},
-      {"sort_window", [](EngineOptions& o) { o.sort_window = -1; }, "-1"},
+      {"sort_window", [](EngineOptions& o) { o.sort_window = -2; }, "-2"},
       {"inline_below_ms", [](EngineOptions& o) { o.inline_below_ms = -1; }, "-1"},
       {"inline_below_ms", [](EngineOptions& o) { o.inline_below_ms = kNan; }, "nan"},
       {"per_token", [](EngineOptions& o) { o.per_token_indices = {0, -2}; }, "-2"},

@@ -17,10 +17,21 @@ std::vector<int64_t> windowed_sort(const int64_t* keys, int64_t rows, int64_t wi
   return order;
 }
 
-int64_t BatchShape::token_slots() const {
+int64_t BatchShape::group_width(const std::vector<int64_t>& input_widths) const {
+  if (groups.empty()) {
+    int64_t width = 0;
+    for (const int64_t w : input_widths) width += w;
+    return width;
+  }
+  std::vector<int64_t> widest;
+  for (size_t p = 0; p < input_widths.size() && p < groups.size(); ++p) {
+    const auto g = static_cast<size_t>(groups[p]);
+    if (widest.size() <= g) widest.resize(g + 1, 0);
+    widest[g] = std::max(widest[g], input_widths[p]);
+  }
   int64_t width = 0;
-  for (const int64_t w : widths) width += w;
-  return rows * width;
+  for (const int64_t w : widest) width += w;
+  return width;
 }
 
 int64_t fit_rows(BatchShape& batch, const RowLengths& rows, int64_t begin, int64_t available,
@@ -35,11 +46,10 @@ int64_t fit_rows(BatchShape& batch, const RowLengths& rows, int64_t begin, int64
   std::vector<int64_t> candidate(inputs);
   int64_t fit = 0;
   for (; fit < take; ++fit) {
-    int64_t width = 0;
     for (size_t p = 0; p < inputs; ++p) {
       candidate[p] = std::max(batch.widths[p], std::max<int64_t>(rows.at(p, begin + fit), 1));
-      width += candidate[p];
     }
+    const int64_t width = batch.group_width(candidate);
     const int64_t joined = batch.rows + fit;
     if (max_tokens > 0 && joined > 0 && (joined + 1) * width > max_tokens) break;
     batch.widths = candidate;

@@ -19,8 +19,14 @@ std::vector<int64_t> windowed_sort(const int64_t* keys, int64_t rows, int64_t wi
 struct BatchShape {
   int64_t rows = 0;
   std::vector<int64_t> widths;
-  // Padded slots of the batch: rows x the sum of its widths.
-  int64_t token_slots() const;
+  // Per padded input, its length group (inputs/input_source.h), numbered
+  // from 0; empty: each input is its own group.
+  std::vector<int64_t> groups;
+  // Padded slots of the batch: rows x the sum over length groups of the
+  // group's widest input (a text's ids and mask count once).
+  int64_t token_slots() const { return rows * group_width(widths); }
+  // The sum over groups of the widest of `widths` (one per padded input).
+  int64_t group_width(const std::vector<int64_t>& widths) const;
 };
 
 // One submission's row lengths per padded input, read in staging order.
@@ -34,7 +40,7 @@ struct RowLengths {
 
 // How many of the `available` rows at staging positions [begin, ...) join
 // `batch` without passing batch_size rows and, when max_tokens > 0,
-// max_tokens padded slots; updates `batch`. An empty batch takes at least one
+// max_tokens padded slots (token_slots()); updates `batch`. An empty batch takes at least one
 // row, however long (a row over the budget runs alone rather than never).
 int64_t fit_rows(BatchShape& batch, const RowLengths& rows, int64_t begin, int64_t available,
                  int64_t batch_size, int64_t max_tokens);

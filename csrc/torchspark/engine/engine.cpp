@@ -23,12 +23,21 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// Tuned budgets stay within what fits a device's memory comfortably; an
+// accelerator's wider compute usually wants bigger batches.
+TokenBudgetSettings budget_settings(const EngineOptions& options) {
+  TokenBudgetSettings settings;
+  settings.ceiling = options.device.is_cpu() ? 16384 : 65536;
+  return settings;
+}
+
 }  // namespace
 
 Engine::Engine(std::shared_ptr<const Model> model, EngineOptions options)
     : model_(std::move(model)),
       options_(std::move(options)),
-      pool_(options_.inflight, /*pinned=*/!options_.device.is_cpu()) {
+      pool_(options_.inflight, /*pinned=*/!options_.device.is_cpu()),
+      budget_(options_.max_tokens, budget_settings(options_)) {
   TORCH_CHECK_VALUE(model_ != nullptr, "Engine: expected a model, got none");
   validate_options(options_);
   TORCH_CHECK_VALUE(options_.precision == Precision::kFloat32 || model_->capabilities().autocast,
@@ -99,7 +108,19 @@ void Engine::check_layout(const Inputs& inputs) {
     for (size_t i = 0; i < inputs.sources.size(); ++i) {
       const InputSource& source = *inputs.sources[i];
       layout_.push_back({source.dtype(), layout_row(source), source.padded(), source.describe()});
-      if (source.padded()) padded_.push_back(i);
+      if (source.padded()) {
+        padded_.push_back(i);
+        // Inputs of one length group (a text's ids and mask) share a number.
+        int64_t group = group_count_;
+        for (size_t q = 0; q + 1 < padded_.size(); ++q) {
+          if (inputs.sources[padded_[q]]->length_group() == source.length_group()) {
+            group = groups_[q];
+            break;
+          }
+        }
+        if (group == group_count_) ++group_count_;
+        groups_.push_back(group);
+      }
     }
     return;
   }
@@ -120,18 +141,35 @@ void Engine::check_layout(const Inputs& inputs) {
 RequestPtr Engine::submit(Inputs inputs, std::shared_ptr<void> keepalive) {
   auto request = std::make_shared<Request>();
   const int64_t rows = check_inputs(inputs);
-  std::vector<const int64_t*> lengths;
+  std::vector<const InputSource*> padded;
   for (const InputSourcePtr& source : inputs.sources) {
-    if (source->padded()) lengths.push_back(source->lengths().data_ptr<int64_t>());
+    if (source->padded()) padded.push_back(source.get());
   }
-  if (options_.sort_window > 0 && !lengths.empty() && rows > 1) {
-    // Staged sorted by total length within windows: similar lengths share batches.
-    std::vector<int64_t> keys(rows, 0);
-    for (const int64_t* row_lengths : lengths) {
-      for (int64_t r = 0; r < rows; ++r) keys[r] += row_lengths[r];
+  if (options_.sort_window != 0 && !padded.empty() && rows > 1) {
+    // Staged sorted by total length within windows: similar lengths share
+    // batches. A length group (a text's ids and mask) counts once: its longest.
+    std::vector<std::string> groups;
+    std::vector<std::vector<int64_t>> group_keys;
+    for (const InputSource* source : padded) {
+      const std::string group = source->length_group();
+      const auto found = std::find(groups.begin(), groups.end(), group);
+      const size_t g = static_cast<size_t>(found - groups.begin());
+      if (found == groups.end()) {
+        groups.push_back(group);
+        group_keys.emplace_back(rows, 0);
+      }
+      const int64_t* row_lengths = source->lengths().data_ptr<int64_t>();
+      for (int64_t r = 0; r < rows; ++r) {
+        group_keys[g][r] = std::max(group_keys[g][r], row_lengths[r]);
+      }
     }
-    request->order_ = at::tensor(windowed_sort(keys.data(), rows, options_.sort_window),
-                                 at::TensorOptions().dtype(at::kLong));
+    std::vector<int64_t> keys(rows, 0);
+    for (const std::vector<int64_t>& group : group_keys) {
+      for (int64_t r = 0; r < rows; ++r) keys[r] += group[r];
+    }
+    const int64_t window = options_.sort_window == kWholeSubmission ? 0 : options_.sort_window;
+    request->order_ =
+        at::tensor(windowed_sort(keys.data(), rows, window), at::TensorOptions().dtype(at::kLong));
   }
   request->rows_ = rows;
   request->inputs_ = std::make_shared<const Inputs>(std::move(inputs));
@@ -264,6 +302,9 @@ EngineStats Engine::stats() const {
   s.mean_batch_rows = s.batches > 0 ? static_cast<double>(s.rows) / s.batches : 0.0;
   const int64_t slots = stat_token_slots_;
   s.padding_ratio = slots > 0 ? static_cast<double>(stat_token_padding_) / slots : 0.0;
+  s.token_budget = budget_.current();
+  s.token_budget_tuning = budget_.tuning();
+  s.token_budget_trials = budget_.history();
   s.queue = queue_latency_.summary();
   s.stage = stage_latency_.summary();
   s.compute = compute_latency_.summary();
@@ -282,6 +323,8 @@ bool Engine::next_batch(Batch& batch) {
   const auto deadline =
       Clock::now() + std::chrono::duration_cast<Clock::duration>(
                          std::chrono::duration<double, std::milli>(options_.max_delay_ms));
+  batch.shape.groups = groups_;
+  batch.budget = padded_.empty() ? 0 : budget_.next();
   for (;;) {
     if (queue_.empty()) {
       if (flush_ || closing_ || batch.shape.rows >= options_.batch_size) break;
@@ -309,7 +352,7 @@ bool Engine::next_batch(Batch& batch) {
     }
     lengths.order = request->order_.defined() ? request->order_.data_ptr<int64_t>() : nullptr;
     const int64_t take =
-        fit_rows(batch.shape, lengths, begin, remaining, options_.batch_size, options_.max_tokens);
+        fit_rows(batch.shape, lengths, begin, remaining, options_.batch_size, batch.budget);
     if (take == 0 && remaining > 0) {
       break;  // the batch is full
     }
@@ -407,6 +450,7 @@ void Engine::stage(Batch& batch) {
     }
     stat_token_slots_ += staged_rows * width;
     stat_token_padding_ += staged_rows * width - real;
+    batch.tokens += real;
   }
   stage_latency_.record(seconds_since(start));
 }
@@ -491,9 +535,12 @@ void Engine::worker_loop() {
   }
 }
 
-ModelOutputs Engine::run_model(const std::vector<at::Tensor>& inputs, int64_t batch_index) {
-  return call_model(*model_, inputs, context_, !options_.static_batch, batch_index,
-                    [this] { stat_retries_ += 1; });
+ModelOutputs Engine::run_model(const std::vector<at::Tensor>& inputs, int64_t batch_index,
+                               int64_t budget) {
+  return call_model(*model_, inputs, context_, !options_.static_batch, batch_index, [this, budget] {
+    stat_retries_ += 1;
+    budget_.out_of_memory(budget);
+  });
 }
 
 void Engine::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
@@ -507,9 +554,11 @@ void Engine::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
         device_impl_->recordDataPtrOnStream(input.storage().data_ptr(), *stream);
       }
     }
-    ModelOutputs outputs = run_model(batch.inputs, batch.index);
+    ModelOutputs outputs = run_model(batch.inputs, batch.index, batch.budget);
     if (stream) outputs_to_host(outputs, *stream);
-    record_compute(seconds_since(start));
+    const double seconds = seconds_since(start);
+    record_compute(seconds);
+    if (batch.budget > 0) budget_.record(batch.budget, batch.tokens, seconds);
     stat_batches_ += 1;
     deliver(batch, outputs);
   } catch (...) {

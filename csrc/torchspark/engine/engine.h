@@ -61,6 +61,7 @@
 #include "torchspark/engine/request.h"
 #include "torchspark/engine/staging_pool.h"
 #include "torchspark/engine/stats.h"
+#include "torchspark/engine/token_budget.h"
 #include "torchspark/inputs/input_source.h"
 #include "torchspark/models/model.h"
 
@@ -74,11 +75,14 @@ struct EngineStats {
   int64_t retries = 0;         // out-of-memory splits
   int64_t inline_batches = 0;  // run on the submitting thread
   double mean_batch_rows = 0;
-  double padding_ratio = 0;   // padded slots / all slots of padded inputs
-  LatencySummary queue;       // submit -> its batch starts staging
-  LatencySummary stage;       // staging one batch
-  LatencySummary compute;     // one model call (with device copies)
-  LatencySummary end_to_end;  // submit -> request done
+  double padding_ratio = 0;  // padded slots / all slots of padded inputs
+  int64_t token_budget = 0;  // max_tokens in use (tuned: the best so far)
+  bool token_budget_tuning = false;
+  std::vector<TokenBudget::Trial> token_budget_trials;  // tuned: the comparisons
+  LatencySummary queue;                                 // submit -> its batch starts staging
+  LatencySummary stage;                                 // staging one batch
+  LatencySummary compute;                               // one model call (with device copies)
+  LatencySummary end_to_end;                            // submit -> request done
 };
 
 class Engine {
@@ -130,7 +134,9 @@ class Engine {
   struct Batch {
     int64_t index = 0;
     std::vector<Piece> pieces;
-    BatchShape shape;  // rows, and the padded inputs' widths
+    BatchShape shape;    // rows, and the padded inputs' widths and groups
+    int64_t budget = 0;  // the token budget it was formed under
+    int64_t tokens = 0;  // its real (unpadded) tokens, for the budget's tuning
     std::vector<at::Tensor> inputs;
     std::vector<at::Tensor> buffers;  // staging buffers to give back
     // Accelerator: recorded on the copy stream after the inputs' H2D copies.
@@ -151,7 +157,8 @@ class Engine {
   // The ModelError of a failed batch (`which`: its requests' rows); counts it.
   std::exception_ptr batch_error(int64_t batch_index, int64_t rows, const std::string& which,
                                  std::exception_ptr error);
-  ModelOutputs run_model(const std::vector<at::Tensor>& inputs, int64_t batch_index);
+  ModelOutputs run_model(const std::vector<at::Tensor>& inputs, int64_t batch_index,
+                         int64_t budget = 0);
   void record_compute(double seconds);
   bool next_batch(Batch& batch);
   void stage(Batch& batch);
@@ -197,6 +204,9 @@ class Engine {
   int64_t next_id_ = 0;
   std::vector<InputLayout> layout_;  // empty until the first submission
   std::vector<size_t> padded_;       // which inputs are padded (from the layout)
+  std::vector<int64_t> groups_;      // per padded input, its length group (from the layout)
+  int64_t group_count_ = 0;
+  TokenBudget budget_;
   int64_t next_batch_ = 0;
   std::vector<std::shared_ptr<const void>> garbage_;
 

@@ -8,9 +8,13 @@
 #include <string>
 #include <vector>
 
+#include "torchspark/engine/token_budget.h"
 #include "torchspark/models/model.h"
 
 namespace torchspark {
+
+// EngineOptions::sort_window: sort each submission whole.
+constexpr int64_t kWholeSubmission = -1;
 
 struct EngineOptions {
   // Where the model runs; inputs are moved there.
@@ -18,7 +22,9 @@ struct EngineOptions {
   // Most rows per model call.
   int64_t batch_size = 4096;
   // > 0: a batch with padded inputs holds at most this many padded token
-  // slots (rows x the sum of the padded inputs' widths); 0 = rows only.
+  // slots (rows x the sum of the padded inputs' widths, a length group's
+  // counted once); 0 = rows only; kAutoTokens (-1): tuned while running
+  // (token_budget.h).
   int64_t max_tokens = 0;
   // How long a partial batch waits for more rows before it runs.
   double max_delay_ms = 2.0;
@@ -32,7 +38,8 @@ struct EngineOptions {
   // Pad every batch to batch_size rows (models that need static shapes).
   bool static_batch = false;
   // Padded inputs: sort rows by total length within windows of this many
-  // rows to cut padding (outputs keep the submission order); 0 = off.
+  // rows to cut padding (outputs keep the submission order); 0 = off;
+  // kWholeSubmission (-1): each submission sorted as one window.
   int64_t sort_window = 0;
   // Outputs per token of the first padded input ([rows, L, ...], L the
   // batch's padded width): every output (all), or those numbered or named

@@ -61,15 +61,20 @@ class TensorSource : public InputSource {
 
 class PaddedSource final : public TensorSource {
  public:
-  PaddedSource(at::Tensor values, at::Tensor lengths, c10::Scalar pad_value)
-      : TensorSource(std::move(values)), lengths_(std::move(lengths)), pad_value_(pad_value) {}
+  PaddedSource(at::Tensor values, at::Tensor lengths, c10::Scalar pad_value, std::string group)
+      : TensorSource(std::move(values)),
+        lengths_(std::move(lengths)),
+        pad_value_(pad_value),
+        group_(std::move(group)) {}
 
   const at::Tensor& lengths() const override { return lengths_; }
   c10::Scalar pad_value() const override { return pad_value_; }
+  std::string length_group() const override { return group_; }
 
  private:
   at::Tensor lengths_;
   c10::Scalar pad_value_;
+  std::string group_;
 };
 
 }  // namespace
@@ -82,7 +87,7 @@ InputSourcePtr tensor_source(at::Tensor tensor) {
 }
 
 InputSourcePtr padded_source(at::Tensor values, at::Tensor lengths, c10::Scalar pad_value,
-                             const std::string& label) {
+                             const std::string& label, const std::string& group) {
   TORCH_CHECK_VALUE(values.defined() && values.dim() >= 2, label,
                     ": a padded input must be a [rows, length, ...] tensor, got shape ",
                     values.defined() ? c10::str(values.sizes()) : std::string("(undefined)"));
@@ -97,7 +102,8 @@ InputSourcePtr padded_source(at::Tensor values, at::Tensor lengths, c10::Scalar 
     TORCH_CHECK_VALUE(lo >= 0 && hi <= values.size(1), label, ": lengths must be in [0, ",
                       values.size(1), "], got [", lo, ", ", hi, "]");
   }
-  return std::make_shared<PaddedSource>(std::move(values), std::move(lengths), pad_value);
+  return std::make_shared<PaddedSource>(std::move(values), std::move(lengths), pad_value,
+                                        group.empty() ? label : group);
 }
 
 }  // namespace torchspark

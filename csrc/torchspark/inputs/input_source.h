@@ -39,6 +39,11 @@ class InputSource {
   virtual const at::Tensor& lengths() const;
   // Padded inputs: the value written past a row's length.
   virtual c10::Scalar pad_value() const { return 0; }
+  // Padded inputs: padded inputs of one group describe the same tokens (a
+  // text's ids, attention mask and token types): a token budget counts a
+  // group's width once, and sorting sums lengths per group. Empty for
+  // inputs that are not padded.
+  virtual std::string length_group() const { return {}; }
   // The input as one tensor (rows along dim 0), when it is one already;
   // undefined for sources converted while staging.
   virtual const at::Tensor& tensor() const;
@@ -66,8 +71,9 @@ InputSourcePtr tensor_source(at::Tensor tensor);
 
 // A right-padded [rows, width, ...] tensor with each row's length (int64
 // [rows], within [0, width]) and the value past each length: the padded
-// kinds' common form. Checks shapes and lengths (ValueError naming `label`).
+// kinds' common form. Its length group is `group` (default: `label`, the
+// column). Checks shapes and lengths (ValueError naming `label`).
 InputSourcePtr padded_source(at::Tensor values, at::Tensor lengths, c10::Scalar pad_value,
-                             const std::string& label);
+                             const std::string& label, const std::string& group = {});
 
 }  // namespace torchspark

@@ -126,4 +126,8 @@ NullPolicy nulls_option(const InputSpec& spec) {
   return parse_null_policy(string_option(spec, "nulls").value_or("error"));
 }
 
+std::string length_group_option(const InputSpec& spec) {
+  return string_option(spec, "length_group").value_or("");
+}
+
 }  // namespace torchspark

@@ -69,5 +69,7 @@ std::optional<int64_t> int_option(const InputSpec& spec, const std::string& key)
 std::optional<c10::Scalar> scalar_option(const InputSpec& spec, const std::string& key);
 // The "nulls" option as a policy ("error" when absent).
 NullPolicy nulls_option(const InputSpec& spec);
+// The "length_group" option of padded kinds ("" when absent: the column's).
+std::string length_group_option(const InputSpec& spec);
 
 }  // namespace torchspark

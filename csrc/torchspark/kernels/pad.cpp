@@ -27,9 +27,13 @@ struct ListChunk {
   }
 };
 
-}  // namespace
+// The column's list chunks, checked: a list of numbers or bools.
+struct ListColumn {
+  std::vector<ListChunk> chunks;
+  c10::ScalarType storage;
+};
 
-PadResult pad(const Column& column, const PadOptions& options) {
+ListColumn list_column(const Column& column, const PadOptions& options) {
   const std::string& what = column.label;
   TORCH_CHECK_VALUE(options.nulls != NullPolicy::kMask, what,
                     ": pad takes nulls='error' or 'fill', got 'mask' (the lengths are the mask)");
@@ -53,25 +57,18 @@ PadResult pad(const Column& column, const PadOptions& options) {
                          !child.dictionary_encoded,
                      what, ": pad takes lists of numbers or bools, got lists of ",
                      describe_format(child_schema.format));
-  const c10::ScalarType storage = child.dtype;
-
-  std::vector<ListChunk> chunks;
+  ListColumn out{{}, child.dtype};
   for (const ColumnChunk& chunk : column.chunks) {
     validate(*chunk.schema, *chunk.array, what, /*with_dictionary=*/false);
-    chunks.push_back({&chunk, chunk.array->children[0], type.kind, type.fixed_size});
+    out.chunks.push_back({&chunk, chunk.array->children[0], type.kind, type.fixed_size});
   }
-  const c10::ScalarType dtype = options.dtype.value_or(storage);
-  TS_CHECK_SUPPORTED(is_supported_dtype(dtype), what, ": dtype ", c10::toString(dtype),
-                     " is not supported; expected a real number type or bool");
-  check_fill(options.pad_value, dtype, what, "pad_value");
-  const ConvertFn convert = convert_fn(storage, dtype);
-  TS_CHECK_SUPPORTED(convert != nullptr, what, ": cannot convert ", c10::toString(storage), " to ",
-                     c10::toString(dtype));
+  return out;
+}
 
-  // Pass one: lengths (and null checks).
-  PadResult result;
-  result.lengths = at::empty({column.length}, at::TensorOptions().dtype(at::kLong));
-  int64_t* lengths = result.lengths.data_ptr<int64_t>();
+// Pass one: each row's kept length (nulls checked); returns the longest.
+int64_t fill_lengths(const Column& column, const std::vector<ListChunk>& chunks,
+                     const PadOptions& options, int64_t* lengths) {
+  const std::string& what = column.label;
   const int64_t cap = options.max_len.value_or(std::numeric_limits<int64_t>::max());
   int64_t width = 0;
   for (const ListChunk& lc : chunks) {
@@ -100,6 +97,35 @@ PadResult pad(const Column& column, const PadOptions& options) {
       width = std::max(width, len);
     }
   }
+  return width;
+}
+
+}  // namespace
+
+at::Tensor list_lengths(const Column& column, const PadOptions& options) {
+  const ListColumn list = list_column(column, options);
+  at::Tensor lengths = at::empty({column.length}, at::TensorOptions().dtype(at::kLong));
+  fill_lengths(column, list.chunks, options, lengths.data_ptr<int64_t>());
+  return lengths;
+}
+
+PadResult pad(const Column& column, const PadOptions& options) {
+  const std::string& what = column.label;
+  const ListColumn list = list_column(column, options);
+  const std::vector<ListChunk>& chunks = list.chunks;
+  const c10::ScalarType storage = list.storage;
+  const c10::ScalarType dtype = options.dtype.value_or(storage);
+  TS_CHECK_SUPPORTED(is_supported_dtype(dtype), what, ": dtype ", c10::toString(dtype),
+                     " is not supported; expected a real number type or bool");
+  check_fill(options.pad_value, dtype, what, "pad_value");
+  const ConvertFn convert = convert_fn(storage, dtype);
+  TS_CHECK_SUPPORTED(convert != nullptr, what, ": cannot convert ", c10::toString(storage), " to ",
+                     c10::toString(dtype));
+
+  PadResult result;
+  result.lengths = at::empty({column.length}, at::TensorOptions().dtype(at::kLong));
+  int64_t* lengths = result.lengths.data_ptr<int64_t>();
+  const int64_t width = fill_lengths(column, chunks, options, lengths);
 
   // Pass two: values, then padding, row by row.
   result.values = empty_host({column.length, width}, dtype);

@@ -34,4 +34,9 @@ struct PadResult {
 
 PadResult pad(const Column& column, const PadOptions& options);
 
+// The lengths pad() gives (int64 [N], capped by max_len), with its checks
+// (list type, nulls), without converting any value: for inputs derived from
+// a padded column's lengths alone (attention masks).
+at::Tensor list_lengths(const Column& column, const PadOptions& options);
+
 }  // namespace torchspark

@@ -7,6 +7,7 @@ not load or run on a probe batch, outputs that do not match ``schema=``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -16,8 +17,9 @@ from typing import Any
 import torch
 
 from ..distribute import ModelRef, fetch, ship
-from ..engine import Engine, Input, check_argument_names, input_tensors
+from ..engine import Engine, Input
 from ..export import argument_names, check_module, export_cached
+from ..inputs import Inputs, feed, input_tensors
 from . import outputs as out
 from . import types
 
@@ -81,6 +83,9 @@ def check_column_types(schema: Any, specs: Sequence[Input]) -> None:
             kind = spec.resolved_kind
             if kind == "gather":
                 ok, expected = types.is_number(t), "a numeric or boolean scalar"
+            elif kind == "text":
+                ok = isinstance(t, T.StringType)
+                expected = "string (text to tokenize)"
             elif kind == "pad":
                 ok = isinstance(t, T.ArrayType) and types.is_number(t.elementType)
                 ok = ok and (spec.dtype is not None or types.is_integral(t.elementType))
@@ -143,6 +148,7 @@ def quote(name: str) -> str:
 class Plan:
     ref: ModelRef
     specs: list[Input]
+    names: list[str] | None  # the model argument each spec feeds, when given by name
     keep: list[str]
     outputs: list[str]
     output_types: list[Any]
@@ -152,7 +158,7 @@ class Plan:
 
 
 # What probe batches showed, by model digest and input types (see plan).
-_probed: dict[tuple[Any, ...], tuple[list[Input], list[str], list[Any]]] = {}
+_probed: dict[tuple[Any, ...], tuple[list[str], list[Any]]] = {}
 
 
 def plan(
@@ -176,16 +182,15 @@ def plan(
         missing = [c for c in keep if c not in df.columns]
         if missing:
             raise ValueError(f"keep: columns {missing} are not in the DataFrame {df.columns}")
+    sc = df.sparkSession.sparkContext
+    # Tokenizer files reach the executors as model files do.
+    specs = [_ship_tokenizer(spec, sc) for spec in specs]
     sample = df.selectExpr(*[quote(c) for c in dict.fromkeys(used)]).limit(_PROBE_ROWS)
     probe = None
     if not isinstance(model, (str, os.PathLike)):
         # A module: exported here, on rows of the real data, verified against
         # the module, cached by its content, then shipped as a file.
         check_module(model, "model")
-        if arg_names is not None:
-            arguments = argument_names(model, len(specs))
-            specs = _order_by_arguments(specs, arg_names, arguments, type(model).__name__)
-            arg_names = None
         probe = _probe_table(sample)
         if probe.num_rows == 0:
             raise ValueError(
@@ -193,8 +198,10 @@ def plan(
                 "export the module with; export it with torchspark.export and pass the file"
             )
         batch = probe.combine_chunks().to_batches()[0]
-        model = export_cached(model, input_tensors(batch, specs))
-    ref = ship(model, df.sparkSession.sparkContext, sha256)
+        arguments = argument_names(model)
+        example = input_tensors(batch, engine_inputs(specs, arg_names), arguments)
+        model = export_cached(model, example)
+    ref = ship(model, sc, sha256)
     # The same model (by digest) over the same input types was probed already
     # in this session: its output schema holds, no model load or probe job.
     column_types = [(c, df.schema[c].dataType.simpleString()) for c in dict.fromkeys(used)]
@@ -202,8 +209,8 @@ def plan(
     key += (repr(output), repr(sorted(options.items())), repr(schema))
     cached = _probed.get(key) if ref.sha256 else None
     if cached is not None:
-        specs, outputs, output_types = cached
-        return _plan_of(df, ref, specs, keep, outputs, output_types, options, device)
+        outputs, output_types = cached
+        return _plan_of(df, ref, specs, arg_names, keep, outputs, output_types, options, device)
 
     # The model loads on the driver first: a file that is not a model fails
     # here, before any Spark job runs.
@@ -212,20 +219,23 @@ def plan(
     probe_device = torch.device("cpu" if device == "auto" else device)
     path = fetch(ref)
     loaded = _C.load_model(path, probe_device, 1)
-    if arg_names is not None:
-        specs = _order_by_arguments(specs, arg_names, list(loaded.input_names), ref.name)
+    # The inputs must feed the model's arguments (an error here names them).
+    feed(engine_inputs(specs, arg_names), list(loaded.input_names), f"model '{ref.name}'")
 
     # Then one probe batch: the model runs on it, its outputs give the schema.
     if probe is None:
         probe = _probe_table(sample)
     if probe.num_rows == 0:
         outputs, output_types = _outputs_of_empty(df, schema, ref)
-        return _plan_of(df, ref, specs, keep, outputs, output_types, options, device)
+        return _plan_of(df, ref, specs, arg_names, keep, outputs, output_types, options, device)
     batch = probe.combine_chunks().to_batches()[0]
     probe_options = {**options, "max_delay_ms": 0.0}
     probe_options.pop("intra_op_threads", None)  # the driver's threads are left alone
+    probe_inputs = engine_inputs(specs, arg_names)
     try:
-        with Engine(path, device=probe_device, inputs=specs, _model=loaded, **probe_options) as ex:
+        with Engine(
+            path, device=probe_device, inputs=probe_inputs, _model=loaded, **probe_options
+        ) as ex:
             names, tensors = out.flatten(ex.run(batch))
     except Exception as e:
         shape_error = _shape_error(e, ref, len(probe), specs, batch)
@@ -237,14 +247,26 @@ def plan(
     if schema is not None:
         _check_schema(schema, outputs, output_types)
     if ref.sha256:
-        _probed[key] = (specs, outputs, output_types)
-    return _plan_of(df, ref, specs, keep, outputs, output_types, options, device)
+        _probed[key] = (outputs, output_types)
+    return _plan_of(df, ref, specs, arg_names, keep, outputs, output_types, options, device)
+
+
+def engine_inputs(specs: list[Input], names: list[str] | None) -> Inputs:
+    """The Inputs as the engine takes them: by argument name when given so."""
+    return dict(zip(names, specs, strict=True)) if names is not None else list(specs)
+
+
+def _ship_tokenizer(spec: Input, sc: Any) -> Input:
+    if spec.resolved_kind != "text" or not isinstance(spec.tokenizer, str):
+        return spec
+    return dataclasses.replace(spec, tokenizer=ship(spec.tokenizer, sc))
 
 
 def _plan_of(
     df: Any,
     ref: ModelRef,
     specs: list[Input],
+    names: list[str] | None,
     keep: list[str],
     outputs: list[str],
     output_types: list[Any],
@@ -262,7 +284,9 @@ def _plan_of(
     fields = [df.schema[c] for c in keep] + [
         T.StructField(n, t, nullable=False) for n, t in zip(outputs, output_types, strict=True)
     ]
-    return Plan(ref, specs, keep, outputs, output_types, T.StructType(fields), options, device)
+    return Plan(
+        ref, specs, names, keep, outputs, output_types, T.StructType(fields), options, device
+    )
 
 
 def _outputs_of_empty(df: Any, schema: Any, ref: ModelRef) -> tuple[list[str], list[Any]]:
@@ -324,6 +348,8 @@ def _shape_error(
         return None
     given = []
     widths = set()
+    if any(spec.resolved_kind == "text" for spec in specs):
+        return None  # one text feeds several arguments: torch's message stands
     try:
         tensors = input_tensors(batch, specs)
     except Exception:
@@ -357,19 +383,6 @@ def _torch_reason(text: str) -> str:
         if found:
             return found[2]
     return lines[-1] if lines else text
-
-
-def _order_by_arguments(
-    specs: list[Input], names: list[str], arguments: list[str], model: str
-) -> list[Input]:
-    if not arguments:
-        raise ValueError(
-            f"model '{model}': inputs given by name {names}, but the model does not record "
-            "its argument names; pass inputs as a list in argument order"
-        )
-    check_argument_names(names, arguments, f"model '{model}'")
-    by_name = dict(zip(names, specs, strict=True))
-    return [by_name[a] for a in arguments]
 
 
 def as_struct(schema: Any) -> Any:

@@ -16,7 +16,7 @@ import torch
 from ..engine import Input
 from .environment import check_executor_python
 from .packing import packed
-from .plan import Plan, arrow_batch_rows, check_engine_options, plan, quote
+from .plan import Plan, arrow_batch_rows, check_engine_options, engine_inputs, plan, quote
 from .report import new_run
 from .worker import ArrowPredictor
 
@@ -65,7 +65,7 @@ def _predictor(df: Any, planned: Plan, alias: Mapping[str, str] | None = None) -
     )
     return ArrowPredictor(
         planned.ref,
-        [_renamed(spec, alias) for spec in planned.specs],
+        engine_inputs([_renamed(spec, alias) for spec in planned.specs], planned.names),
         [alias.get(c, c) for c in planned.keep],
         planned.outputs,
         schema,

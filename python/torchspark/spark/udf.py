@@ -17,9 +17,10 @@ import torch
 from ..distribute import ModelRef, fetch, ship
 from ..engine import Engine, Input
 from ..export import check_module, export_cached
+from ..inputs import Inputs
 from . import outputs as out
 from .environment import check_executor_python
-from .plan import arrow_batch_rows, check_engine_options
+from .plan import arrow_batch_rows, check_engine_options, engine_inputs
 from .report import function_name, new_run
 from .worker import ArrowPredictor
 
@@ -43,7 +44,7 @@ class _UdfFunction:
         options: dict[str, Any],
         run: str,
         records: Any,
-        specs: list[Input] | None = None,
+        specs: Inputs | None = None,
         names: list[str] | None = None,
         label: str | None = None,
     ) -> None:
@@ -58,7 +59,7 @@ class _UdfFunction:
         self.names = names
         self.label = label
 
-    def specs(self, count: int) -> list[Input]:
+    def specs(self, count: int) -> Inputs:
         if self.fixed_specs is not None:
             return self.fixed_specs
         names = [f"_{i}" for i in range(count)]
@@ -157,7 +158,7 @@ def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
         planned.options,
         run,
         records,
-        specs=planned.specs,
+        specs=engine_inputs(planned.specs, planned.names),
         names=names,
         label=label,
     )

@@ -17,13 +17,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 
 from ..distribute import ModelRef, fetch
-from ..engine import Engine, Input, size_intra_op_threads
+from ..engine import Engine, size_intra_op_threads
+from ..inputs import Inputs
 from . import outputs as out
 from .report import function_name, sample
 
@@ -49,16 +50,16 @@ def _task_device(device: str) -> torch.device:
 
 
 def _cached_engine(
-    ref: ModelRef, device: torch.device, specs: Sequence[Input], options: Mapping[str, Any]
+    ref: ModelRef, device: torch.device, specs: Inputs, options: Mapping[str, Any]
 ) -> Engine:
-    key = (ref, str(device), repr(list(specs)), repr(sorted(options.items())))
+    key = (ref, str(device), repr(specs), repr(sorted(options.items())))
     with _engines_lock:
         engine = _engines.get(key)
         if engine is not None and not engine.closed:
             _engines.move_to_end(key)
             return engine
     path = fetch(ref)
-    engine = Engine(path, device=device, inputs=list(specs), **options)
+    engine = Engine(path, device=device, inputs=specs, **options)
     with _engines_lock:
         _engines[key] = engine
         while len(_engines) > _MAX_CACHED:
@@ -134,7 +135,7 @@ class ArrowPredictor:
     def __init__(
         self,
         ref: ModelRef,
-        specs: list[Input],
+        specs: Inputs,
         keep: list[str],
         outputs: list[str] | None,
         schema: Any,
