@@ -353,3 +353,13 @@ def test_predict_scores_a_text_column(spark, tokenizer_path, model_files, rng):
     got = torch.tensor([r["embedding"] for r in rows])
     expected = reference(tokenizer_path, texts, 32, Encoder().eval())
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    full = tokenizers.Tokenizer.from_file(tokenizer_path)
+    report = torchspark.last_report()
+    assert report.rows_truncated == sum(len(full.encode(t).ids) > 32 for t in texts) > 0
+    assert report.token_budgets and "text rows truncated" in str(report)
+    # Every column kept (the arrow_udf route on Spark 4.1+): the same values.
+    spec = Input("text", kind="text", tokenizer=tokenizer_path, max_len=32)
+    kept = torchspark.predict(df, model_files["encoder"], inputs=spec, output="embedding")
+    rows = sorted(kept.collect(), key=lambda r: r["id"])
+    assert rows[7]["text"] == texts[7]
+    torch.testing.assert_close(torch.tensor([r["embedding"] for r in rows]), expected)

@@ -47,6 +47,8 @@ class Report:
     intra_op_threads: list[int]
     errors: list[str] = field(default_factory=list)
     failed: bool = False
+    rows_truncated: int = 0  # text rows cut at max_len
+    token_budgets: list[int] = field(default_factory=list)  # max_tokens the tasks ran with
     task_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def __str__(self) -> str:
@@ -64,6 +66,12 @@ class Report:
             f"batches, {self.model_calls} model calls; model {', '.join(self.models)} on "
             f"{', '.join(self.devices)}, batch_size {', '.join(map(str, self.batch_sizes))}, "
             f"intra-op threads {', '.join(map(str, self.intra_op_threads))}"
+            + (
+                f", token budget {', '.join(map(str, self.token_budgets))}"
+                if self.token_budgets
+                else ""
+            )
+            + (f"; {self.rows_truncated:,} text rows truncated" if self.rows_truncated else "")
             + (f"; errors: {self.errors}" if self.errors else "")
         )
 
@@ -139,6 +147,8 @@ def _summarise(records: list[dict[str, Any]]) -> Report:
         batch_sizes=sorted({r["batch_size"] for r in records}),
         intra_op_threads=sorted({r["intra_op_threads"] for r in records}),
         errors=[r["error"] for r in records if r["error"]],
+        rows_truncated=sum(r.get("rows_truncated", 0) for r in records),
+        token_budgets=sorted({r["token_budget"] for r in records if r.get("token_budget")}),
         task_records=records,
     )
 

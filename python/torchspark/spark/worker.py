@@ -175,7 +175,7 @@ class ArrowPredictor:
             if task is not None
             else "driver"
         )
-        calls_before = engine.stats()["batches"]
+        before = engine.stats()
         # Fed to the engine, outputs not yet out: (batch, index in the task, fed at).
         pending: collections.deque[tuple[Any, int, float]] = collections.deque()
         taken = [True]  # whether the engine took the last batch fed (its submit returned)
@@ -211,7 +211,11 @@ class ArrowPredictor:
             raise
         finally:
             try:
-                stats["model_calls"] = engine.stats()["batches"] - calls_before
+                after = engine.stats()
+                stats["model_calls"] = after["batches"] - before["batches"]
+                stats["rows_truncated"] = after["rows_truncated"] - before["rows_truncated"]
+                padded = engine._feed is not None and engine._feed.padded
+                stats["token_budget"] = after["token_budget"] if padded else 0
                 self._finish(task, engine, device, where, stats, error)
             except Exception as bookkeeping:  # never in place of the task's own outcome
                 logger.warning("%s: the task's record was lost: %s", where, bookkeeping)
