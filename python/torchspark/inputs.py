@@ -22,7 +22,7 @@ from .text import TOKENIZER_OUTPUTS, Tokenize, tokenizer_file
 
 __all__ = ["Feed", "Input", "feed", "input_tensors"]
 
-_KINDS = ("auto", "tensor", "gather", "pad", "text")
+_KINDS = ("auto", "tensor", "gather", "pad", "text", "image")
 _NULLS = ("error", "fill")
 
 
@@ -50,6 +50,24 @@ class Input:
     ``Engine.stats()["rows_truncated"]``. Null strings are an error, or
     ``fill`` (default ``""``) with ``nulls="fill"``.
 
+    ``kind="image"``: one column of images as ``[rows, 3, H, W]`` float32
+    (``dtype``: float16, bfloat16), decoded natively in the engine's staging
+    threads (JPEG with libjpeg-turbo, PNG, WebP; EXIF orientation applied;
+    gray, palette, alpha and CMYK converted to RGB as Pillow's
+    ``convert("RGB")`` does): a ``binary`` column of encoded files (Spark's
+    ``binaryFile`` source's ``content``) or the struct column of Spark's
+    ``image`` source (BGR bytes, converted). ``size``: the output (int or
+    ``(h, w)``, default 224); ``resize``: None (the shorter side to the size,
+    then a center crop), an int S (the shorter side to S, then a center crop:
+    torchvision's ``Resize(S)`` + ``CenterCrop``) or ``"stretch"``; the
+    resize is antialiased bilinear, equal to Pillow's ``BILINEAR``. Values are
+    ``(x / 255 - mean) / std`` per channel (``mean``, ``std``: 3 numbers;
+    default [0, 1]). ``channels_last=True`` stages the batch in that memory
+    format. Images over ``max_pixels`` (default 89,478,485, Pillow's limit)
+    are refused before decoding. A null row is an error, or zeros with
+    ``nulls="fill"``. Bad bytes name the column, the row and what the bytes
+    looked like.
+
     ``pack=True`` (gathered columns in :func:`torchspark.predict`, an opt-in
     encoding; elsewhere it gathers as usual): Spark packs the columns into one
     ``array`` column on the JVM side, cast to ``dtype`` (float32 by default)
@@ -73,6 +91,12 @@ class Input:
     pack: bool = False
     tokenizer: Any = None
     add_special_tokens: bool = True
+    size: int | tuple[int, int] | None = None
+    resize: int | str | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    channels_last: bool = False
+    max_pixels: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -83,7 +107,7 @@ class Input:
         if not names or not all(isinstance(c, str) for c in names):
             raise TypeError(f"Input.columns: expected column names, got {self.columns!r}")
         kind = self.resolved_kind
-        if kind in ("tensor", "pad") and len(names) != 1:
+        if kind in ("tensor", "pad", "image") and len(names) != 1:
             raise ValueError(f"Input(kind={kind!r}) takes exactly one column, got {names}")
         if kind == "text" and len(names) not in (1, 2):
             raise ValueError(
@@ -146,7 +170,14 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "fill": 0,
     "max_len": None,
     "pad_value": 0,
+    "size": None,
+    "resize": None,
+    "mean": None,
+    "std": None,
+    "channels_last": False,
+    "max_pixels": None,
 }
+_IMAGE_OPTIONS = ("size", "resize", "mean", "std", "channels_last", "max_pixels")
 
 Inputs = Input | Sequence[Input] | Mapping[str, Input]
 

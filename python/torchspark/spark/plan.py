@@ -83,6 +83,9 @@ def check_column_types(schema: Any, specs: Sequence[Input]) -> None:
             kind = spec.resolved_kind
             if kind == "gather":
                 ok, expected = types.is_number(t), "a numeric or boolean scalar"
+            elif kind == "image":
+                ok = isinstance(t, T.BinaryType) or _is_image_struct(t)
+                expected = "binary (encoded images) or the struct of Spark's image source"
             elif kind == "text":
                 ok = isinstance(t, T.StringType)
                 expected = "string (text to tokenize)"
@@ -98,6 +101,14 @@ def check_column_types(schema: Any, specs: Sequence[Input]) -> None:
                     f"input column '{column}' (kind '{kind}'): expected {expected}, got "
                     f"{t.simpleString()}"
                 )
+
+
+def _is_image_struct(t: Any) -> bool:
+    """Spark's image source schema: origin, height, width, nChannels, mode, data."""
+    from pyspark.sql import types as T
+
+    names = {"origin", "height", "width", "nChannels", "mode", "data"}
+    return isinstance(t, T.StructType) and names <= set(t.fieldNames())
 
 
 # ---------------------------------------------------------------------------
