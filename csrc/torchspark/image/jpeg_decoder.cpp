@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 #include <turbojpeg.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -24,19 +25,32 @@ class Decompressor {
   Decompressor(const Decompressor&) = delete;
   Decompressor& operator=(const Decompressor&) = delete;
 
-  tjhandle get() const {
+  tjhandle get() {
+    if (handle_ == nullptr) handle_ = tjInitDecompress();
     TORCH_CHECK(handle_ != nullptr,
                 "TurboJPEG: could not create a decompressor: ", tjGetErrorStr2(nullptr));
     return handle_;
+  }
+
+  // Throws ValueError with the handle's error, after replacing the handle:
+  // TurboJPEG 2.1 leaves a handle whose header read failed mid-stream in that
+  // state, and the next tjDecompressHeader3 would go on parsing the new
+  // bytes as the rest of the old header.
+  [[noreturn]] void fail() {
+    const std::string message = tjGetErrorStr2(handle_);
+    tjDestroy(handle_);
+    handle_ = nullptr;
+    TORCH_CHECK_VALUE(false, "JPEG: ", message);
+    std::abort();  // unreachable
   }
 
  private:
   tjhandle handle_;
 };
 
-tjhandle thread_decompressor() {
+Decompressor& thread_decompressor() {
   thread_local Decompressor decompressor;
-  return decompressor.get();
+  return decompressor;
 }
 
 struct Header {
@@ -45,12 +59,13 @@ struct Header {
   int colorspace = 0;
 };
 
-Header read_header(tjhandle handle, const uint8_t* data, size_t size) {
+Header read_header(Decompressor& decompressor, const uint8_t* data, size_t size) {
   Header header;
   int subsampling = 0;
-  const int rc = tjDecompressHeader3(handle, data, static_cast<unsigned long>(size), &header.width,
-                                     &header.height, &subsampling, &header.colorspace);
-  TORCH_CHECK_VALUE(rc == 0, "JPEG: ", tjGetErrorStr2(handle));
+  const int rc =
+      tjDecompressHeader3(decompressor.get(), data, static_cast<unsigned long>(size), &header.width,
+                          &header.height, &subsampling, &header.colorspace);
+  if (rc != 0) decompressor.fail();
   return header;
 }
 
@@ -83,8 +98,8 @@ ImageInfo probe_jpeg(const uint8_t* data, size_t size) {
 }
 
 DecodedImage decode_jpeg(const uint8_t* data, size_t size, int64_t max_pixels) {
-  tjhandle handle = thread_decompressor();
-  const Header header = read_header(handle, data, size);
+  Decompressor& decompressor = thread_decompressor();
+  const Header header = read_header(decompressor, data, size);
   check_image_size(header.width, header.height, max_pixels);
   const bool gray = header.colorspace == TJCS_GRAY;
   const bool cmyk = header.colorspace == TJCS_CMYK || header.colorspace == TJCS_YCCK;
@@ -93,10 +108,10 @@ DecodedImage decode_jpeg(const uint8_t* data, size_t size, int64_t max_pixels) {
   const int64_t pixels = int64_t{header.width} * header.height;
   std::vector<uint8_t> decoded(static_cast<size_t>(pixels * pixel_bytes));
   // Default DCT (islow) and fancy upsampling: what Pillow's decoder uses.
-  const int rc =
-      tjDecompress2(handle, data, static_cast<unsigned long>(size), decoded.data(), header.width,
-                    /*pitch=*/0, header.height, format, TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS);
-  TORCH_CHECK_VALUE(rc == 0, "JPEG: ", tjGetErrorStr2(handle));
+  const int rc = tjDecompress2(
+      decompressor.get(), data, static_cast<unsigned long>(size), decoded.data(), header.width,
+      /*pitch=*/0, header.height, format, TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS);
+  if (rc != 0) decompressor.fail();
   ImageView view;
   if (cmyk) {
     std::vector<uint8_t> rgb(static_cast<size_t>(pixels * 3));

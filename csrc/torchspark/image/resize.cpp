@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 namespace torchspark {
 
@@ -30,67 +31,116 @@ inline uint8_t clip8(int32_t sum) {
   return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-template <typename T>
-void resize_typed(const ImageView& image, const ResampleAxis& horizontal,
-                  const ResampleAxis& vertical, const PixelTable& table, T* dst,
-                  int64_t channel_stride, int64_t row_stride, int64_t col_stride) {
-  const int64_t out_w = static_cast<int64_t>(horizontal.first.size());
-  const int64_t out_h = static_cast<int64_t>(vertical.first.size());
-  // The input rows the kept outputs read.
-  int64_t y_begin = vertical.first[0];
-  int64_t y_end = y_begin;
-  for (int64_t y = 0; y < out_h; ++y) {
-    y_begin = std::min(y_begin, vertical.first[y]);
-    y_end = std::max(y_end, vertical.first[y] + vertical.count[y]);
-  }
-  constexpr int32_t kHalf = 1 << (kWeightBits - 1);
+constexpr int32_t kHalf = 1 << (kWeightBits - 1);
 
-  // Horizontal pass over those rows, rounded to 8 bits (as Pillow's).
-  std::vector<uint8_t> rows(static_cast<size_t>((y_end - y_begin) * out_w * 3));
-  const int64_t c0 = image.channel[0];
-  const int64_t c1 = image.channel[1];
-  const int64_t c2 = image.channel[2];
+// The input indices [begin, end) an axis' outputs read.
+std::pair<int64_t, int64_t> input_range(const ResampleAxis& axis) {
+  int64_t begin = axis.first[0];
+  int64_t end = begin;
+  for (size_t i = 0; i < axis.first.size(); ++i) {
+    begin = std::min(begin, axis.first[i]);
+    end = std::max(end, axis.first[i] + axis.count[i]);
+  }
+  return {begin, end};
+}
+
+// One pass of Pillow's 8-bit resampling along x: rows [y_begin, y_end) of
+// `src`, each output x reading inputs from axis.first[x] - shift;
+// sink(row - y_begin, x, r, g, b) gets the rounded results.
+template <typename Sink>
+void horizontal_pass(const ImageView& src, const ResampleAxis& axis, int64_t shift, int64_t y_begin,
+                     int64_t y_end, Sink&& sink) {
+  const int64_t out = static_cast<int64_t>(axis.first.size());
+  const int64_t c0 = src.channel[0];
+  const int64_t c1 = src.channel[1];
+  const int64_t c2 = src.channel[2];
   for (int64_t y = y_begin; y < y_end; ++y) {
-    const uint8_t* in = image.pixel(0, y);
-    uint8_t* out = rows.data() + (y - y_begin) * out_w * 3;
-    for (int64_t x = 0; x < out_w; ++x) {
-      const int32_t* k = horizontal.weights.data() + x * horizontal.taps;
-      const uint8_t* p = in + horizontal.first[x] * image.col_stride;
+    for (int64_t x = 0; x < out; ++x) {
+      const int32_t* k = axis.weights.data() + x * axis.taps;
+      const uint8_t* p = src.pixel(axis.first[x] - shift, y);
       int32_t s0 = kHalf;
       int32_t s1 = kHalf;
       int32_t s2 = kHalf;
-      for (int64_t t = 0; t < horizontal.count[x]; ++t, p += image.col_stride) {
+      for (int64_t t = 0; t < axis.count[x]; ++t, p += src.col_stride) {
         s0 += p[c0] * k[t];
         s1 += p[c1] * k[t];
         s2 += p[c2] * k[t];
       }
-      out[x * 3 + 0] = clip8(s0);
-      out[x * 3 + 1] = clip8(s1);
-      out[x * 3 + 2] = clip8(s2);
+      sink(y - y_begin, x, clip8(s0), clip8(s1), clip8(s2));
     }
   }
+}
 
-  // Vertical pass, rounded to 8 bits, normalized, written to dst.
-  const int64_t row_bytes = out_w * 3;
-  for (int64_t y = 0; y < out_h; ++y) {
-    const int32_t* k = vertical.weights.data() + y * vertical.taps;
-    const uint8_t* base = rows.data() + (vertical.first[y] - y_begin) * row_bytes;
-    T* out = dst + y * row_stride;
-    for (int64_t x = 0; x < out_w; ++x) {
+// The same along y: columns [x_begin, x_end) of `src`, each output y reading
+// inputs from axis.first[y] - shift; sink(y, column - x_begin, r, g, b).
+template <typename Sink>
+void vertical_pass(const ImageView& src, const ResampleAxis& axis, int64_t shift, int64_t x_begin,
+                   int64_t x_end, Sink&& sink) {
+  const int64_t out = static_cast<int64_t>(axis.first.size());
+  const int64_t c0 = src.channel[0];
+  const int64_t c1 = src.channel[1];
+  const int64_t c2 = src.channel[2];
+  for (int64_t y = 0; y < out; ++y) {
+    const int32_t* k = axis.weights.data() + y * axis.taps;
+    for (int64_t x = x_begin; x < x_end; ++x) {
+      const uint8_t* p = src.pixel(x, axis.first[y] - shift);
       int32_t s0 = kHalf;
       int32_t s1 = kHalf;
       int32_t s2 = kHalf;
-      const uint8_t* p = base + x * 3;
-      for (int64_t t = 0; t < vertical.count[y]; ++t, p += row_bytes) {
-        s0 += p[0] * k[t];
-        s1 += p[1] * k[t];
-        s2 += p[2] * k[t];
+      for (int64_t t = 0; t < axis.count[y]; ++t, p += src.row_stride) {
+        s0 += p[c0] * k[t];
+        s1 += p[c1] * k[t];
+        s2 += p[c2] * k[t];
       }
-      out[x * col_stride] = static_cast<T>(table.value[0][clip8(s0)]);
-      out[x * col_stride + channel_stride] = static_cast<T>(table.value[1][clip8(s1)]);
-      out[x * col_stride + 2 * channel_stride] = static_cast<T>(table.value[2][clip8(s2)]);
+      sink(y, x - x_begin, clip8(s0), clip8(s1), clip8(s2));
     }
   }
+}
+
+// Both passes, the first into an 8-bit RGB scratch image, the second
+// normalized into dst. Pillow (since 13.0) runs the vertical pass first when
+// the height shrinks by more than twice as many pixels as the width, else
+// the horizontal pass first; the order changes the rounding, so it is kept.
+template <typename T>
+void resize_typed(const ImageView& image, const ResampleAxis& horizontal,
+                  const ResampleAxis& vertical, bool vertical_first, const PixelTable& table,
+                  T* dst, int64_t channel_stride, int64_t row_stride, int64_t col_stride) {
+  auto emit = [&](int64_t y, int64_t x, uint8_t r, uint8_t g, uint8_t b) {
+    T* out = dst + y * row_stride + x * col_stride;
+    out[0] = static_cast<T>(table.value[0][r]);
+    out[channel_stride] = static_cast<T>(table.value[1][g]);
+    out[2 * channel_stride] = static_cast<T>(table.value[2][b]);
+  };
+  const int64_t out_w = static_cast<int64_t>(horizontal.first.size());
+  const int64_t out_h = static_cast<int64_t>(vertical.first.size());
+  if (vertical_first) {
+    // The input columns the kept outputs read, every kept row.
+    const auto [x_begin, x_end] = input_range(horizontal);
+    const int64_t width = x_end - x_begin;
+    std::vector<uint8_t> scratch(static_cast<size_t>(out_h * width * 3));
+    vertical_pass(image, vertical, 0, x_begin, x_end,
+                  [&](int64_t y, int64_t x, uint8_t r, uint8_t g, uint8_t b) {
+                    uint8_t* p = scratch.data() + (y * width + x) * 3;
+                    p[0] = r;
+                    p[1] = g;
+                    p[2] = b;
+                  });
+    const ImageView rows = packed_view(scratch.data(), width, out_h, 3, {0, 1, 2});
+    horizontal_pass(rows, horizontal, x_begin, 0, out_h, emit);
+    return;
+  }
+  // The input rows the kept outputs read, every kept column.
+  const auto [y_begin, y_end] = input_range(vertical);
+  std::vector<uint8_t> scratch(static_cast<size_t>((y_end - y_begin) * out_w * 3));
+  horizontal_pass(image, horizontal, 0, y_begin, y_end,
+                  [&](int64_t y, int64_t x, uint8_t r, uint8_t g, uint8_t b) {
+                    uint8_t* p = scratch.data() + (y * out_w + x) * 3;
+                    p[0] = r;
+                    p[1] = g;
+                    p[2] = b;
+                  });
+  const ImageView columns = packed_view(scratch.data(), out_w, y_end - y_begin, 3, {0, 1, 2});
+  vertical_pass(columns, vertical, y_begin, 0, out_w, emit);
 }
 
 }  // namespace
@@ -190,21 +240,28 @@ void resize_normalize_into(const ImageView& image, const ResizePlan& plan, const
       resample_axis(image.width, plan.resized_width, plan.crop_left, plan.out_width);
   const ResampleAxis vertical =
       resample_axis(image.height, plan.resized_height, plan.crop_top, plan.out_height);
+  // Pillow's rule, on the whole resize (not the crop): ImagingResampleInner.
+  const int64_t shrink_h = image.height - plan.resized_height;
+  const bool vertical_first = shrink_h > 0 && shrink_h > (image.width - plan.resized_width) * 2;
   const int64_t cs = dst.stride(0);
   const int64_t rs = dst.stride(1);
   const int64_t xs = dst.stride(2);
   switch (dst.scalar_type()) {
     case at::kFloat:
-      resize_typed(image, horizontal, vertical, table, dst.data_ptr<float>(), cs, rs, xs);
+      resize_typed(image, horizontal, vertical, vertical_first, table, dst.data_ptr<float>(), cs,
+                   rs, xs);
       break;
     case at::kDouble:
-      resize_typed(image, horizontal, vertical, table, dst.data_ptr<double>(), cs, rs, xs);
+      resize_typed(image, horizontal, vertical, vertical_first, table, dst.data_ptr<double>(), cs,
+                   rs, xs);
       break;
     case at::kHalf:
-      resize_typed(image, horizontal, vertical, table, dst.data_ptr<c10::Half>(), cs, rs, xs);
+      resize_typed(image, horizontal, vertical, vertical_first, table, dst.data_ptr<c10::Half>(),
+                   cs, rs, xs);
       break;
     case at::kBFloat16:
-      resize_typed(image, horizontal, vertical, table, dst.data_ptr<c10::BFloat16>(), cs, rs, xs);
+      resize_typed(image, horizontal, vertical, vertical_first, table,
+                   dst.data_ptr<c10::BFloat16>(), cs, rs, xs);
       break;
     default:
       TORCH_CHECK_VALUE(false, "resize: dst must be float32, float64, float16 or bfloat16, got ",

@@ -5,11 +5,14 @@
 // The resize is Pillow's Image.resize(..., BILINEAR) reproduced exactly: its
 // separable triangle filter, whose support grows with the downscale factor
 // (antialiasing; an upscale is plain bilinear), its fixed-point weights
-// (22 fraction bits), a horizontal pass rounded to 8 bits, then a vertical
-// pass rounded to 8 bits. The crop is fused: only the kept outputs' weights
-// are computed and only the input rows they read are filtered, which gives
-// the same pixels as resizing the whole image and cropping it. Each 8-bit
-// result v is written as (v / 255 - mean[c]) / std[c].
+// (22 fraction bits), and two passes each rounded to 8 bits, in Pillow's
+// order: horizontal first, unless the height shrinks by more than twice as
+// many pixels as the width (Pillow >= 13.0; older Pillow always went
+// horizontal first, which differs by at most one level in some pixels). The
+// crop is fused: only the kept outputs' weights are computed and only the
+// input rows (columns) they read are filtered, which gives the same pixels as
+// resizing the whole image and cropping it. Each 8-bit result v is written as
+// (v / 255 - mean[c]) / std[c].
 //
 // The geometry follows torchvision on PIL images: Resize(S) (shorter side to
 // S, the longer to int(S * long / short)) then CenterCrop((H, W)) (offsets
