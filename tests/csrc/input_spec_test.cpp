@@ -44,15 +44,15 @@ InputSpec spec_of(std::string kind, std::vector<std::string> columns,
   return InputSpec{std::move(kind), std::move(columns), std::move(options)};
 }
 
-TEST(InputKinds, AreTensorGatherAndPadSorted) {
-  EXPECT_EQ(input_kinds(), (std::vector<std::string>{"gather", "pad", "tensor"}));
+TEST(InputKinds, AreTensorGatherPadAndImageSorted) {
+  EXPECT_EQ(input_kinds(), (std::vector<std::string>{"gather", "image", "pad", "tensor"}));
 }
 
 TEST(MakeInput, UnknownKindListsTheRegisteredOnes) {
   auto node = three_columns();
   ImportedTable table(import_node(*node), "batch");
   EXPECT_THROW_WITH(make_input(table, spec_of("text", {"x"})), c10::ValueError,
-                    "gather, pad, tensor", "'text'");
+                    "gather, image, pad, tensor", "'text'");
 }
 
 TEST(MakeInput, UnknownOptionListsTheKindsKnownOptions) {
