@@ -189,7 +189,8 @@ std::vector<at::Tensor> input_tensors(py::handle obj, py::object specs) {
       std::vector<int64_t> sizes{source->rows()};
       const std::vector<int64_t> row = source->row_shape();
       sizes.insert(sizes.end(), row.begin(), row.end());
-      at::Tensor dst = at::empty(sizes, at::TensorOptions().dtype(source->dtype()));
+      at::Tensor dst = at::empty(
+          sizes, at::TensorOptions().dtype(source->dtype()).memory_format(source->memory_format()));
       source->stage_into(0, source->rows(), at::Tensor(), dst);
       tensors.push_back(std::move(dst));
     }

@@ -45,14 +45,14 @@ InputSpec spec_of(std::string kind, std::vector<std::string> columns,
 }
 
 TEST(InputKinds, AreTheRegisteredKindsSorted) {
-  EXPECT_EQ(input_kinds(), (std::vector<std::string>{"gather", "mask", "pad", "tensor"}));
+  EXPECT_EQ(input_kinds(), (std::vector<std::string>{"gather", "image", "mask", "pad", "tensor"}));
 }
 
 TEST(MakeInput, UnknownKindListsTheRegisteredOnes) {
   auto node = three_columns();
   ImportedTable table(import_node(*node), "batch");
   EXPECT_THROW_WITH(make_input(table, spec_of("words", {"x"})), c10::ValueError,
-                    "gather, mask, pad, tensor", "'words'");
+                    "gather, image, mask, pad, tensor", "'words'");
 }
 
 TEST(MakeInput, UnknownOptionListsTheKindsKnownOptions) {

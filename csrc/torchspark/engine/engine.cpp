@@ -413,6 +413,12 @@ void Engine::stage(Batch& batch) {
       sizes.insert(sizes.end(), row.begin(), row.end());
       at::Tensor buffer = pool_.acquire(only.dtype(), c10::multiply_integers(sizes));
       at::Tensor staged = buffer.narrow(0, 0, c10::multiply_integers(sizes)).view(sizes);
+      if (only.memory_format() == at::MemoryFormat::ChannelsLast && sizes.size() == 4) {
+        // The same bytes as [N, H, W, C], seen as [N, C, H, W].
+        staged = buffer.narrow(0, 0, c10::multiply_integers(sizes))
+                     .view({sizes[0], sizes[2], sizes[3], sizes[1]})
+                     .permute({0, 3, 1, 2});
+      }
       batch.buffers.push_back(std::move(buffer));
       int64_t offset = 0;
       for (const Piece& piece : batch.pieces) {

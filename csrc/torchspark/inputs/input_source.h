@@ -2,7 +2,7 @@
 // engine stages its rows.
 //
 // A source is made from an Arrow batch by the factory of its kind (inputs/
-// has one file per kind: tensor, gather, pad; next text and image) or wraps
+// has one file per kind: tensor, gather, pad, image; next text) or wraps
 // a tensor the caller submitted. The engine knows sources only through this
 // interface: their rows, one row's shape and dtype, token lengths for padded
 // inputs (token budgets, sorting), and stage_into(), which writes a run of
@@ -17,6 +17,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/MemoryFormat.h>
 #include <c10/core/Scalar.h>
 
 #include <memory>
@@ -47,11 +48,16 @@ class InputSource {
   // The input as one tensor (rows along dim 0), when it is one already;
   // undefined for sources converted while staging.
   virtual const at::Tensor& tensor() const;
+  // How the staged batch is laid out in memory: Contiguous, or ChannelsLast
+  // for a 4-d batch ([N, C, H, W] with C varying fastest) that a
+  // convolutional model reads faster. The shape stays the same.
+  virtual at::MemoryFormat memory_format() const { return at::MemoryFormat::Contiguous; }
   // Writes rows [begin, begin + count), or with `order` (int64 [count], CPU)
-  // rows order[0..count), into `dst`: CPU, contiguous, dtype(), shape
-  // [count, row...]. A padded input's dst may be narrower or wider (dim 1,
-  // the batch's width) than row_shape()[0]: rows are cut to it or padded
-  // with pad_value(). Errors name the input's column(s).
+  // rows order[0..count), into `dst`: CPU, dtype(), shape [count, row...],
+  // dense in memory_format() (contiguous by default; a slice of a
+  // channels_last batch for ChannelsLast). A padded input's dst may be
+  // narrower or wider (dim 1, the batch's width) than row_shape()[0]: rows
+  // are cut to it or padded with pad_value(). Errors name the input's column(s).
   virtual void stage_into(int64_t begin, int64_t count, const at::Tensor& order,
                           const at::Tensor& dst) const = 0;
   // For messages: "float32 rows of shape [8]" (", padded" for padded inputs).
