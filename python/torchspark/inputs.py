@@ -140,6 +140,15 @@ class Input:
             raise ValueError(
                 f"Input.tokenizer: only kind 'text' takes a tokenizer, got kind '{kind}'"
             )
+        image_options = [n for n in _IMAGE_OPTIONS if getattr(self, n) != _OPTION_DEFAULTS[n]]
+        if image_options and kind != "image":
+            raise ValueError(
+                f"Input{tuple(image_options)}: only kind 'image' takes these, got kind '{kind}'"
+            )
+        for name in ("size", "mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, (tuple, list)):
+                object.__setattr__(self, name, tuple(value))  # hashable, one repr
 
     @property
     def column_list(self) -> list[str]:

@@ -196,7 +196,10 @@ def plan(
     sc = df.sparkSession.sparkContext
     # Tokenizer files reach the executors as model files do.
     specs = [_ship_tokenizer(spec, sc) for spec in specs]
-    sample = df.selectExpr(*[quote(c) for c in dict.fromkeys(used)]).limit(_PROBE_ROWS)
+    # The first kept column (usually an id) names a failing probe row.
+    label = keep[0] if keep else None
+    probed_columns = dict.fromkeys([*used, *([label] if label else [])])
+    sample = df.selectExpr(*[quote(c) for c in probed_columns]).limit(_PROBE_ROWS)
     probe = None
     if not isinstance(model, (str, os.PathLike)):
         # A module: exported here, on rows of the real data, verified against
@@ -252,6 +255,9 @@ def plan(
         shape_error = _shape_error(e, ref, len(probe), specs, batch)
         if shape_error is not None:
             raise shape_error from None  # the message says it all; no TorchScript trace
+        from .worker import _locate
+
+        _locate(e, batch, 0, "the driver's probe", label)
         raise _probe_error(e, ref, len(probe)) from e
     outputs = out.output_names(output, names, len(tensors))
     output_types = [out.spark_type(t, n) for t, n in zip(tensors, outputs, strict=True)]

@@ -91,11 +91,11 @@ def _configure_logger() -> None:
         logger.addHandler(handler)
 
 
-# Where an engine error points inside its request (the Arrow batch):
-# NullValueError "... (first in row 7)" / "null values in row 7", ModelError "rows [0, 64)".
-_ROW = re.compile(
-    r"\(first in row (\d+)\)|null values in row (\d+)|request \d+ rows \[(\d+), (\d+)\)"
-)
+# Where an engine error points inside its request (the Arrow batch): a row
+# ("(first in row 7)", "null values in row 7") before a batch's range
+# ("request 0 rows [0, 64)"): a bad value inside a failed batch names its row.
+_ROW = re.compile(r"\(first in row (\d+)\)|null values in row (\d+)")
+_ROWS = re.compile(r"request \d+ rows \[(\d+), (\d+)\)")
 
 
 def _locate(error: BaseException, batch: Any, index: int, where: str, label: str | None) -> None:
@@ -106,7 +106,7 @@ def _locate(error: BaseException, batch: Any, index: int, where: str, label: str
     if len(error.args) != 1 or not isinstance(error.args[0], str):
         return
     text = error.args[0]
-    match = _ROW.search(text)
+    match = _ROW.search(text) or _ROWS.search(text)
     rows = batch.num_rows
     at = f"{where}, Arrow batch {index} ({rows} rows)"
     if match is not None:
