@@ -2,7 +2,7 @@
 // engine stages its rows.
 //
 // A source is made from an Arrow batch by the factory of its kind (inputs/
-// has one file per kind: tensor, gather, pad, image; next text) or wraps
+// has one file per kind: tensor, gather, pad, mask, image) or wraps
 // a tensor the caller submitted. The engine knows sources only through this
 // interface: their rows, one row's shape and dtype, token lengths for padded
 // inputs (token budgets, sorting), and stage_into(), which writes a run of
