@@ -7,13 +7,16 @@ model, scores the dataset with ``torchspark.predict`` and with Spark's
 an eager PyTorch reference in this process, and prints its figures; the run
 ends with one table of rows/s per task.
 
-Tasks (``--task``, default ``all``):
+Tasks (``--task``, default ``all``: tabular, then text):
 
 * ``tabular`` (:mod:`torchspark.demo.tabular`): an MLP over an
   ``array<float>[64]`` column and four scalar columns, 1,000,000 rows.
+* ``text`` (:mod:`torchspark.demo.text`): sentence embeddings with a BERT-class
+  encoder (random weights, built with ``transformers``) and a WordPiece
+  tokenizer trained here, over 20,000 generated sentences of skewed lengths.
 * ``image``: not available yet.
 
-Nothing is downloaded: data and model weights are made locally
+Nothing is downloaded: data, tokenizer and model weights are made locally
 from fixed seeds. Spark's progress bar shows each job while it runs.
 """
 
@@ -33,8 +36,8 @@ from .tabular import DemoModel, bundled_model, export_model, make_dataset
 
 __all__ = ["DemoModel", "bundled_model", "export_model", "main", "make_dataset"]
 
-TASKS = ("tabular", "image")
-_ALL = ("tabular",)  # what --task all runs (image joins when it exists)
+TASKS = ("tabular", "text", "image")
+_ALL = ("tabular", "text")  # what --task all runs (image joins when it exists)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rows",
         type=int,
         default=None,
-        help="rows to generate for each task run (default: tabular 1,000,000)",
+        help="rows to generate for each task run (default: tabular 1,000,000, text 20,000)",
     )
     parser.add_argument(
         "--format",
@@ -59,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
         help="tabular model format",
     )
     parser.add_argument("--output", default=None, help="tabular predictions Parquet directory")
+    parser.add_argument("--text-output", default=None, help="text predictions Parquet directory")
+    parser.add_argument(
+        "--text-model",
+        choices=("small", "minilm"),
+        default="small",
+        help="text encoder size: small (2 layers, hidden 128; default) or minilm (6 layers, "
+        "hidden 384, as all-MiniLM-L6-v2)",
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -82,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.task == "image":
         parser.error(
             "--task image is not available yet: the image input kind (issue 10) is still being "
-            "built; run --task tabular or all"
+            "built; run --task tabular, text or all"
         )
     tasks = _ALL if args.task == "all" else (args.task,)
 
@@ -96,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, tasks: tuple[str, ...], workdir: str) -> int:
-    from . import tabular
+    from . import tabular, text
 
-    runners = {"tabular": tabular.run}
+    runners = {"tabular": tabular.run, "text": text.run}
     step(
         f"torchspark {torchspark.__version__} demo (torch {torch.__version__}): {', '.join(tasks)}"
     )
