@@ -261,8 +261,9 @@ def main() -> int:
         model_path = os.path.join(workdir, "encoder.pt")
         export_diff = None
         if any(m in TS_METHODS for m in args.methods):
-            T.export_encoder(model, model_path)
-            export_diff = T.check_export(model, model_path)
+            with T.torch_threads(1):  # see torch_threads: 2 threads crawl under load here
+                T.export_encoder(model, model_path)
+                export_diff = T.check_export(model, model_path)
         prep_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         expected, tokens = T.reference_embeddings(sentences, tokenizer_path, model)

@@ -65,6 +65,7 @@ __all__ = [
     "reference_embeddings",
     "run",
     "sentence_lengths",
+    "torch_threads",
     "trace_encoder",
     "train_tokenizer",
     "write_sentences",
@@ -381,6 +382,24 @@ def check_export(
 # -------------------------------------------------------------------- the reference
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` for a while (``None``: left
+    as they are). The demo's driver-side work uses one: on the 2-core VM this
+    was written on, with other work running (load ~4), the small encoder's
+    forward on 64 x 32 tokens took 34 ms on 1 thread and 371 ms on 2, and the
+    reference over 2,000 rows 1.1 s against 31 s."""
+    if threads is None:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def reference_embeddings(
     texts: list[str],
     tokenizer_path: str,
@@ -393,17 +412,15 @@ def reference_embeddings(
     by token length so that every batch is rows of one length, with no padding
     (an attention mask of ones).
 
-    ``threads``: torch's intra-op threads meanwhile (``None``: as they are).
-    One by default: on the 2-core VM this was written on, with other work
-    running (load ~4), 2 threads took 31 s for 2,000 rows of the small
-    encoder where 1 took 1.1 s."""
-    if threads is not None:
-        saved = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return reference_embeddings(texts, tokenizer_path, model, max_rows, None)
-        finally:
-            torch.set_num_threads(saved)
+    ``threads``: torch's intra-op threads meanwhile (:func:`torch_threads`).
+    """
+    with torch_threads(threads):
+        return _reference(texts, tokenizer_path, model, max_rows)
+
+
+def _reference(
+    texts: list[str], tokenizer_path: str, model: TextEncoder, max_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
     tokenizer = load_tokenizer(tokenizer_path)
     encodings = tokenizer.encode_batch(texts)
     lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
@@ -534,7 +551,7 @@ def run(spark: Any, args: argparse.Namespace, workdir: str) -> TaskResult:
         f"({t[0]:.1f} s)"
     )
 
-    with stopwatch() as t:
+    with stopwatch() as t, torch_threads(1):
         model = build_encoder(size, vocab_size)
         torch.save(model.state_dict(), state_path)
         export_encoder(model, model_path)
