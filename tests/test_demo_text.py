@@ -159,34 +159,9 @@ def test_image_task_is_refused_with_a_clear_error(capsys):
 
 @pytest.mark.slow
 @pytest.mark.spark
-def test_predict_batch_udf_baseline_matches_the_reference(spark, tokenizer_path, tmp_path):
-    # The demo's baseline job, on the shared session: every row against the reference.
-    vocab = T.load_tokenizer(tokenizer_path).get_vocab_size()
-    model = T.build_encoder("small", vocab)
-    state = str(tmp_path / "state.pt")
-    torch.save(model.state_dict(), state)
-    sentences = T.make_sentences(150, seed=9)
-    T.write_sentences(str(tmp_path / "in.parquet"), sentences)
-    df = spark.read.parquet(str(tmp_path / "in.parquet")).repartition(2)
-    out = str(tmp_path / "out.parquet")
-    T._predict_batch_udf_job(df, out, tokenizer_path, state, "small", vocab)
-    expected, _ = T.reference_embeddings(sentences, tokenizer_path, model)
-    rows, diff = T._check(out, expected)
-    assert rows == 150 and diff <= T.TOLERANCE
-
-
-def _has_text_kind() -> bool:
-    try:
-        torchspark.Input("text", kind="text", tokenizer="tokenizer.json")
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-@pytest.mark.slow
-@pytest.mark.spark
-@pytest.mark.skipif(not _has_text_kind(), reason="torchspark has no text input kind yet")
 def test_text_task_end_to_end(spark, tmp_path, capsys):
+    # The demo's text task on the shared session: torchspark's text input and the
+    # predict_batch_udf baseline, each embedding checked by run() and again here.
     args = argparse.Namespace(
         rows=300, text_model="small", text_output=None, workdir=str(tmp_path), no_compare=False
     )
