@@ -199,6 +199,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="tiny model, 2,000 rows: a smoke run")
     p.add_argument("--batch", type=int, default=64, help="baselines' rows per model call")
     p.add_argument("--eager-tokens", type=int, default=2048, help="eager: padded tokens per batch")
+    p.add_argument(
+        "--eager-threads",
+        type=int,
+        default=2,
+        help="eager: torch threads (default 2, both cores; under load 2 threads ran many "
+        "times slower than 1 here: torchspark.demo.text.torch_threads)",
+    )
     p.add_argument("--partitions", type=int, default=4, help="partitions of the cached data")
     p.add_argument(
         "--max-records-per-batch",

@@ -598,10 +598,16 @@ def run(spark: Any, args: argparse.Namespace, workdir: str) -> TaskResult:
     print()
     print(f"rows        {got_rows:,}")
     if rows:
-        truncated = int((tokens >= MAX_LEN).sum())
+        untruncated = load_tokenizer(tokenizer_path, max_len=1 << 30).encode_batch(sentences)
+        truncated = sum(len(e.ids) > MAX_LEN for e in untruncated)
         print(
             f"tokens      per row: median {np.median(tokens):.0f}, mean {tokens.mean():.1f}, "
-            f"max {tokens.max()} ({truncated} rows truncated at {MAX_LEN})"
+            f"max {tokens.max()} ({truncated} rows truncated at {MAX_LEN}"
+            + (
+                f"; the engine counted {report.rows_truncated})"
+                if report is not None and report.rows_truncated != truncated
+                else ")"
+            )
         )
     print(f"wall        {wall:.2f} s (the Spark job: read, score, write Parquet; after warm-up)")
     print(f"throughput  {got_rows / wall:,.0f} rows/s" if wall > 0 else "throughput  -")
@@ -611,6 +617,11 @@ def run(spark: Any, args: argparse.Namespace, workdir: str) -> TaskResult:
             f"p99 {report.p99_ms:.1f} ms per Arrow batch ({report.arrow_batches} batches, "
             f"{report.model_calls} model calls, {report.tasks} tasks)"
         )
+        if report.token_budgets:
+            print(
+                "engine      token budget per task (max_tokens, chosen by the engine): "
+                + ", ".join(map(str, report.token_budgets))
+            )
     print(
         f"reference   {reference_s:.2f} s: eager, in this process, rows grouped by token "
         "length (no padding)"
@@ -648,7 +659,8 @@ def run(spark: Any, args: argparse.Namespace, workdir: str) -> TaskResult:
             f"predict_batch_udf pads each {PBU_BATCH}-row batch to its longest row, so "
             f"{pad:.0%} of the tokens its model computes are padding on these skewed lengths; "
             "torchspark sorts each Arrow batch's rows by token length and cuts batches by a "
-            "token budget, so it computes almost only real tokens, and tokenizes the next "
-            "batch in C++ threads while the model runs"
+            "token budget it tunes as it runs, so it computes almost only real tokens, and "
+            "tokenizes each Arrow batch (Rust, GIL released) while the model runs the previous "
+            "one"
         ),
     )
