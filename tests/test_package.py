@@ -110,6 +110,8 @@ def test_demo_runs_end_to_end(tmp_path):
             sys.executable,
             "-m",
             "torchspark.demo",
+            "--task",
+            "tabular",
             "--rows",
             "20000",
             "--workdir",

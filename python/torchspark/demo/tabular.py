@@ -1,19 +1,16 @@
-"""The torchspark demo: score a generated dataset on a local Spark with a bundled model.
+"""The tabular task: an MLP over a feature vector and four scalar columns.
 
-Run it with ``python -m torchspark.demo`` (the README's first command does the
-set-up too). It
+``python -m torchspark.demo --task tabular`` (part of the default run). It
 
 1. writes a Parquet dataset of ``--rows`` rows (an ``id``, a ``features``
    column of ``array<float>[64]`` and four scalar columns);
 2. exports the bundled model to TorchScript and to an AOTInductor package
    (the AOT compile is cached between runs) and picks ``--format``;
-3. starts a local SparkSession (``local[*]``) and runs ``torchspark.predict``
-   over the dataset, writing the predictions to Parquet (``--output``);
+3. runs ``torchspark.predict`` over the dataset on the demo's SparkSession,
+   writing the predictions to Parquet (``--output``);
 4. runs the same job with Spark's ``predict_batch_udf`` for comparison;
 5. checks every prediction against eager PyTorch on the same rows and prints
    rows, wall time, rows/s, latency percentiles and the comparison.
-
-Spark's progress bar shows each job while it runs.
 """
 
 from __future__ import annotations
@@ -21,17 +18,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shutil
-import sys
-import tempfile
-import time
 
 import torch
 
 import torchspark
 
-__all__ = ["DemoModel", "bundled_model", "export_model", "main", "make_dataset"]
+from ._common import TaskResult, step, stopwatch
 
+__all__ = ["DEFAULT_ROWS", "DemoModel", "bundled_model", "export_model", "make_dataset", "run"]
+
+DEFAULT_ROWS = 1_000_000
 FEATURES = 64  # width of the array<float> feature vector
 SCALARS = ["age", "amount", "score", "count"]  # scalar feature columns
 
@@ -111,24 +107,6 @@ def export_model(workdir: str, model_format: str) -> str:
     return path
 
 
-def _spark(app: str) -> object:
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("TORCHSPARK_LOG_LEVEL", "WARNING")  # the summary says it all
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master("local[*]")
-        .appName(app)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "true")
-        .config("spark.sql.files.maxPartitionBytes", str(32 << 20))
-        .config("spark.driver.memory", "4g")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
-
-
 def _predict_batch_udf_job(df: object, output: str, batch_size: int) -> None:
     """The same job written with Spark's own ``predict_batch_udf``, as its docs say."""
     import numpy as np
@@ -180,74 +158,39 @@ def _check(input_path: str, output_path: str) -> tuple[int, float]:
     return len(ids), float(np.abs(got - expected).max()) if len(ids) else 0.0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torchspark.demo", description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows to generate")
-    parser.add_argument(
-        "--format", choices=("torchscript", "aoti"), default="torchscript", help="model format"
-    )
-    parser.add_argument("--output", default=None, help="predictions Parquet directory")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="rows per model call (default: Spark's Arrow batch size, 10000)",
-    )
-    parser.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
-    parser.add_argument(
-        "--no-compare", action="store_true", help="skip the predict_batch_udf comparison"
-    )
-    args = parser.parse_args(argv)
-    if args.rows < 0 or (args.batch_size is not None and args.batch_size <= 0):
-        parser.error("--rows must be >= 0 and --batch-size > 0")
-
-    workdir = args.workdir or tempfile.mkdtemp(prefix="torchspark-demo-")
-    os.makedirs(workdir, exist_ok=True)
-    try:
-        return _run(args, workdir)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _step(message: str) -> None:
-    print(message, flush=True)
-
-
-def _run(args: argparse.Namespace, workdir: str) -> int:
+def run(spark: object, args: argparse.Namespace, workdir: str) -> TaskResult:
+    """The tabular task on ``spark``: ``args.rows`` rows, ``args.format``, ``args.output``."""
+    rows = DEFAULT_ROWS if args.rows is None else args.rows
     input_path = os.path.join(workdir, "input.parquet")
     output_path = args.output or os.path.join(workdir, "predictions.parquet")
     baseline_path = os.path.join(workdir, "predictions_predict_batch_udf.parquet")
 
-    _step(f"torchspark {torchspark.__version__} demo (torch {torch.__version__})")
-    t0 = time.perf_counter()
-    make_dataset(input_path, args.rows)
-    _step(f"[1/5] generated {args.rows:,} rows -> {input_path} ({time.perf_counter() - t0:.1f} s)")
+    with stopwatch() as t:
+        make_dataset(input_path, rows)
+    step(f"[tabular 1/5] generated {rows:,} rows -> {input_path} ({t[0]:.1f} s)")
 
-    t0 = time.perf_counter()
-    torchscript = export_model(workdir, "torchscript")
-    aoti = export_model(workdir, "aoti")
+    with stopwatch() as t:
+        torchscript = export_model(workdir, "torchscript")
+        aoti = export_model(workdir, "aoti")
     model = torchscript if args.format == "torchscript" else aoti
-    _step(
-        f"[2/5] exported the bundled model: TorchScript {torchscript}, AOTInductor {aoti} "
-        f"({time.perf_counter() - t0:.1f} s); using {args.format}"
+    step(
+        f"[tabular 2/5] exported the bundled model: TorchScript {torchscript}, AOTInductor "
+        f"{aoti} ({t[0]:.1f} s); using {args.format}"
     )
 
-    _step("[3/5] starting Spark (local[*]) and its Python workers (a small warm-up job each)")
-    spark = _spark("torchspark-demo")
-    try:
-        df = spark.read.parquet(input_path)
-        # Python workers are started (and import torch) by the first job that
-        # needs them and then reused: warm both methods up so neither timing
-        # below pays for it.
-        sample = df.limit(2000).repartition(spark.sparkContext.defaultParallelism)
-        inputs = {"features": "features", "scalars": SCALARS}
-        warm = torchspark.predict(sample, model, inputs=inputs, keep=["id"])
-        warm.write.format("noop").mode("overwrite").save()
-        if not args.no_compare:
-            _predict_batch_udf_job(sample, baseline_path, args.batch_size or 10000)
-        _step(f"[4/5] torchspark.predict -> {output_path}")
-        t0 = time.perf_counter()
+    step("[tabular 3/5] warming up the Python workers (a small job for each method)")
+    df = spark.read.parquet(input_path)
+    # Python workers are started (and import torch) by the first job that
+    # needs them and then reused: warm both methods up so neither timing
+    # below pays for it.
+    sample = df.limit(2000).repartition(spark.sparkContext.defaultParallelism)
+    inputs = {"features": "features", "scalars": SCALARS}
+    warm = torchspark.predict(sample, model, inputs=inputs, keep=["id"])
+    warm.write.format("noop").mode("overwrite").save()
+    if not args.no_compare:
+        _predict_batch_udf_job(sample, baseline_path, args.batch_size or 10000)
+    step(f"[tabular 4/5] torchspark.predict -> {output_path}")
+    with stopwatch() as t:
         scored = torchspark.predict(
             df,
             model,
@@ -256,22 +199,20 @@ def _run(args: argparse.Namespace, workdir: str) -> int:
             batch_size=args.batch_size,
         )
         scored.write.mode("overwrite").parquet(output_path)
-        wall = time.perf_counter() - t0
-        report = torchspark.last_report()
+    wall = t[0]
+    report = torchspark.last_report()
 
-        baseline_wall = None
-        if not args.no_compare:
-            _step(f"[5/5] the same job with predict_batch_udf -> {baseline_path}")
-            t0 = time.perf_counter()
+    baseline_wall = None
+    if not args.no_compare:
+        step(f"[tabular 5/5] the same job with predict_batch_udf -> {baseline_path}")
+        with stopwatch() as t:
             _predict_batch_udf_job(df, baseline_path, args.batch_size or 10000)
-            baseline_wall = time.perf_counter() - t0
-    finally:
-        spark.stop()
+        baseline_wall = t[0]
 
-    rows, error = _check(input_path, output_path)
-    rate = rows / wall if wall > 0 else float("inf")
+    got_rows, error = _check(input_path, output_path)
+    rate = got_rows / wall if wall > 0 else float("inf")
     print()
-    print(f"rows        {rows:,}")
+    print(f"rows        {got_rows:,}")
     print(f"wall        {wall:.2f} s (the Spark job: read, score, write Parquet; after warm-up)")
     print(f"throughput  {rate:,.0f} rows/s")
     if report is not None:
@@ -289,12 +230,21 @@ def _run(args: argparse.Namespace, workdir: str) -> int:
             + ("" if base_error < 1e-5 else f" (its predictions differ by {base_error:.3g})")
         )
     print(f"predictions {output_path}" + ("" if args.workdir or args.output else " (temp dir)"))
-    if rows != args.rows or error > 1e-5:
-        print(f"FAILED: {rows:,} rows, predictions differ from eager PyTorch by {error:.3g}")
-        return 1
-    print(f"OK: every prediction matches eager PyTorch (max abs diff {error:.1e})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    ok = got_rows == rows and error <= 1e-5
+    if ok:
+        print(f"OK: every prediction matches eager PyTorch (max abs diff {error:.1e})")
+    else:
+        print(f"FAILED: {got_rows:,} rows, predictions differ from eager PyTorch by {error:.3g}")
+    print()
+    return TaskResult(
+        "tabular",
+        rows,
+        wall,
+        baseline_wall,
+        ok,
+        gain=(
+            "a light model, so the job is mostly Spark's Arrow IPC for both; torchspark "
+            "gathers the Arrow columns into the model's input in C++ where predict_batch_udf "
+            "goes through pandas and numpy"
+        ),
+    )

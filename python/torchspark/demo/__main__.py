@@ -1,0 +1,5 @@
+import sys
+
+from torchspark.demo import main
+
+sys.exit(main())
