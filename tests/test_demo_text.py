@@ -148,15 +148,6 @@ def test_padding_share():
     assert T.padding_share(np.array([5, 5, 5, 1]), 2) == pytest.approx(1 - 16 / 20)
 
 
-def test_image_task_is_refused_with_a_clear_error(capsys):
-    from torchspark.demo import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--task", "image"])
-    assert exit_info.value.code == 2
-    assert "--task image is not available yet" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 @pytest.mark.spark
 def test_text_task_end_to_end(spark, tmp_path, capsys):
