@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 import pytest
 import torch
@@ -98,6 +99,37 @@ def test_outputs_that_differ_without_a_warning_are_caught(tmp_path):
     assert "output 0 on the example inputs (8 rows)" in message
     match = re.search(r"max \|difference\| ([0-9.e-]+)", message)
     assert match and float(match.group(1)) > 1e-3
+
+
+class BakesLength(torch.nn.Module):
+    """Token ids whose sequence length a trace bakes in (a Python int), with
+    the tracer's warning swallowed inside, as libraries that filter warnings do."""
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            n = int(ids.shape[1])
+        return (ids * mask).float().sum(1) + torch.arange(n).float().mean()
+
+
+class Pools(torch.nn.Module):
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (ids * mask).float().mean(1)
+
+
+def test_a_silently_baked_sequence_length_is_caught_at_another_length(tmp_path):
+    ids = torch.randint(1, 50, (4, 10))
+    mask = torch.ones_like(ids)
+    # Every batch size agrees at length 10; the cut to 5 tokens does not.
+    with pytest.raises(
+        torchspark.ExportError, match=r"on the example cut to 5 of its 10 tokens \(dim 1\)"
+    ):
+        torchspark.export(BakesLength(), (ids, mask), tmp_path / "baked.pt")
+    # A module whose length is not baked in passes the same check.
+    path = torchspark.export(Pools(), (ids, mask), tmp_path / "pools.pt")
+    short = (ids[:, :3], mask[:, :3])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(path)(*short), Pools()(*short))
 
 
 def test_a_correct_export_passes_and_matches_eager(tmp_path):

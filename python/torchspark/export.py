@@ -76,9 +76,11 @@ def export(
     trace that had to bake in a data-dependent branch (Python control flow on
     a tensor's value) raises :class:`torchspark.ExportError` naming the line,
     and the exported file is loaded and run beside the module on the example
-    inputs, on 1 row and on twice the example's rows; any output that differs
-    (beyond float tolerances of the dtype it is computed in; exact for
-    integers and booleans) raises :class:`torchspark.ExportError` with the
+    inputs, on 1 row and on twice the example's rows (and, for a trace with
+    token inputs, integer tensors of dim >= 2, on the example cut to half its
+    sequence length: a trace can bake in the example's length); any output
+    that differs (beyond float tolerances of the dtype it is computed in;
+    exact for integers and booleans) raises :class:`torchspark.ExportError` with the
     largest difference. ``verify=False`` skips both checks.
 
     >>> import torch, torchspark, tempfile, os
@@ -237,6 +239,11 @@ def _verify(
                 tuple(torch.cat([x, x.flip(0)]) for x in inputs),
             )
         )
+    shorter = _shorter_sequences(inputs)
+    if shorter is not None and format == "torchscript":
+        # A trace can bake in the example's sequence length (token ids and
+        # masks are padded per batch to other lengths at run time).
+        batches.append(shorter)
     for label, batch in batches:
         with torch.no_grad():
             try:
@@ -251,6 +258,25 @@ def _verify(
                     f"runs: {type(e).__name__}: {e}"
                 ) from e
         _compare(expected, actual, label, format, compute_dtype)
+
+
+def _shorter_sequences(
+    inputs: tuple[torch.Tensor, ...],
+) -> tuple[str, tuple[torch.Tensor, ...]] | None:
+    """The example with its token inputs cut to half their length: every
+    input of dim >= 2 whose dim 1 is the length L of the first integer input
+    of dim >= 2 (token ids, and their mask and types), cut to L // 2; None
+    without such an input or with L < 2."""
+    tokens = next(
+        (x for x in inputs if x.dim() >= 2 and not x.is_floating_point() and x.dtype != torch.bool),
+        None,
+    )
+    if tokens is None or tokens.shape[1] < 2:
+        return None
+    length = tokens.shape[1]
+    cut = length // 2
+    batch = tuple(x[:, :cut] if x.dim() >= 2 and x.shape[1] == length else x for x in inputs)
+    return f"the example cut to {cut} of its {length} tokens (dim 1)", batch
 
 
 def _compare(expected: Any, actual: Any, label: str, format: str, compute: torch.dtype) -> None:
