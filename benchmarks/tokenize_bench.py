@@ -2,9 +2,8 @@
 
 Workload: an Arrow batch of N = 10,000 strings (Spark's Arrow batch size;
 ``--quick``: 2,000) of skewed lengths (lognormal word counts, 1-250 words, a
-fixed vocabulary, numpy ``default_rng(0)``), tokenized by a WordPiece
-tokenizer trained here (BERT normalizer and pre-tokenizer, [CLS]/[SEP],
-8,000 tokens), truncated at 256 tokens.
+fixed vocabulary, numpy ``default_rng(0)``), tokenized by the demo's WordPiece
+tokenizer (``torchspark.demo.text.train_tokenizer``, 8,000 tokens), truncated at 256 tokens.
 
 Cases, timed interleaved in one process:
 
@@ -50,22 +49,10 @@ def make_texts(n: int) -> list[str]:
 
 
 def make_tokenizer(texts: list[str], path: str) -> None:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """The demo's BERT-style WordPiece tokenizer, 8,000 tokens, trained on ``texts``."""
+    from torchspark.demo.text import train_tokenizer
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=8000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    )
-    tok.train_from_iterator(texts, trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-    )
-    tok.save(path)
+    train_tokenizer(texts, path, vocab_size=8000)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -85,3 +86,22 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def _is_number(cell: str) -> bool:
     return cell.replace(",", "").replace(".", "").rstrip("x").isdigit() or cell == "-"
+
+
+def check_vectors(output_path: str, column: str, expected: Any) -> tuple[int, float]:
+    """Rows of the Parquet output at ``output_path`` and the largest |difference|
+    of its ``column`` (one array per row) from ``expected`` ([rows, D], by id)."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out = pq.read_table(output_path).sort_by("id")
+    ids = out.column("id").to_numpy()
+    if len(ids) != len(expected) or not np.array_equal(ids, np.arange(len(expected))):
+        return len(ids), float("inf")
+    if not len(ids):
+        return 0, 0.0
+    got = pc.list_flatten(out.column(column)).to_numpy().reshape(len(ids), -1)
+    if got.shape != expected.shape:
+        return len(ids), float("inf")
+    return len(ids), float(np.abs(got - expected).max())

@@ -30,7 +30,7 @@ import torch
 
 import torchspark
 
-from ._common import TaskResult, step, stopwatch
+from ._common import TaskResult, check_vectors, step, stopwatch
 
 __all__ = [
     "CROP",
@@ -220,19 +220,7 @@ def _predict_batch_udf_job(df: Any, output: str, state_path: str) -> None:
 
 def _check(output_path: str, expected: np.ndarray) -> tuple[int, float]:
     """Rows and the largest |difference| from ``expected``, joined on id."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    out = pq.read_table(output_path).sort_by("id")
-    ids = out.column("id").to_numpy()
-    if len(ids) != len(expected) or not np.array_equal(ids, np.arange(len(expected))):
-        return len(ids), float("inf")
-    if not len(ids):
-        return 0, 0.0
-    got = pc.list_flatten(out.column("logits")).to_numpy().reshape(len(ids), -1)
-    if got.shape != expected.shape:
-        return len(ids), float("inf")
-    return len(ids), float(np.abs(got - expected).max())
+    return check_vectors(output_path, "logits", expected)
 
 
 def run(spark: Any, args: argparse.Namespace, workdir: str) -> TaskResult:

@@ -41,7 +41,7 @@ import torch
 
 import torchspark
 
-from ._common import TaskResult, step, stopwatch
+from ._common import TaskResult, check_vectors, step, stopwatch
 
 __all__ = [
     "DEFAULT_ROWS",
@@ -504,19 +504,7 @@ def _torchspark_job(df: Any, output: str, model_path: str, tokenizer_path: str) 
 
 def _check(output_path: str, expected: np.ndarray) -> tuple[int, float]:
     """Rows and the largest |difference| from ``expected``, joined on id."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    out = pq.read_table(output_path).sort_by("id")
-    ids = out.column("id").to_numpy()
-    if len(ids) != len(expected) or not np.array_equal(ids, np.arange(len(expected))):
-        return len(ids), float("inf")
-    if not len(ids):
-        return 0, 0.0
-    got = pc.list_flatten(out.column("embedding")).to_numpy().reshape(len(ids), -1)
-    if got.shape != expected.shape:
-        return len(ids), float("inf")
-    return len(ids), float(np.abs(got - expected).max())
+    return check_vectors(output_path, "embedding", expected)
 
 
 def run(spark: Any, args: argparse.Namespace, workdir: str) -> TaskResult:
