@@ -92,13 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     cases = [
         Case("encode_batch", lambda: plain.encode_batch(texts)),
         Case("torchspark", lambda: tokenize(batch)),
+        Case("torchspark-ids", lambda: tokenize(batch, False)),
         Case("user", user),
     ]
     run_interleaved(cases, rounds=args.rounds, min_round_s=0.2)
     floor = cases[0].median
     labels = {
         "encode_batch": "encode_batch(list of str) alone",
-        "torchspark": "torchspark text input (Arrow strings -> Arrow ids)",
+        "torchspark": "torchspark text input (Arrow strings -> Arrow ids and types)",
+        "torchspark-ids": "the same for a model without token_type_ids (ids only)",
         "user": "user code: pad to longest + torch.tensor, 1,000-row batches",
     }
     print(f"{n:,} strings, {tokens:,} tokens ({tokens / n:.1f} per row), truncation at 256\n")

@@ -11,6 +11,7 @@ native input spec per argument, plus the tokenization to run first.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +200,7 @@ class _Text:
     ids: str  # the added column of token ids
     type_ids: str  # and of token type ids
     group: str  # the length group of its padded inputs
+    with_types: bool = True  # whether a model argument takes the token types
 
 
 @dataclass
@@ -223,10 +225,13 @@ class Feed:
         columns = list(data.columns)
         truncated = 0
         for text in self.texts:
-            ids, type_ids, cut = text.tokenize(data)
+            ids, type_ids, cut = text.tokenize(data, text.with_types)
             truncated += cut
-            names += [text.ids, text.type_ids]
-            columns += [ids, type_ids]
+            names.append(text.ids)
+            columns.append(ids)
+            if text.with_types:
+                names.append(text.type_ids)
+                columns.append(type_ids)
         if isinstance(data, pa.Table):
             columns = [
                 c if isinstance(c, pa.ChunkedArray) else pa.chunked_array([c]) for c in columns
@@ -391,7 +396,12 @@ class _Builder:
             self.specs.append(item._native())
 
     def feed(self) -> Feed:
-        return Feed(self.specs, list(self.texts.values()), self.padded)
+        used = {c for spec in self.specs for c in spec["columns"]}
+        texts = [
+            dataclasses.replace(text, with_types=text.type_ids in used)
+            for text in self.texts.values()
+        ]
+        return Feed(self.specs, texts, self.padded)
 
 
 def input_tensors(batch: Any, inputs: Inputs, arguments: Sequence[str] = ()) -> list[torch.Tensor]:

@@ -146,8 +146,9 @@ class Tokenize:
     """One text input's tokenization: string column(s) -> ragged token ids.
 
     ``__call__`` takes a pyarrow RecordBatch or Table and returns the token
-    ids and token type ids as ``list<int32>`` arrays (one row per row), and
-    how many rows were truncated at ``max_len``.
+    ids and (with ``with_types``, else None) the token type ids as
+    ``list<int32>`` arrays (one row per row), and how many rows were
+    truncated at ``max_len``.
     """
 
     def __init__(
@@ -208,7 +209,7 @@ class Tokenize:
             values = pc.fill_null(values, self.fill)
         return values.to_pylist()
 
-    def __call__(self, data: Any) -> tuple[Any, Any, int]:
+    def __call__(self, data: Any, with_types: bool = True) -> tuple[Any, Any, int]:
         import pyarrow as pa
 
         texts = [self._strings(data, c) for c in self.columns]
@@ -217,7 +218,8 @@ class Tokenize:
         encodings = tokenizer.encode_batch(batch_input, add_special_tokens=self.add_special_tokens)
         truncated = sum(1 for e in encodings if e.overflowing)
         ids = _ragged([e.ids for e in encodings], pa)
-        type_ids = _ragged([e.type_ids for e in encodings], pa)
+        # Token types only when the model takes them: another Python pass per row.
+        type_ids = _ragged([e.type_ids for e in encodings], pa) if with_types else None
         return ids, type_ids, truncated
 
 
