@@ -232,3 +232,16 @@ def tm(case: Case) -> str:
     """``median (min)`` of a timed case, with the round count if it was not timed every round."""
     note = f" [{len(case.times)} rounds]" if case.every > 1 else ""
     return f"{fmt_time(case.median)} ({fmt_time(case.min)}){note}"
+
+
+def spark_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every end-to-end Spark benchmark takes: torch threads per
+    Python worker, the driver's memory, and waiting for a quiet machine."""
+    p.add_argument("--torch-threads", type=int, default=1, dest="threads", help="per Python worker")
+    p.add_argument("--driver-memory", default="6g")
+    p.add_argument(
+        "--wait-load",
+        type=float,
+        default=0.0,
+        help="before starting, wait (up to 15 min) until the 1-minute load is below this",
+    )

@@ -630,15 +630,8 @@ def parse_args() -> argparse.Namespace:
         help="spark.sql.execution.arrow.maxRecordsPerBatch (default %(default)s)",
     )
     p.add_argument("--partitions", type=int, default=4, help="input partitions of the file")
-    p.add_argument("--torch-threads", type=int, default=1, dest="threads", help="per Python worker")
     p.add_argument("--daft-instances", type=int, default=2, help="Daft UDF instances")
-    p.add_argument("--driver-memory", default="6g")
-    p.add_argument(
-        "--wait-load",
-        type=float,
-        default=0.0,
-        help="before starting, wait (up to 15 min) until the 1-minute load is below this",
-    )
+    _bench.spark_run_arguments(p)
     args = p.parse_args()
     args.models = [m for m in args.models.split(",") if m]
     args.methods = [m for m in args.methods.split(",") if m]

@@ -644,14 +644,7 @@ def parse_args() -> argparse.Namespace:
         "--sort-window", type=int, default=4096, help="torchspark length-sorting window (tokens)"
     )
     p.add_argument("--partitions", type=int, default=4, help="partitions of the cached data")
-    p.add_argument("--torch-threads", type=int, default=1, dest="threads", help="per Python worker")
-    p.add_argument("--driver-memory", default="6g")
-    p.add_argument(
-        "--wait-load",
-        type=float,
-        default=0.0,
-        help="before starting, wait (up to 15 min) until the 1-minute load is below this",
-    )
+    _bench.spark_run_arguments(p)
     args = p.parse_args()
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.methods = [m for m in args.methods.split(",") if m]
