@@ -30,8 +30,9 @@ def sentences(rng: np.random.Generator, n: int, longest: int = 60) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(k))) for k in lengths]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+def train_tokenizer(path: str) -> str:
+    """A WordPiece tokenizer with BERT's conventions, trained here on
+    ``sentences``; saved at ``path``, returned."""
     from tokenizers import models, normalizers, pre_tokenizers, processors, trainers
 
     rng = np.random.default_rng(0)
@@ -48,9 +49,13 @@ def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> str:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
-    path = str(tmp_path_factory.mktemp("tok") / "tokenizer.json")
     tok.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return train_tokenizer(str(tmp_path_factory.mktemp("tok") / "tokenizer.json"))
 
 
 class Encoder(torch.nn.Module):

@@ -13,6 +13,22 @@ void bind_models(py::module_& m) {
       .def_property_readonly("input_names", &Model::input_names)
       .def_property_readonly("supports_autocast",
                              [](const Model& model) { return model.capabilities().autocast; })
+      // One model call outside an engine (export's verification): positional
+      // inputs on the model's device; returns (names, tensors).
+      .def(
+          "forward",
+          [](const Model& model, const std::vector<at::Tensor>& inputs) {
+            RunContext context;
+            if (!inputs.empty()) context.device = inputs.front().device();
+            ModelOutputs out;
+            {
+              py::gil_scoped_release nogil;
+              c10::InferenceMode inference;
+              out = model.forward(inputs, context);
+            }
+            return py::make_tuple(out.names, out.tensors);
+          },
+          py::arg("inputs"))
       .def("__repr__", [](const Model& model) { return "<torchspark " + model.label() + ">"; });
 
   m.def(

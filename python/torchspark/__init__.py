@@ -30,6 +30,7 @@ if _public_version(torch.__version__) != _public_version(_BUILT_TORCH_VERSION):
     )
 
 from . import _C  # noqa: E402
+from ._onnx import configure_runtime as _configure_onnx_runtime  # noqa: E402
 from .arrow import from_tensor, gather, pad, to_batch, to_tensor, to_tensors  # noqa: E402
 from .engine import Engine, Future, Input  # noqa: E402
 from .errors import (  # noqa: E402
@@ -51,6 +52,7 @@ from .spark import (  # noqa: E402
     torch_udf,
 )
 
+_configure_onnx_runtime()
 _C._set_error_types(
     UnsupportedTypeError, InvalidArrowError, NullValueError, ModelError, EngineClosedError
 )

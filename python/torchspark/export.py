@@ -7,19 +7,26 @@ import hashlib
 import inspect
 import io
 import linecache
+import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
+from . import _onnx
 from .errors import ExportError
 
 __all__ = ["export"]
 
-_FORMATS = ("torchscript", "aoti")
+_log = logging.getLogger("torchspark")
+
+_FORMATS = ("torchscript", "aoti", "onnx")
+_QUANTIZATIONS = (None, "int8")
+# The layers dynamic int8 quantization rewrites in a TorchScript export.
+_INT8_LAYERS = {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}
 _PRECISIONS = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # How close an export's outputs must be to the module's: (rtol, atol) by the
@@ -60,9 +67,13 @@ def export(
     format: str = "torchscript",
     dynamic_batch: bool = True,
     precision: str | None = None,
+    quantize: str | None = None,
+    tolerance: float | None = None,
+    min_cosine: float = 0.99,
     verify: bool = True,
 ) -> str:
-    """Save ``module`` as a TorchScript archive or an AOTInductor package, checked.
+    """Save ``module`` as a TorchScript archive, an AOTInductor package or an
+    ONNX model, checked.
 
     ``example_inputs`` are positional inputs with a batch dimension first (use
     a batch of at least 2 rows: sizes 0 and 1 get specialised). TorchScript is
@@ -70,7 +81,23 @@ def export(
     size. AOTInductor (``format="aoti"``) compiles the model ahead of time with
     a dynamic batch dimension when ``dynamic_batch``; it ignores autocast, so
     ``precision="bf16"``/``"fp16"`` bakes the dtype in (float32 in and out).
-    Returns the path.
+    ONNX (``format="onnx"``, ``pip install 'torchspark[onnx]'``) goes through
+    ``torch.onnx.export``'s dynamo exporter into one file, with a dynamic batch
+    dimension (and a dynamic sequence dimension for token inputs: integer
+    inputs of dim >= 2 and the inputs of their length); the engine runs it
+    with ONNX Runtime. Returns the path.
+
+    ``quantize="int8"`` (TorchScript and ONNX) quantizes the weights of Linear
+    (and LSTM/GRU) layers to int8 ahead of time and the activations per batch
+    (dynamic quantization: PyTorch's ``quantize_dynamic``, ONNX Runtime's
+    ``quantize_dynamic``). Its outputs differ from the float module's by design,
+    so the check holds them to a stated tolerance instead: every float output
+    with two or more values per row must keep a cosine similarity to the float
+    output of at least ``min_cosine`` on every row (embeddings, logits), and
+    every float output must stay within ``tolerance`` (max |difference|;
+    default: 5% of the output's largest |value| for outputs of one value per
+    row, unchecked for the others). Integer outputs (argmax labels) may change
+    and are not compared. The figures are logged (logger ``torchspark``).
 
     The export never silently computes something else than the module: a
     trace that had to bake in a data-dependent branch (Python control flow on
@@ -95,12 +122,25 @@ def export(
         raise ValueError(
             f"precision: expected one of {[p for p in _PRECISIONS if p]} or None, got {precision!r}"
         )
+    if quantize not in _QUANTIZATIONS:
+        raise ValueError(f"quantize: expected 'int8' or None, got {quantize!r}")
+    if quantize is not None and (format == "aoti" or _PRECISIONS[precision] is not None):
+        raise ValueError(
+            "export: quantize='int8' is for format='torchscript' or 'onnx' at float32 precision, "
+            f"got format={format!r}, precision={precision!r}"
+        )
+    if not 0.0 < min_cosine <= 1.0 or (tolerance is not None and tolerance < 0):
+        raise ValueError(
+            f"export: min_cosine must be in (0, 1] and tolerance >= 0, got {min_cosine!r}, "
+            f"{tolerance!r}"
+        )
     check_module(module, "export")
     scripted = isinstance(module, torch.jit.ScriptModule)
-    if scripted and (format != "torchscript" or precision not in (None, "fp32")):
+    if scripted and (format != "torchscript" or precision not in (None, "fp32") or quantize):
         raise ValueError(
-            "export: a torch.jit.ScriptModule is saved as it is: format='torchscript' and no "
-            f"precision, got format={format!r}, precision={precision!r}"
+            "export: a torch.jit.ScriptModule is saved as it is: format='torchscript', no "
+            f"precision, no quantization, got format={format!r}, precision={precision!r}, "
+            f"quantize={quantize!r}"
         )
     inputs = as_inputs(example_inputs)
 
@@ -115,11 +155,24 @@ def export(
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
             torch.jit.save(model, path)
     elif format == "torchscript":
-        _trace(model, inputs, path, verify)
+        traced = model
+        if quantize:
+            with warnings.catch_warnings():
+                # torch.ao.quantization is deprecated for torchao, whose int8
+                # tensors a TorchScript trace cannot hold: this is the way left.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.filterwarnings("ignore", message=".*quantized tensor creation")
+                traced = torch.ao.quantization.quantize_dynamic(
+                    copy.deepcopy(model), _INT8_LAYERS, dtype=torch.qint8
+                )
+        _trace(traced, inputs, path, verify)
+    elif format == "onnx":
+        _export_onnx(module, model, inputs, path, dynamic_batch, dtype is not None, quantize)
     else:
         _compile(module, model, inputs, path, dynamic_batch, dtype is not None)
     if verify:
-        _verify(model, path, format, inputs, dynamic_batch, dtype or torch.float32)
+        limits = (tolerance, min_cosine) if quantize else None
+        _verify(model, path, format, inputs, dynamic_batch, dtype or torch.float32, limits)
     return path
 
 
@@ -213,9 +266,35 @@ def _compile(
         )
 
 
+def _export_onnx(
+    module: torch.nn.Module,
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: str,
+    dynamic_batch: bool,
+    wrapped: bool,
+    quantize: str | None,
+) -> None:
+    names = argument_names(module, len(inputs)) or [f"input_{i}" for i in range(len(inputs))]
+    with tempfile.TemporaryDirectory(prefix="torchspark-onnx-") as scratch:
+        exported = os.path.join(scratch, "float.onnx") if quantize else path
+        _onnx.export_onnx(
+            model, inputs, exported, input_names=names, dynamic_batch=dynamic_batch, wrapped=wrapped
+        )
+        if quantize:
+            _onnx.quantize_int8(exported, path)
+
+
 def _load(path: str, format: str) -> Any:
     if format == "torchscript":
         return torch.jit.load(path)
+    if format == "onnx":
+        # The engine's own backend: the export is checked where it will run.
+        from . import _C
+        from .engine import _unpack
+
+        loaded = _C.load_model(path, torch.device("cpu"), 1)
+        return lambda *xs: _unpack(loaded.forward(list(xs)))
     return torch._inductor.aoti_load_package(path)
 
 
@@ -226,8 +305,10 @@ def _verify(
     inputs: tuple[torch.Tensor, ...],
     dynamic_batch: bool,
     compute_dtype: torch.dtype,
+    limits: tuple[float | None, float] | None = None,
 ) -> None:
-    """ExportError unless the file at ``path`` computes what ``model`` does."""
+    """ExportError unless the file at ``path`` computes what ``model`` does
+    (within ``limits`` = (tolerance, min_cosine) for a quantized file)."""
     exported = _load(path, format)
     rows = inputs[0].shape[0]
     batches = [(f"the example inputs ({rows} rows)", inputs)]
@@ -240,9 +321,10 @@ def _verify(
             )
         )
     shorter = _shorter_sequences(inputs)
-    if shorter is not None and format == "torchscript":
+    if shorter is not None and format in ("torchscript", "onnx"):
         # A trace can bake in the example's sequence length (token ids and
-        # masks are padded per batch to other lengths at run time).
+        # masks are padded per batch to other lengths at run time); an ONNX
+        # export declares that length dynamic, which this holds it to.
         batches.append(shorter)
     for label, batch in batches:
         with torch.no_grad():
@@ -257,7 +339,10 @@ def _verify(
                     f"export: the exported {format} model fails on {label} where the module "
                     f"runs: {type(e).__name__}: {e}"
                 ) from e
-        _compare(expected, actual, label, format, compute_dtype)
+        if limits is None:
+            _compare(expected, actual, label, format, compute_dtype)
+        else:
+            _compare_quantized(expected, actual, label, format, *limits)
 
 
 def _shorter_sequences(
@@ -279,13 +364,18 @@ def _shorter_sequences(
     return f"the example cut to {cut} of its {length} tokens (dim 1)", batch
 
 
-def _compare(expected: Any, actual: Any, label: str, format: str, compute: torch.dtype) -> None:
+def _paired_outputs(
+    expected: Any, actual: Any, label: str, what: str
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(where, module's, export's) for each output tensor, once the export
+    (``what``: "exported onnx", "int8 onnx") returns as many tensors of the
+    same dtypes and shapes as the module; ExportError otherwise."""
     want = torch.utils._pytree.tree_leaves(expected)
     got = torch.utils._pytree.tree_leaves(actual)
     if len(want) != len(got):
         raise ExportError(
-            f"export: on {label} the module returns {len(want)} tensors but the exported "
-            f"{format} model {len(got)}"
+            f"export: on {label} the module returns {len(want)} tensors but the {what} model "
+            f"{len(got)}"
         )
     for i, (e, a) in enumerate(zip(want, got, strict=True)):
         where = f"export: output {i} on {label}"
@@ -295,10 +385,14 @@ def _compare(expected: Any, actual: Any, label: str, format: str, compute: torch
             )
         if e.shape != a.shape or e.dtype != a.dtype:
             raise ExportError(
-                f"{where}: the module gives {e.dtype} {list(e.shape)}, the exported {format} "
-                f"model {a.dtype} {list(a.shape)}"
+                f"{where}: the module gives {e.dtype} {list(e.shape)}, the {what} model "
+                f"{a.dtype} {list(a.shape)}"
             )
-        a = a.to(e.device)
+        yield where, e, a.to(e.device)
+
+
+def _compare(expected: Any, actual: Any, label: str, format: str, compute: torch.dtype) -> None:
+    for where, e, a in _paired_outputs(expected, actual, label, f"exported {format}"):
         if e.is_floating_point() or e.is_complex():
             rtol, atol = _TOLERANCES.get(compute, _TOLERANCES[torch.float32])
             if e.dtype in _TOLERANCES:  # an output in a coarser dtype than the compute
@@ -317,6 +411,38 @@ def _compare(expected: Any, actual: Any, label: str, format: str, compute: torch
                 f"(module {e.flatten()[worst].item():.6g}, export {a.flatten()[worst].item():.6g})"
                 ". The export does not compute what the module does; if a trace baked in a "
                 "branch or a shape, script the module or use format='aoti'"
+            )
+
+
+def _compare_quantized(
+    expected: Any, actual: Any, label: str, format: str, tolerance: float | None, min_cosine: float
+) -> None:
+    """ExportError unless an int8 export stays within the stated limits of the
+    float module (see :func:`export`); logs the figures."""
+    for where, e, a in _paired_outputs(expected, actual, label, f"int8 {format}"):
+        if not e.is_floating_point():
+            continue  # labels from an int8 model may change; not held to the float module
+        e64, a64 = e.double(), a.double()
+        worst = (a64 - e64).abs().nan_to_num(float("inf")).max().item() if e.numel() else 0.0
+        cosine = None
+        if e.dim() >= 2 and e.shape[0] > 0 and e[0].numel() >= 2:
+            rows = torch.nn.functional.cosine_similarity(e64.flatten(1), a64.flatten(1), dim=1)
+            cosine = rows.nan_to_num(-1.0).min().item()
+        limit = tolerance
+        if limit is None and cosine is None:
+            limit = 0.05 * (e64.abs().max().item() if e.numel() else 0.0)
+        figures = f"max |difference| {worst:.6g}" + (
+            f", min cosine {cosine:.6f}" if cosine is not None else ""
+        )
+        _log.info("%s, int8 %s model against the module: %s", where, format, figures)
+        if (cosine is not None and cosine < min_cosine) or (limit is not None and worst > limit):
+            bounds = [f"min_cosine {min_cosine:g}"] if cosine is not None else []
+            if limit is not None:
+                bounds.append(f"tolerance {limit:.6g}")
+            raise ExportError(
+                f"{where}: the int8 {format} model is further from the float module than "
+                f"allowed ({', '.join(bounds)}): {figures}. Quantization changes values; accept "
+                "more with tolerance=/min_cosine=, or export without quantize"
             )
 
 

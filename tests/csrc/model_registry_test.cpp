@@ -107,16 +107,46 @@ std::string plain_zip(const std::string& name, const std::string& data) {
 }
 
 const char* const kExpected[] = {"a TorchScript archive (torch.jit.save)",
-                                 "an AOTInductor package (.pt2)"};
+                                 "an AOTInductor package (.pt2)",
+                                 "an ONNX model (torch.onnx.export)"};
 
-TEST(ModelFormats, AreTorchScriptAndAOTInductor) {
-  EXPECT_EQ(model_formats(), (std::vector<std::string>{"TorchScript", "AOTInductor"}));
+TEST(ModelFormats, AreTorchScriptAOTInductorAndONNX) {
+  EXPECT_EQ(model_formats(), (std::vector<std::string>{"TorchScript", "AOTInductor", "ONNX"}));
+}
+
+// The first bytes of an ONNX ModelProto: ir_version 8, then producer_name.
+const std::string kOnnxHead = std::string(
+    "\x08\x08\x12\x07pytorch\x1a\x05"
+    "2.13",
+    16);
+
+TEST_F(ModelRegistryTest, OnnxIsRecognisedByContentNotByName) {
+  EXPECT_EQ(detect_format(write("model.bin", kOnnxHead + "rest of the graph")), "ONNX");
+  // ir_version then a field no ModelProto starts its second field with.
+  EXPECT_THROW_WITH(detect_format(write("other.onnx", std::string("\x08\x08\xff\x01", 4))),
+                    c10::ValueError, kExpected[2], "a file that is not a zip archive");
+  // A varint ir_version of more than one byte is not an ONNX writer's.
+  EXPECT_THROW(detect_format(write("long.onnx", std::string("\x08\x88\x01\x12", 4))),
+               c10::ValueError);
+}
+
+TEST_F(ModelRegistryTest, OnnxWithoutTheRuntimeSaysHowToInstallIt) {
+  // No ONNX Runtime is loaded in this process yet, and a failed load is
+  // retried on the next: this path cannot be loaded.
+  const std::string missing = (dir_ / "libonnxruntime.so.1").string();
+  ASSERT_EQ(::setenv("TORCHSPARK_ONNXRUNTIME_LIBRARY", missing.c_str(), 1), 0);
+  const std::string path = write("model.onnx", kOnnxHead + "rest of the graph");
+  EXPECT_THROW_WITH(
+      load_model(path, ModelOptions{}), c10::ValueError, "model '" + path + "'",
+      "(ONNX): failed to load: ONNX Runtime is not available: cannot load '" + missing + "'",
+      "pip install 'torchspark[onnx]'");
+  ::unsetenv("TORCHSPARK_ONNXRUNTIME_LIBRARY");
 }
 
 TEST_F(ModelRegistryTest, AFileThatIsNotAZipNamesTheFileAndTheFormats) {
   const std::string path = write("weights.bin", "not a model, just some bytes");
   EXPECT_THROW_WITH(detect_format(path), c10::ValueError, "model '" + path + "'", kExpected[0],
-                    kExpected[1], "a file that is not a zip archive");
+                    kExpected[1], kExpected[2], "a file that is not a zip archive");
 }
 
 TEST_F(ModelRegistryTest, AnEmptyFileIsNotAZip) {
