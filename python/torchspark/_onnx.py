@@ -25,9 +25,7 @@ _LIBRARY_VARIABLE = "TORCHSPARK_ONNXRUNTIME_LIBRARY"
 _INSTALL = "pip install 'torchspark[onnx]'"
 
 # Recorded in the files torchspark exports: the keys of a dict output, one
-# per line, or "" when the module returned a tensor or a tuple. (The graph's
-# own output names are output_0, output_1, ...: a key may not name a graph
-# value, since the exporter names intermediate values after their ops.)
+# per line, or "" when the module returned a tensor or a tuple.
 OUTPUT_NAMES = "torchspark.output_names"
 
 
@@ -70,38 +68,18 @@ def export_onnx(
     model: torch.nn.Module,
     inputs: tuple[torch.Tensor, ...],
     path: str,
-    *,
     input_names: Sequence[str],
-    dynamic_batch: bool,
-    wrapped: bool,
+    keys: Sequence[str],
+    outputs: int,
+    dynamic_shapes: Any,
 ) -> None:
     """Export ``model`` with torch's dynamo ONNX exporter into one file
-    (weights inside; ONNX's protobuf limit makes that 2 GB at most): the batch
-    dimension dynamic when ``dynamic_batch``, and the sequence dimension of
-    token inputs (those of dim >= 2 whose dim 1 is the first integer input's)
-    dynamic too. ``wrapped``: ``model.forward`` takes ``*inputs``."""
+    (weights inside; ONNX's protobuf limit makes that 2 GB at most). The
+    graph's outputs are named output_0, output_1, ... (the exporter names
+    intermediate values after their ops, so a dict key could collide); the
+    dict's ``keys`` (or "" for positional outputs) go into the file's metadata,
+    which the engine's backend reads."""
     _require("onnxscript", "export(format='onnx')")
-    with torch.no_grad():
-        out = model(*inputs)
-    keys = list(out) if isinstance(out, dict) else []
-    if not all(isinstance(k, str) and k and "\n" not in k for k in keys):
-        raise ValueError(
-            f"export: dict output keys must be non-empty strings without newlines, got {keys}"
-        )
-    count = len(torch.utils._pytree.tree_leaves(out))
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=1 << 30)
-        length = _sequence_length(inputs)
-        sequence = torch.export.Dim("sequence", min=1, max=1 << 20) if length else None
-        dynamic_shapes = tuple(
-            {0: batch, 1: sequence}
-            if sequence is not None and x.dim() >= 2 and x.shape[1] == length
-            else {0: batch}
-            for x in inputs
-        )
-        if wrapped:
-            dynamic_shapes = (dynamic_shapes,)
     # The exporter reports its steps on stdout and logs a warning per missing
     # torchvision op; a failure raises with its own text.
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -118,7 +96,7 @@ def export_onnx(
                 inputs,
                 dynamo=True,
                 input_names=list(input_names),
-                output_names=[f"output_{i}" for i in range(count)],
+                output_names=[f"output_{i}" for i in range(outputs)],
                 dynamic_shapes=dynamic_shapes,
                 verbose=False,
             )
@@ -128,20 +106,33 @@ def export_onnx(
     program.save(path, external_data=False)
 
 
-def _sequence_length(inputs: tuple[torch.Tensor, ...]) -> int | None:
-    """Dim 1 of the first integer input of dim >= 2 (token ids), when > 1."""
-    for x in inputs:
-        if x.dim() >= 2 and not x.is_floating_point() and x.dtype != torch.bool:
-            return int(x.shape[1]) if x.shape[1] > 1 else None
-    return None
-
-
 def quantize_int8(source: str, path: str) -> None:
     """Dynamic int8 quantization of an ONNX file's MatMul/Gemm (Linear),
     LSTM/GRU and attention weights with ONNX Runtime's quantizer: weights
-    int8 ahead of time, activations quantized per batch at run time."""
+    int8 per output channel ahead of time, activations quantized per batch
+    at run time. (ONNX Runtime's optional pre-processing was tried on the
+    benchmark encoder: its symbolic shape inference fails on the dynamo
+    export, and without it the quantized graph came out the same.)"""
     quantization = _require("onnxruntime.quantization", "export(format='onnx', quantize='int8')")
-    quantization.quantize_dynamic(
-        source, path, weight_type=quantization.QuantType.QInt8, per_channel=True
-    )
-    # The quantizer keeps the graph's metadata (the output names).
+    # The quantizer keeps the graph's metadata (the output names). It warns
+    # on the root logger that pre-processing is advised: said above, dropped.
+    root = logging.getLogger()
+    advice = _DropMessage("Please consider to run pre-processing")
+    root.addFilter(advice)
+    try:
+        quantization.quantize_dynamic(
+            source, path, weight_type=quantization.QuantType.QInt8, per_channel=True
+        )
+    finally:
+        root.removeFilter(advice)
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)

@@ -232,6 +232,37 @@ def _tracer_message(w: warnings.WarningMessage) -> str:
     )
 
 
+def _dynamic_shapes(
+    inputs: tuple[torch.Tensor, ...], dynamic_batch: bool, wrapped: bool, sequence: bool
+) -> Any:
+    """torch.export's dynamic_shapes: dim 0 of every input dynamic when
+    ``dynamic_batch``, and with ``sequence`` dim 1 of the token inputs too
+    (inputs of dim >= 2 whose dim 1 is the first integer input's, when > 1).
+    ``wrapped``: the model's forward takes ``*inputs`` (_Precision)."""
+    if not dynamic_batch:
+        return None
+    batch = torch.export.Dim("batch", min=1, max=1 << 30)
+    tokens = _token_input(inputs) if sequence else None
+    length = tokens.shape[1] if tokens is not None and tokens.shape[1] > 1 else None
+    seq = torch.export.Dim("sequence", min=1, max=1 << 20) if length else None
+    shapes = tuple(
+        {0: batch, 1: seq} if seq and x.dim() >= 2 and x.shape[1] == length else {0: batch}
+        for x in inputs
+    )
+    return (shapes,) if wrapped else shapes
+
+
+def _output_keys(out: Any) -> list[str]:
+    """The keys of a dict output (its columns), checked; [] for other outputs."""
+    if not isinstance(out, dict):
+        return []
+    if not all(isinstance(k, str) and k and "\n" not in k for k in out):
+        raise ValueError(
+            f"export: dict output keys must be non-empty strings without newlines, got {list(out)}"
+        )
+    return list(out)
+
+
 def _compile(
     module: torch.nn.Module,
     model: torch.nn.Module,
@@ -240,25 +271,15 @@ def _compile(
     dynamic_batch: bool,
     wrapped: bool,
 ) -> None:
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=1 << 30)
-        dynamic_shapes = tuple({0: batch} for _ in inputs)
-        if wrapped:
-            dynamic_shapes = (dynamic_shapes,)  # _Precision.forward takes *inputs
     with torch.no_grad():
         # Names the package cannot otherwise tell the loader: the arguments (for
         # inputs given by name) and the keys of a dict output (its columns).
         metadata = {"torchspark.input_names": "\n".join(argument_names(module, len(inputs)))}
-        out = model(*inputs)
-        if isinstance(out, dict):
-            if not all(isinstance(k, str) and k and "\n" not in k for k in out):
-                raise ValueError(
-                    f"export: dict output keys must be non-empty strings without newlines, "
-                    f"got {list(out)}"
-                )
-            metadata["torchspark.output_names"] = "\n".join(out)
-        program = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes)
+        keys = _output_keys(model(*inputs))
+        if keys:
+            metadata["torchspark.output_names"] = "\n".join(keys)
+        shapes = _dynamic_shapes(inputs, dynamic_batch, wrapped, sequence=False)
+        program = torch.export.export(model, inputs, dynamic_shapes=shapes)
         torch._inductor.aoti_compile_and_package(
             program,
             package_path=path,
@@ -276,11 +297,14 @@ def _export_onnx(
     quantize: str | None,
 ) -> None:
     names = argument_names(module, len(inputs)) or [f"input_{i}" for i in range(len(inputs))]
+    with torch.no_grad():
+        out = model(*inputs)
+    keys = _output_keys(out)
+    count = len(torch.utils._pytree.tree_leaves(out))
+    shapes = _dynamic_shapes(inputs, dynamic_batch, wrapped, sequence=True)
     with tempfile.TemporaryDirectory(prefix="torchspark-onnx-") as scratch:
         exported = os.path.join(scratch, "float.onnx") if quantize else path
-        _onnx.export_onnx(
-            model, inputs, exported, input_names=names, dynamic_batch=dynamic_batch, wrapped=wrapped
-        )
+        _onnx.export_onnx(model, inputs, exported, names, keys, count, shapes)
         if quantize:
             _onnx.quantize_int8(exported, path)
 
@@ -345,6 +369,14 @@ def _verify(
             _compare_quantized(expected, actual, label, format, *limits)
 
 
+def _token_input(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """The first integer input of dim >= 2 (token ids), if any."""
+    return next(
+        (x for x in inputs if x.dim() >= 2 and not x.is_floating_point() and x.dtype != torch.bool),
+        None,
+    )
+
+
 def _shorter_sequences(
     inputs: tuple[torch.Tensor, ...],
 ) -> tuple[str, tuple[torch.Tensor, ...]] | None:
@@ -352,10 +384,7 @@ def _shorter_sequences(
     input of dim >= 2 whose dim 1 is the length L of the first integer input
     of dim >= 2 (token ids, and their mask and types), cut to L // 2; None
     without such an input or with L < 2."""
-    tokens = next(
-        (x for x in inputs if x.dim() >= 2 and not x.is_floating_point() and x.dtype != torch.bool),
-        None,
-    )
+    tokens = _token_input(inputs)
     if tokens is None or tokens.shape[1] < 2:
         return None
     length = tokens.shape[1]
