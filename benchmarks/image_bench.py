@@ -33,6 +33,8 @@ Methods (same Parquet file, same SparkSession ``local[2]``, each producing
   kind="image", size=224, resize=256, mean=..., std=...), keep=["id"])``:
   decoded natively (libjpeg-turbo) in the engine's staging thread while the
   model runs the previous batch. Its driver probe is inside each timed run.
+* ``torchspark-onnx``: the same with the model exported to ONNX
+  (``torchspark.export(..., format="onnx")``), run by ONNX Runtime.
 * ``pbu``: ``pyspark.ml.functions.predict_batch_udf`` over the binary column,
   the predict function decoding with Pillow (``Image.open``, ``convert``,
   ``resize``, ``crop``, numpy) and calling the model.
@@ -115,7 +117,7 @@ from _images import IMAGENET_MEAN, IMAGENET_STD, RESIZE, SIZE
 import torchspark
 
 SEED = 0
-METHODS = ["torchspark", "pbu", "pandas", "daft", "local"]
+METHODS = ["torchspark", "torchspark-onnx", "pbu", "pandas", "daft", "local"]
 OUT_SCHEMA = "id long, prediction array<float>"
 TOL = 1e-3  # the worst row's max |logit error| / max |logit|: float summation order only
 # Daft's JPEG decoder (Rust) is not libjpeg-turbo: measured here, its pixels
@@ -278,19 +280,32 @@ def make_pandas_fn(cfg: dict) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.
 # ---------------------------------------------------------------------- the methods
 
 
-def spark_methods(spark, path: str, cfg: dict, ts_path: str, args) -> dict[str, Callable]:
+def spark_methods(spark, path: str, cfg: dict, files: dict[str, str], args) -> dict[str, Callable]:
     """name -> (DataFrame of id, image -> DataFrame of id, prediction)."""
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, FloatType
 
-    def ts(df):
-        spec = torchspark.Input(
-            "image", kind="image", size=SIZE, resize=RESIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD
-        )
-        return torchspark.predict(
-            df, ts_path, inputs=spec, output="prediction", keep=["id"], batch_size=args.batch_size
-        )
+    def ts(model_path: str):
+        def make(df):
+            spec = torchspark.Input(
+                "image",
+                kind="image",
+                size=SIZE,
+                resize=RESIZE,
+                mean=IMAGENET_MEAN,
+                std=IMAGENET_STD,
+            )
+            return torchspark.predict(
+                df,
+                model_path,
+                inputs=spec,
+                output="prediction",
+                keep=["id"],
+                batch_size=args.batch_size,
+            )
+
+        return make
 
     def pbu(df):
         # A new UDF per run, as a new job makes: its model cache key is fresh.
@@ -304,7 +319,11 @@ def spark_methods(spark, path: str, cfg: dict, ts_path: str, args) -> dict[str, 
     def pandas(df):
         return df.mapInPandas(make_pandas_fn(cfg), OUT_SCHEMA)
 
-    return {"torchspark": ts, "pbu": pbu, "pandas": pandas}
+    return {
+        **{method: ts(model_path) for method, model_path in files.items()},
+        "pbu": pbu,
+        "pandas": pandas,
+    }
 
 
 def spark_check(make: Callable, spark, path: str, ids: list[int]) -> dict[int, np.ndarray]:
@@ -488,10 +507,15 @@ def run_model(spark, name: str, path: str, images: list[bytes], workdir: str, ar
     model = build_model(name)
     state = os.path.join(workdir, f"{name}_state.pt")
     torch.save(model.state_dict(), state)
-    ts_path = os.path.join(workdir, f"{name}.pt")
     example = torch.from_numpy(_images.preprocess(images[:2]))
-    if "torchspark" in args.methods:
-        torchspark.export(model, (example,), ts_path, format="torchscript")
+    files = {}  # torchspark's methods: the exported model each runs
+    for method, fmt, suffix in (
+        ("torchspark", "torchscript", "pt"),
+        ("torchspark-onnx", "onnx", "onnx"),
+    ):
+        if method in args.methods:
+            files[method] = os.path.join(workdir, f"{name}.{suffix}")
+            torchspark.export(model, (example,), files[method], format=fmt)
     cfg = {
         "model": name,
         "state": state,
@@ -525,7 +549,7 @@ def run_model(spark, name: str, path: str, images: list[bytes], workdir: str, ar
         f"{len(ids)} ids in {ref_s:.1f} s (spread between images' logits >= {spread:.2f})"
     )
 
-    spark_ms = spark_methods(spark, path, cfg, ts_path, args)
+    spark_ms = spark_methods(spark, path, cfg, files, args)
     runs: dict[str, Callable[[], None]] = {}
     notes: dict[str, str] = {}
     for method in args.methods:
