@@ -57,7 +57,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -164,16 +163,10 @@ def run_workload(spark, wl: Workload, workdir: str, args: argparse.Namespace) ->
     ds = ray.data.from_arrow(table).repartition(args.partitions).materialize()
     df = None
     if spark is not None:
-        path = os.path.join(workdir, f"{wl.name}.parquet")
-        pq.write_table(table, path)
-        df = spark.read.parquet(path).repartition(args.partitions).cache()
-        assert df.count() == rows
+        df = spark_bench.cached_frame(spark, table, os.path.join(workdir, "data.parquet"), args)
     prep_s = time.perf_counter() - t0
 
-    torch.manual_seed(SEED)
-    model = MODELS[wl.name]().eval()
-    state = os.path.join(workdir, f"{wl.name}_state.pt")
-    torch.save(model.state_dict(), state)
+    model, state = spark_bench.saved_model(wl.name, workdir)
     ts_path = os.path.join(workdir, f"{wl.name}.pt")
     width = len(wl.cols) if wl.kind == "columns" else spark_bench.DIM
     torchspark.export(model, (torch.randn(4, width),), ts_path)
@@ -256,13 +249,17 @@ def run_workload(spark, wl: Workload, workdir: str, args: argparse.Namespace) ->
     )
 
 
+def comma_list(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--workloads", default="tabular,mlp", help="comma list of tabular,mlp")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma list of %(default)s")
+    p.add_argument("--workloads", default="tabular,mlp", type=comma_list, help="of tabular,mlp")
+    p.add_argument("--methods", default=METHODS, type=comma_list, help=f"of {','.join(METHODS)}")
     p.add_argument("--rows", type=int, default=None, help="rows (default: per workload)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per method (3; quick 1)")
     p.add_argument("--quick", action="store_true", help="small data, one repeat")
@@ -271,8 +268,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=4, help="blocks / partitions of the data")
     _bench.spark_run_arguments(p)
     args = p.parse_args()
-    args.workloads = [w for w in args.workloads.split(",") if w]
-    args.methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in args.methods if m not in METHODS]
     unknown += [w for w in args.workloads if w not in ROWS]
     if unknown:
