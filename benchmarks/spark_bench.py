@@ -700,6 +700,25 @@ def start_spark(args: argparse.Namespace):
     return spark
 
 
+def cached_frame(spark, table: pa.Table, path: str, args: argparse.Namespace):
+    """``table`` written to Parquet at ``path``, read back, ``repartition``-ed
+    to ``args.partitions`` and cached (counted, so the cache is filled)."""
+    pq.write_table(table, path)
+    df = spark.read.parquet(path).repartition(args.partitions).cache()
+    assert df.count() == table.num_rows
+    return df
+
+
+def saved_model(name: str, workdir: str) -> tuple[nn.Module, str]:
+    """The workload's model (seeded weights, eval mode) and the file of its
+    state dict, which the baselines load."""
+    torch.manual_seed(SEED)
+    model = MODELS[name]().eval()
+    state = os.path.join(workdir, f"{name}_state.pt")
+    torch.save(model.state_dict(), state)
+    return model, state
+
+
 def run_workload(spark, wl: Workload, workdir: str, args: argparse.Namespace, data: dict) -> None:
     rows = args.row_counts.get(wl.name, wl.quick_rows if args.quick else wl.rows)
     key = (wl.kind, rows)
@@ -708,19 +727,13 @@ def run_workload(spark, wl: Workload, workdir: str, args: argparse.Namespace, da
         if data.get("df") is not None:
             data["df"].unpersist(blocking=True)
         table = make_table(wl.kind, rows)
-        path = os.path.join(workdir, f"{wl.kind}_{rows}.parquet")
-        pq.write_table(table, path)
-        df = spark.read.parquet(path).repartition(args.partitions).cache()
-        assert df.count() == rows
+        df = cached_frame(spark, table, os.path.join(workdir, f"{wl.kind}_{rows}.parquet"), args)
         data.update(key=key, df=df, table=table)
     df, table = data["df"].select("id", *wl.cols), data["table"]
     prep_s = time.perf_counter() - t0
 
     # The model: seeded init, a state dict for the baselines, an export for torchspark.
-    torch.manual_seed(SEED)
-    model = MODELS[wl.name]().eval()
-    state = os.path.join(workdir, f"{wl.name}_state.pt")
-    torch.save(model.state_dict(), state)
+    model, state = saved_model(wl.name, workdir)
     ts_path = os.path.join(workdir, f"{wl.name}.pt")
     if "torchspark" in args.methods:
         example = (

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -175,94 +175,141 @@ class ArrowPredictor:
             if task is not None
             else "driver"
         )
-        before = engine.stats()
-        # Fed to the engine, outputs not yet out: (batch, index in the task, fed at).
-        pending: collections.deque[tuple[Any, int, float]] = collections.deque()
-        taken = [True]  # whether the engine took the last batch fed (its submit returned)
-        stats = {"rows": 0, "arrow_batches": 0, "latency_ms": [], "start": time.time()}
-        error: str | None = None
-
-        def feed() -> Iterator[Any]:
-            for index, batch in enumerate(batches):
-                pending.append((batch, index, time.perf_counter()))
-                taken[0] = False
-                yield batch
-                taken[0] = True
-
+        stats = new_stats()
+        output = self.outputs if self.outputs is not None else "_out"
         try:
-            for result in engine.map(feed()):
-                batch, _, submitted = pending.popleft()
-                names, tensors = out.flatten(result)
-                outputs = self.outputs or out.output_names("_out", names, len(tensors))
-                stats["latency_ms"].append((time.perf_counter() - submitted) * 1e3)
-                stats["rows"] += batch.num_rows
-                stats["arrow_batches"] += 1
-                yield out.record_batch(batch, self.keep, outputs, tensors)
-        except Exception as e:
-            # Raised when submitting the newest batch, or when collecting the
-            # oldest one's outputs.
-            if pending:
-                batch, index, _ = pending[-1] if not taken[0] else pending[0]
-                _locate(e, batch, index, where, self.label)
-            error = f"{type(e).__name__}: {e}"
-            raise
-        except BaseException as e:
-            error = f"{type(e).__name__}: {e}"
-            raise
+            yield from score(engine, batches, self.keep, output, where, self.label, stats)
         finally:
             try:
-                after = engine.stats()
-                stats["model_calls"] = after["batches"] - before["batches"]
-                stats["rows_truncated"] = after["rows_truncated"] - before["rows_truncated"]
-                padded = engine._feed is not None and engine._feed.padded
-                stats["token_budget"] = after["token_budget"] if padded else 0
-                self._finish(task, engine, device, where, stats, error)
+                execution = (
+                    task.getLocalProperty("spark.sql.execution.id") if task is not None else None
+                )
+                fields = {
+                    "run": self.run,
+                    "execution": int(execution) if execution else None,
+                    "stage": task.stageId() if task is not None else -1,
+                    "partition": task.partitionId() if task is not None else -1,
+                    "attempt": task.attemptNumber() if task is not None else 0,
+                }
+                record = task_record(fields, self.ref, engine, device, where, stats)
+                if self._records is not None:
+                    self._records.add([record])
             except Exception as bookkeeping:  # never in place of the task's own outcome
                 logger.warning("%s: the task's record was lost: %s", where, bookkeeping)
 
-    def _finish(
-        self,
-        task: Any,
-        engine: Engine,
-        device: torch.device,
-        where: str,
-        stats: dict[str, Any],
-        error: str | None,
-    ) -> None:
-        """The task's record to the driver, its line to the log."""
-        end = time.time()
-        execution = task.getLocalProperty("spark.sql.execution.id") if task is not None else None
-        record = {
-            "run": self.run,
-            "execution": int(execution) if execution else None,
-            "stage": task.stageId() if task is not None else -1,
-            "partition": task.partitionId() if task is not None else -1,
-            "attempt": task.attemptNumber() if task is not None else 0,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "model": self.ref.name,
-            "format": engine.model.format,
-            "device": str(device),
-            "batch_size": engine.batch_size,
-            "intra_op_threads": torch.get_num_threads(),
-            **stats,
-            "end": end,
-            "latency_ms": sample(stats["latency_ms"]),
-            "error": error,
-        }
-        logger.info(
-            "%s: model '%s' (%s) on %s, batch_size %d, intra-op threads %d: "
-            "%d rows in %d Arrow batches, %.3f s%s",
-            where,
-            self.ref.name,
-            engine.model.format,
-            device,
-            engine.batch_size,
-            torch.get_num_threads(),
-            stats["rows"],
-            stats["arrow_batches"],
-            end - stats["start"],
-            f"; failed: {error}" if error else "",
-        )
-        if self._records is not None:
-            self._records.add([record])
+
+def new_stats() -> dict[str, Any]:
+    """The counters :func:`score` fills, started now."""
+    return {
+        "rows": 0,
+        "arrow_batches": 0,
+        "latency_ms": [],
+        "start": time.time(),
+        "model_calls": 0,
+        "rows_truncated": 0,
+        "token_budget": 0,
+        "error": None,
+    }
+
+
+def score(
+    engine: Engine,
+    batches: Iterable[Any],
+    keep: list[str],
+    output: str | Sequence[str],
+    where: str,
+    label: str | None,
+    stats: dict[str, Any],
+) -> Iterator[Any]:
+    """One output batch per Arrow batch of ``batches``, streamed through
+    ``engine``: the ``keep`` columns (zero-copy) and one column per model
+    output, named by ``output`` (see :func:`.outputs.output_names`).
+
+    Fills ``stats`` (from :func:`new_stats`) as it goes and, however it ends
+    (done, failed, closed early), with the engine's counts and the error. An
+    error names where it happened (``where``, the Arrow batch, the row and its
+    ``label`` value: :func:`_locate`).
+    """
+    before = engine.stats()
+    # Fed to the engine, outputs not yet out: (batch, index in the task, fed at).
+    pending: collections.deque[tuple[Any, int, float]] = collections.deque()
+    taken = [True]  # whether the engine took the last batch fed (its submit returned)
+
+    def feed() -> Iterator[Any]:
+        for index, batch in enumerate(batches):
+            pending.append((batch, index, time.perf_counter()))
+            taken[0] = False
+            yield batch
+            taken[0] = True
+
+    try:
+        for result in engine.map(feed()):
+            batch, _, submitted = pending.popleft()
+            names, tensors = out.flatten(result)
+            outputs = out.output_names(output, names, len(tensors))
+            stats["latency_ms"].append((time.perf_counter() - submitted) * 1e3)
+            stats["rows"] += batch.num_rows
+            stats["arrow_batches"] += 1
+            yield out.record_batch(batch, keep, outputs, tensors)
+    except Exception as e:
+        # Raised when submitting the newest batch, or when collecting the
+        # oldest one's outputs.
+        if pending:
+            batch, index, _ = pending[-1] if not taken[0] else pending[0]
+            _locate(e, batch, index, where, label)
+        stats["error"] = f"{type(e).__name__}: {e}"
+        raise
+    except BaseException as e:
+        stats["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        try:
+            after = engine.stats()
+            stats["model_calls"] = after["batches"] - before["batches"]
+            stats["rows_truncated"] = after["rows_truncated"] - before["rows_truncated"]
+            padded = engine._feed is not None and engine._feed.padded
+            stats["token_budget"] = after["token_budget"] if padded else 0
+        except Exception as bookkeeping:  # never in place of the task's own outcome
+            logger.warning("%s: the engine's counts were lost: %s", where, bookkeeping)
+
+
+def task_record(
+    fields: Mapping[str, Any],
+    ref: ModelRef,
+    engine: Engine,
+    device: torch.device,
+    where: str,
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    """A task's record for its :class:`.report.Report` (``fields``: where it
+    ran, then what :func:`score` counted), and its line to the log."""
+    end = time.time()
+    error = stats["error"]
+    record = {
+        **fields,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "model": ref.name,
+        "format": engine.model.format,
+        "device": str(device),
+        "batch_size": engine.batch_size,
+        "intra_op_threads": torch.get_num_threads(),
+        **stats,
+        "end": end,
+        "latency_ms": sample(stats["latency_ms"]),
+    }
+    logger.info(
+        "%s: model '%s' (%s) on %s, batch_size %d, intra-op threads %d: "
+        "%d rows in %d Arrow batches, %.3f s%s",
+        where,
+        ref.name,
+        engine.model.format,
+        device,
+        engine.batch_size,
+        torch.get_num_threads(),
+        stats["rows"],
+        stats["arrow_batches"],
+        end - stats["start"],
+        f"; failed: {error}" if error else "",
+    )
+    return record
