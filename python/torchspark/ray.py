@@ -215,7 +215,7 @@ def _actor_cpus() -> int | None:
 
 
 class Predictor:
-    """Runs a TorchScript or AOTInductor model on the Arrow batches of
+    """Runs a TorchScript, AOTInductor or ONNX model on the Arrow batches of
     ``Dataset.map_batches(Predictor, fn_constructor_kwargs={...},
     batch_format="pyarrow", concurrency=..., num_gpus=...)``.
 
