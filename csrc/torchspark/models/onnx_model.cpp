@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <optional>
+#include <string_view>
 
 #include "torchspark/errors.h"
 #include "torchspark/models/model_registry.h"
@@ -31,6 +33,10 @@ using ort::check;
 constexpr int kArenaAllocator = 1;       // OrtArenaAllocator
 constexpr int kMemTypeDefault = 0;       // OrtMemTypeDefault
 constexpr int kOptimizeEverything = 99;  // ORT_ENABLE_ALL
+
+// What a failing call was doing, for ORT's message.
+constexpr const char* kSettingUp = "setting up the session";
+constexpr const char* kReading = "reading the graph's inputs and outputs";
 
 std::optional<at::ScalarType> torch_type(int type) {
   switch (type) {
@@ -121,19 +127,17 @@ class OnnxModel final : public Model {
     TORCH_CHECK_VALUE(device_.is_cpu() || device_.is_cuda(),
                       "ONNX Runtime runs on CPU and CUDA devices here, got ", device_.str());
     ort::OrtSessionOptions* raw_options = nullptr;
-    check(ort.CreateSessionOptions(&raw_options), "setting up the session");
+    check(ort.CreateSessionOptions(&raw_options), kSettingUp);
     SessionOptionsPtr session_options(raw_options);
-    check(ort.SetSessionGraphOptimizationLevel(raw_options, kOptimizeEverything),
-          "setting up the session");
+    check(ort.SetSessionGraphOptimizationLevel(raw_options, kOptimizeEverything), kSettingUp);
     // Torch's intra-op pool size, which the engine's thread rule set for this
     // process (workers x threads <= cores); graphs run their nodes in order.
-    check(ort.SetIntraOpNumThreads(raw_options, std::max(1, at::get_num_threads())),
-          "setting up the session");
-    check(ort.SetInterOpNumThreads(raw_options, 1), "setting up the session");
+    check(ort.SetIntraOpNumThreads(raw_options, std::max(1, at::get_num_threads())), kSettingUp);
+    check(ort.SetInterOpNumThreads(raw_options, 1), kSettingUp);
     // Idle pool threads sleep instead of spinning: the engine's converters and
     // Spark's reader share these cores.
     check(ort.AddSessionConfigEntry(raw_options, "session.intra_op.allow_spinning", "0"),
-          "setting up the session");
+          kSettingUp);
     if (device_.is_cuda()) {
       // Zeroed room beyond the struct: a newer ORT may read fields appended
       // after it, and zero is their default.
@@ -152,10 +156,9 @@ class OnnxModel final : public Model {
     if (device_.is_cuda()) {
       check(ort.CreateMemoryInfo("Cuda", kArenaAllocator, device_.has_index() ? device_.index() : 0,
                                  kMemTypeDefault, &memory),
-            "setting up the session");
+            kSettingUp);
     } else {
-      check(ort.CreateCpuMemoryInfo(kArenaAllocator, kMemTypeDefault, &memory),
-            "setting up the session");
+      check(ort.CreateCpuMemoryInfo(kArenaAllocator, kMemTypeDefault, &memory), kSettingUp);
     }
     memory_.reset(memory);
     read_signature();
@@ -216,46 +219,39 @@ class OnnxModel final : public Model {
   void read_signature() {
     const ort::Api& ort = api();
     ort::OrtAllocator* allocator = nullptr;
-    check(ort.GetAllocatorWithDefaultOptions(&allocator), "reading the graph's inputs and outputs");
+    check(ort.GetAllocatorWithDefaultOptions(&allocator), kReading);
     size_t count = 0;
-    check(ort.SessionGetInputCount(session_.get(), &count),
-          "reading the graph's inputs and outputs");
+    check(ort.SessionGetInputCount(session_.get(), &count), kReading);
     for (size_t i = 0; i < count; ++i) {
       InputSpec spec;
       char* name = nullptr;
-      check(ort.SessionGetInputName(session_.get(), i, allocator, &name),
-            "reading the graph's inputs and outputs");
+      check(ort.SessionGetInputName(session_.get(), i, allocator, &name), kReading);
       spec.name = take_string(name);
       ort::OrtTypeInfo* raw_info = nullptr;
-      check(ort.SessionGetInputTypeInfo(session_.get(), i, &raw_info),
-            "reading the graph's inputs and outputs");
+      check(ort.SessionGetInputTypeInfo(session_.get(), i, &raw_info), kReading);
       TypeInfoPtr info(raw_info);
       const ort::OrtTensorTypeAndShapeInfo* tensor = nullptr;
-      check(ort.CastTypeInfoToTensorInfo(raw_info, &tensor),
-            "reading the graph's inputs and outputs");
+      check(ort.CastTypeInfoToTensorInfo(raw_info, &tensor), kReading);
       TS_CHECK_SUPPORTED(tensor != nullptr, "input '", spec.name,
                          "' is not a tensor (a sequence, map or optional): torchspark feeds "
                          "tensors");
       int type = 0;
-      check(ort.GetTensorElementType(tensor, &type), "reading the graph's inputs and outputs");
+      check(ort.GetTensorElementType(tensor, &type), kReading);
       const auto dtype = torch_type(type);
       TS_CHECK_SUPPORTED(dtype.has_value(), "input '", spec.name, "' has ONNX element type ", type,
                          ", which torchspark does not feed");
       spec.dtype = *dtype;
       size_t rank = 0;
-      check(ort.GetDimensionsCount(tensor, &rank), "reading the graph's inputs and outputs");
+      check(ort.GetDimensionsCount(tensor, &rank), kReading);
       spec.dims.resize(rank);
-      check(ort.GetDimensions(tensor, spec.dims.data(), rank),
-            "reading the graph's inputs and outputs");
+      check(ort.GetDimensions(tensor, spec.dims.data(), rank), kReading);
       input_names_.push_back(spec.name);
       inputs_.push_back(std::move(spec));
     }
-    check(ort.SessionGetOutputCount(session_.get(), &count),
-          "reading the graph's inputs and outputs");
+    check(ort.SessionGetOutputCount(session_.get(), &count), kReading);
     for (size_t i = 0; i < count; ++i) {
       char* name = nullptr;
-      check(ort.SessionGetOutputName(session_.get(), i, allocator, &name),
-            "reading the graph's inputs and outputs");
+      check(ort.SessionGetOutputName(session_.get(), i, allocator, &name), kReading);
       output_names_.push_back(take_string(name));
     }
     // torchspark.export records the keys of a dict output (one per line), or
