@@ -112,6 +112,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(__file__))
 import _bench
 import _images
+import spark_bench
 from _images import IMAGENET_MEAN, IMAGENET_STD, RESIZE, SIZE
 
 import torchspark
@@ -606,33 +607,12 @@ def run_model(spark, name: str, path: str, images: list[bytes], workdir: str, ar
 
 
 def start_spark(args: argparse.Namespace, split_bytes: int):
-    # Every Python worker the JVM starts inherits these (set before the JVM exists).
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    os.environ.setdefault("TORCHSPARK_LOG_LEVEL", "WARNING")
+    """spark_bench's session, input files split into ``split_bytes`` partitions."""
     from pyspark import cloudpickle
-    from pyspark.sql import SparkSession
 
     cloudpickle.register_pickle_by_value(_images)  # the workers cannot import benchmarks/
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("torchspark image_bench")
-        .config("spark.driver.memory", args.driver_memory)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.mrpb))
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.files.maxPartitionBytes", str(split_bytes))
-        .config("spark.sql.adaptive.enabled", "false")
-        .config("spark.python.worker.reuse", "true")
-        .config("spark.executorEnv.OMP_NUM_THREADS", str(args.threads))
-        .config("spark.executorEnv.MKL_NUM_THREADS", str(args.threads))
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
+    config = {"spark.sql.files.maxPartitionBytes": str(split_bytes)}
+    return spark_bench.start_spark(args, "image_bench", config)
 
 
 def parse_args() -> argparse.Namespace:

@@ -672,7 +672,13 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def start_spark(args: argparse.Namespace):
+def start_spark(
+    args: argparse.Namespace, name: str = "spark_bench", config: dict[str, str] | None = None
+):
+    """The benchmarks' ``local[2]`` SparkSession (``name`` in its app name):
+    ``args.threads`` torch/OpenMP threads per Python worker, Arrow batches of
+    ``args.mrpb`` rows, ``args.partitions`` shuffle partitions, workers reused,
+    no UI or AQE; ``config`` adds or overrides settings."""
     # Every Python worker the JVM starts inherits these (set before the JVM exists).
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -681,21 +687,23 @@ def start_spark(args: argparse.Namespace):
     os.environ.setdefault("TORCHSPARK_LOG_LEVEL", "WARNING")  # no per-task log lines
     from pyspark.sql import SparkSession
 
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("torchspark spark_bench")
-        .config("spark.driver.memory", args.driver_memory)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.mrpb))
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.shuffle.partitions", str(args.partitions))
-        .config("spark.sql.adaptive.enabled", "false")
-        .config("spark.python.worker.reuse", "true")
-        .config("spark.executorEnv.OMP_NUM_THREADS", str(args.threads))
-        .config("spark.executorEnv.MKL_NUM_THREADS", str(args.threads))
-        .getOrCreate()
-    )
+    settings = {
+        "spark.driver.memory": args.driver_memory,
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(args.mrpb),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.shuffle.partitions": str(args.partitions),
+        "spark.sql.adaptive.enabled": "false",
+        "spark.python.worker.reuse": "true",
+        "spark.executorEnv.OMP_NUM_THREADS": str(args.threads),
+        "spark.executorEnv.MKL_NUM_THREADS": str(args.threads),
+        **(config or {}),
+    }
+    builder = SparkSession.builder.master("local[2]").appName(f"torchspark {name}")
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
 
