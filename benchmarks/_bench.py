@@ -234,10 +234,21 @@ def tm(case: Case) -> str:
     return f"{fmt_time(case.median)} ({fmt_time(case.min)}){note}"
 
 
-def spark_run_arguments(p: argparse.ArgumentParser) -> None:
+def spark_run_arguments(p: argparse.ArgumentParser, mrpb: int | None = 10_000) -> None:
     """The options every end-to-end Spark benchmark takes: torch threads per
-    Python worker, the driver's memory, and waiting for a quiet machine."""
+    Python worker, the data's partitions, the Arrow batch size (default
+    ``mrpb``; None: the script sets ``args.mrpb`` itself), the driver's
+    memory, and waiting for a quiet machine."""
     p.add_argument("--torch-threads", type=int, default=1, dest="threads", help="per Python worker")
+    p.add_argument("--partitions", type=int, default=4, help="partitions (Ray: blocks) of the data")
+    if mrpb is not None:
+        p.add_argument(
+            "--max-records-per-batch",
+            type=int,
+            default=mrpb,
+            dest="mrpb",
+            help="spark.sql.execution.arrow.maxRecordsPerBatch (default %(default)s)",
+        )
     p.add_argument("--driver-memory", default="6g")
     p.add_argument(
         "--wait-load",

@@ -63,7 +63,6 @@ def parse_args():
     p = _bench.parser(__doc__, default_rounds=3, quick_rounds=1)
     p.add_argument("--rows", type=int, default=None, help="sentences (default 2000)")
     p.add_argument("--size", choices=sorted(T.ENCODERS), default=None)
-    p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--no-spark", action="store_true")
     _bench.spark_run_arguments(p)
@@ -74,7 +73,6 @@ def parse_args():
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
-    args.mrpb = 10_000  # spark_bench.start_spark's Arrow batch size
     return args
 
 

@@ -626,16 +626,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per method (3; small 1)")
     p.add_argument("--small", action="store_true", help="a smoke run: 48 images, 1 repeat")
     p.add_argument("--batch-size", type=int, default=64, help="rows per model call")
-    p.add_argument(
-        "--max-records-per-batch",
-        type=int,
-        default=1000,
-        dest="mrpb",
-        help="spark.sql.execution.arrow.maxRecordsPerBatch (default %(default)s)",
-    )
-    p.add_argument("--partitions", type=int, default=4, help="input partitions of the file")
     p.add_argument("--daft-instances", type=int, default=2, help="Daft UDF instances")
-    _bench.spark_run_arguments(p)
+    _bench.spark_run_arguments(p, mrpb=1000)
     args = p.parse_args()
     args.models = [m for m in args.models.split(",") if m]
     args.methods = [m for m in args.methods.split(",") if m]

@@ -265,8 +265,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small data, one repeat")
     p.add_argument("--actors", type=int, default=2, help="Ray actors (one CPU each)")
     p.add_argument("--batch-size", type=int, default=10_000, help="rows per map_batches call")
-    p.add_argument("--partitions", type=int, default=4, help="blocks / partitions of the data")
-    _bench.spark_run_arguments(p)
+    _bench.spark_run_arguments(p, mrpb=None)
     args = p.parse_args()
     unknown = [m for m in args.methods if m not in METHODS]
     unknown += [w for w in args.workloads if w not in ROWS]

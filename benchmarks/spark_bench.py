@@ -622,13 +622,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per method (3; quick 1)")
     p.add_argument("--quick", action="store_true", help="small data, one repeat (minutes)")
     p.add_argument(
-        "--max-records-per-batch",
-        type=int,
-        default=10_000,
-        dest="mrpb",
-        help="spark.sql.execution.arrow.maxRecordsPerBatch (default %(default)s)",
-    )
-    p.add_argument(
         "--mrpb-sweep",
         default="",
         help="also time the floor at these maxRecordsPerBatch values, e.g. 2000,5000,20000",
@@ -643,7 +636,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--sort-window", type=int, default=4096, help="torchspark length-sorting window (tokens)"
     )
-    p.add_argument("--partitions", type=int, default=4, help="partitions of the cached data")
     _bench.spark_run_arguments(p)
     args = p.parse_args()
     args.workloads = [w for w in args.workloads.split(",") if w]

@@ -206,14 +206,6 @@ def parse_args() -> argparse.Namespace:
         help="eager: torch threads (default 2, both cores; under load 2 threads ran many "
         "times slower than 1 here: torchspark.demo.text.torch_threads)",
     )
-    p.add_argument("--partitions", type=int, default=4, help="partitions of the cached data")
-    p.add_argument(
-        "--max-records-per-batch",
-        type=int,
-        default=10_000,
-        dest="mrpb",
-        help="spark.sql.execution.arrow.maxRecordsPerBatch (default %(default)s)",
-    )
     _bench.spark_run_arguments(p)
     args = p.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
