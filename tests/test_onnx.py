@@ -251,6 +251,22 @@ def test_int8_beyond_the_stated_limits_is_refused_with_figures(tmp_path):
         torchspark.export(module, (x,), str(tmp_path / "m.pt"), quantize="int4")
 
 
+def test_static_shapes_and_reduced_precision(exported, tmp_path):
+    module = Encoder().eval()
+    ids = torch.randint(4, 100, (3, 10))
+    example = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    path = exported("encoder-static", module, example, dynamic_batch=False)
+    with Engine(path) as engine, torch.no_grad():
+        torch.testing.assert_close(engine.run(example), module(*example), **CLOSE)
+    mlp, x = MLP().eval(), torch.randn(6, 8)
+    half = exported("mlp-fp16", mlp, (x,), precision="fp16")  # float32 in and out
+    with Engine(half) as engine, torch.no_grad():
+        torch.testing.assert_close(engine.run(x), mlp(x), rtol=1e-2, atol=1e-2)
+        assert not torch.equal(engine.run(x), mlp(x))  # computed in fp16
+    with pytest.raises(ValueError, match=r"format='onnx' with precision='bf16': .* no bf16 Gemm"):
+        torchspark.export(mlp, (x,), str(tmp_path / "m.onnx"), format="onnx", precision="bf16")
+
+
 @pytest.mark.spark
 def test_predict_and_torch_udf_score_with_onnx(spark, exported, tokenizer_path, rng):
     module = Encoder().eval()

@@ -129,6 +129,13 @@ def export(
             "export: quantize='int8' is for format='torchscript' or 'onnx' at float32 precision, "
             f"got format={format!r}, precision={precision!r}"
         )
+    if format == "onnx" and precision == "bf16":
+        raise ValueError(
+            "export: format='onnx' with precision='bf16': ONNX Runtime's CPU kernels, where "
+            "the export is checked, have no bf16 Gemm (Linear) and refuse the file; export ONNX "
+            "in fp32 (or quantize='int8', or precision='fp16'), or run a TorchScript export with "
+            "precision='bf16' (autocast)"
+        )
     if not 0.0 < min_cosine <= 1.0 or (tolerance is not None and tolerance < 0):
         raise ValueError(
             f"export: min_cosine must be in (0, 1] and tolerance >= 0, got {min_cosine!r}, "
@@ -345,10 +352,11 @@ def _verify(
             )
         )
     shorter = _shorter_sequences(inputs)
-    if shorter is not None and format in ("torchscript", "onnx"):
+    if shorter is not None and (format == "torchscript" or (format == "onnx" and dynamic_batch)):
         # A trace can bake in the example's sequence length (token ids and
         # masks are padded per batch to other lengths at run time); an ONNX
-        # export declares that length dynamic, which this holds it to.
+        # export with dynamic dims declares that length dynamic, which this
+        # holds it to (without, its shapes are the example's).
         batches.append(shorter)
     for label, batch in batches:
         with torch.no_grad():
