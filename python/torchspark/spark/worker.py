@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -220,6 +220,7 @@ def score(
     where: str,
     label: str | None,
     stats: dict[str, Any],
+    on_batch: Callable[[Any, Any, float], None] | None = None,
 ) -> Iterator[Any]:
     """One output batch per Arrow batch of ``batches``, streamed through
     ``engine``: the ``keep`` columns (zero-copy) and one column per model
@@ -247,10 +248,14 @@ def score(
             batch, _, submitted = pending.popleft()
             names, tensors = out.flatten(result)
             outputs = out.output_names(output, names, len(tensors))
-            stats["latency_ms"].append((time.perf_counter() - submitted) * 1e3)
+            seconds = time.perf_counter() - submitted
+            stats["latency_ms"].append(seconds * 1e3)
             stats["rows"] += batch.num_rows
             stats["arrow_batches"] += 1
-            yield out.record_batch(batch, keep, outputs, tensors)
+            scored = out.record_batch(batch, keep, outputs, tensors)
+            if on_batch is not None:
+                on_batch(batch, scored, seconds)
+            yield scored
     except Exception as e:
         # Raised when submitting the newest batch, or when collecting the
         # oldest one's outputs.
