@@ -163,9 +163,13 @@ def main(workdir: str) -> dict:
         os.path.relpath(p, workdir) for p in glob.glob(os.path.join(workdir, "cache", "*", "*"))
     )
     mark("uri")
+
+    # 5. Bad rows on two executors: a model that raises on some rows.
+    result["bad_rows"] = bad_rows(spark, workdir)
+    mark("bad_rows")
     spark.stop()
 
-    # 5. The per-task log lines, from the executors' stderr files.
+    # 6. The per-task log lines, from the executors' stderr files.
     lines = []
     for path in glob.glob(os.path.join(workdir, "spark_home", "work", "app-*", "*", "stderr")):
         with open(path, errors="replace") as f:
@@ -173,6 +177,60 @@ def main(workdir: str) -> dict:
     result["log_lines"] = lines
     mark("stopped")
     return result
+
+
+def bad_rows(spark, workdir: str) -> dict:
+    """``on_error="quarantine"`` (Parquet files) and ``"null"``: every id once,
+    in the output or the quarantine, and the good rows' predictions equal to
+    eager PyTorch."""
+    import torch
+    from pyspark.sql import functions as F
+
+    import torchspark
+
+    class Raises(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool((x[:, 0] > 1e5).any()):
+                raise ValueError("x0 above the limit")
+            return x[:, 0] * 2 + x[:, 1]
+
+    path = os.path.join(workdir, "raises.pt")
+    torch.jit.save(torch.jit.script(Raises()), path)
+    bad_condition = "pmod(id, 97) = 5"
+    df = spark.range(0, ROWS, 1, PARTITIONS).selectExpr(
+        "id",
+        f"array(cast(case when {bad_condition} then 1e6 else pmod(id, 11) end as float),"
+        " cast(id * 0.5 as float)) as x",
+    )
+    bad = sorted(i for i in range(ROWS) if i % 97 == 5)
+    where = os.path.join(workdir, "quarantine")
+    scored = torchspark.predict(
+        df, path, inputs="x", keep=["id"], on_error="quarantine", quarantine=where
+    )
+    table = scored.toArrow().sort_by("id")
+    report = torchspark.last_report()
+    aside = spark.read.parquet(where)
+    both = scored.select("id").unionByName(aside.select("id"))
+    ids = table.column("id").to_pylist()
+    expected = {i: (i % 11) * 2 + i * 0.5 for i in range(ROWS) if i % 97 != 5}
+    got = dict(zip(ids, table.column("prediction").to_pylist(), strict=True))
+    nulled = torchspark.predict(df, path, inputs="x", keep=["id"], on_error="null")
+    null_ids = sorted(r.id for r in nulled.where(F.col("prediction").isNull()).collect())
+    return {
+        "scored": len(ids),
+        "quarantined": sorted(r.id for r in aside.select("id").collect()),
+        "expected_bad": bad,
+        "count": both.count(),
+        "distinct": both.distinct().count(),
+        "missing": df.join(both, "id", "left_anti").count(),
+        "extra": both.join(df, "id", "left_anti").count(),
+        "max_abs_diff": max(abs(got[i] - v) for i, v in expected.items()),
+        "report_rows": report.rows,
+        "report_bad_rows": report.bad_rows,
+        "report_files": len(report.quarantine_files),
+        "null_ids": null_ids,
+        "hosts_pids": sorted({r["pid"] for r in report.task_records}),
+    }
 
 
 def spark_home(workdir: str) -> str:

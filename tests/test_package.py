@@ -15,6 +15,7 @@ import torchspark
 def test_public_api_is_small_and_documented():
     expected = {
         "ArrowPredictor",
+        "BadRowsError",
         "Engine",
         "EngineClosedError",
         "ExportError",

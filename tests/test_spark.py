@@ -997,6 +997,16 @@ def test_local_cluster_ships_the_model_to_each_executor(cluster_job):
     # hold the loaded model after the job.
     assert len(r["probe_dirs"]) == 2 and r["probe_all_exist"]
     assert r["probe_pids"] == r["probe_pids_cached"] == report["pids"]
+    # Bad rows set aside on two executors: every id once, in the output or the
+    # quarantine files, good rows equal to eager PyTorch; on_error="null" nulls them.
+    bad = r["bad_rows"]
+    assert bad["quarantined"] == bad["expected_bad"] and len(bad["expected_bad"]) > 40
+    assert bad["scored"] + len(bad["quarantined"]) == rows
+    assert bad["count"] == bad["distinct"] == rows and bad["missing"] == bad["extra"] == 0
+    assert bad["max_abs_diff"] < 1e-3
+    assert bad["report_rows"] == rows and bad["report_bad_rows"] == len(bad["expected_bad"])
+    assert bad["report_files"] == partitions and len(bad["hosts_pids"]) == 2
+    assert bad["null_ids"] == bad["expected_bad"]
     # A file:// URI: downloaded once per host into $TORCHSPARK_CACHE, same predictions.
     assert r["uri_rows"] == rows and r["uri_max_abs_diff"] == 0.0
     assert len(r["cache_files"]) == 1 and r["cache_files"][0].endswith("/cluster_mlp.pt")

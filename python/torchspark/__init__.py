@@ -34,6 +34,7 @@ from ._onnx import configure_runtime as _configure_onnx_runtime  # noqa: E402
 from .arrow import from_tensor, gather, pad, to_batch, to_tensor, to_tensors  # noqa: E402
 from .engine import Engine, Future, Input  # noqa: E402
 from .errors import (  # noqa: E402
+    BadRowsError,
     EngineClosedError,
     ExportError,
     InvalidArrowError,
@@ -61,6 +62,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArrowPredictor",
+    "BadRowsError",
     "Engine",
     "EngineClosedError",
     "ExportError",

@@ -89,6 +89,29 @@ class Future:
         return _unpack(self._outputs)
 
 
+class _Failed:
+    """A submission that failed before it reached the engine (``Engine.map``)."""
+
+    __slots__ = ("error",)
+    rows = 0
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def result(self) -> Any:
+        raise self.error
+
+
+def _outcome(done: Future | _Failed, return_exceptions: bool) -> Any:
+    """``done``'s outputs; its exception instead of raising it, with ``return_exceptions``."""
+    if not return_exceptions:
+        return done.result()
+    try:
+        return done.result()
+    except Exception as e:
+        return e
+
+
 def _unpack(outputs: tuple[list[str], list[torch.Tensor]]) -> Any:
     """The model's return shape: a tensor, a tuple of tensors or a dict of them."""
     names, tensors = outputs
@@ -295,6 +318,22 @@ class Engine:
         _model: Any = None,
     ) -> None:
         path = _model_path(model, example)
+        # What sibling() builds another engine over the same loaded model from.
+        self._arguments = {
+            "batch_size": batch_size,
+            "max_tokens": max_tokens,
+            "max_delay_ms": max_delay_ms,
+            "precision": precision,
+            "threads": threads,
+            "intra_op_threads": intra_op_threads,
+            "inflight": inflight,
+            "static_batch": static_batch,
+            "sort_window": sort_window,
+            "inputs": inputs,
+            "per_token": per_token,
+            "inline_below_ms": inline_below_ms,
+        }
+        self.path = path
         if max_tokens == "auto":
             native_max_tokens = -1
         elif max_tokens is None:
@@ -377,28 +416,53 @@ class Engine:
         self._native.flush()
         return Future(sent, self).result()
 
-    def map(self, iterable: Iterable[Any]) -> Iterator[Any]:
+    def map(self, iterable: Iterable[Any], *, return_exceptions: bool = False) -> Iterator[Any]:
         """Outputs of each item of ``iterable``, in order.
 
         Keeps about ``inflight * batch_size`` rows in the engine while the caller
         produces the next item, so producing, staging and compute overlap.
         Closing the generator early is safe: pending work finishes and is dropped.
+        With ``return_exceptions``, an item whose submission or batch failed
+        yields its exception (an ``Exception``) in its place and the map goes
+        on; otherwise the first failure is raised.
         """
         native = self._native
-        pending: collections.deque[Future] = collections.deque()
+        pending: collections.deque[Future | _Failed] = collections.deque()
         pending_rows = 0
         window = self.inflight * self.batch_size
         for item in iterable:
-            future = Future(self._send(item, try_inline=False), self)
+            try:
+                future: Future | _Failed = Future(self._send(item, try_inline=False), self)
+            except Exception as e:
+                if not return_exceptions:
+                    raise
+                future = _Failed(e)
             pending.append(future)
             pending_rows += future.rows
             while pending and pending_rows - pending[0].rows >= window:
                 done = pending.popleft()
                 pending_rows -= done.rows
-                yield done.result()
+                yield _outcome(done, return_exceptions)
         native.flush()
         while pending:
-            yield pending.popleft().result()
+            yield _outcome(pending.popleft(), return_exceptions)
+
+    def sibling(self, **overrides: Any) -> Engine:
+        """Another engine over the same loaded model (no second load, no copy
+        of the weights), with this one's options but ``overrides``: its own
+        queue and threads, so that its batches never mix rows with this
+        engine's. Close it when done.
+
+        >>> import torch, torchspark, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "linear.pt")
+        >>> _ = torchspark.export(torch.nn.Linear(2, 1), (torch.ones(4, 2),), path)
+        >>> with torchspark.Engine(path, batch_size=8) as ex:
+        ...     with ex.sibling(max_delay_ms=0.0) as alone:
+        ...         alone.run(torch.ones(3, 2)).shape
+        torch.Size([3, 1])
+        """
+        arguments = {**self._arguments, **overrides}
+        return Engine(self.path, device=self.device, _model=self.model, **arguments)
 
     def _send(self, inputs: Any, *, try_inline: bool) -> Any:
         """Run ``inputs`` inline when ``try_inline`` and the engine takes them,

@@ -8,6 +8,7 @@ and what was found. Besides these, argument errors are plain ``TypeError`` /
 from __future__ import annotations
 
 __all__ = [
+    "BadRowsError",
     "EngineClosedError",
     "ExportError",
     "InvalidArrowError",
@@ -53,3 +54,9 @@ class ExportError(TorchSparkError, RuntimeError):
     baked in a data-dependent branch (the message names the line), or an
     exported model whose outputs differ from the module's on the check batches
     (the message gives the largest difference)."""
+
+
+class BadRowsError(TorchSparkError, RuntimeError):
+    """More bad rows than ``max_bad_rows`` allows (or, without it, every row
+    failing), with ``on_error="null"`` or ``"quarantine"``. The message gives
+    the count, the errors by reason and the first bad rows."""

@@ -22,6 +22,7 @@ from ..export import argument_names, check_module, export_cached
 from ..inputs import Inputs, feed, input_tensors
 from . import outputs as out
 from . import types
+from .bad_rows import RAISE, BadRowPolicy, isolate
 
 _PROBE_ROWS = 16
 
@@ -166,6 +167,20 @@ class Plan:
     schema: Any  # StructType of keep + outputs
     options: dict[str, Any]
     device: str
+    policy: BadRowPolicy = RAISE  # what becomes of bad rows
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns the model adds: its outputs, and the error column with on_error="null"."""
+        extra = self.policy.error_column_added
+        return [*self.outputs, extra] if extra else list(self.outputs)
+
+    @property
+    def column_types(self) -> list[Any]:
+        from pyspark.sql import types as T
+
+        extra = [T.StringType()] if self.policy.error_column_added else []
+        return [*self.output_types, *extra]
 
 
 # What probe batches showed, by model digest and input types (see plan).
@@ -182,6 +197,7 @@ def plan(
     options: dict[str, Any],
     sha256: str | None,
     schema: Any,
+    policy: BadRowPolicy = RAISE,
 ) -> Plan:
     specs, arg_names = plan_inputs(inputs)
     check_column_types(df.schema, specs)
@@ -224,7 +240,9 @@ def plan(
     cached = _probed.get(key) if ref.sha256 else None
     if cached is not None:
         outputs, output_types = cached
-        return _plan_of(df, ref, specs, arg_names, keep, outputs, output_types, options, device)
+        return _plan_of(
+            df, ref, specs, arg_names, keep, outputs, output_types, options, device, policy
+        )
 
     # The model loads on the driver first: a file that is not a model fails
     # here, before any Spark job runs.
@@ -241,7 +259,9 @@ def plan(
         probe = _probe_table(sample)
     if probe.num_rows == 0:
         outputs, output_types = _outputs_of_empty(df, schema, ref)
-        return _plan_of(df, ref, specs, arg_names, keep, outputs, output_types, options, device)
+        return _plan_of(
+            df, ref, specs, arg_names, keep, outputs, output_types, options, device, policy
+        )
     batch = probe.combine_chunks().to_batches()[0]
     probe_options = {**options, "max_delay_ms": 0.0}
     probe_options.pop("intra_op_threads", None)  # the driver's threads are left alone
@@ -250,7 +270,7 @@ def plan(
         with Engine(
             path, device=probe_device, inputs=probe_inputs, _model=loaded, **probe_options
         ) as ex:
-            names, tensors = out.flatten(ex.run(batch))
+            names, tensors = _probe_outputs(ex, batch, policy)
     except Exception as e:
         shape_error = _shape_error(e, ref, len(probe), specs, batch)
         if shape_error is not None:
@@ -265,7 +285,23 @@ def plan(
         _check_schema(schema, outputs, output_types)
     if ref.sha256:
         _probed[key] = (outputs, output_types)
-    return _plan_of(df, ref, specs, arg_names, keep, outputs, output_types, options, device)
+    return _plan_of(df, ref, specs, arg_names, keep, outputs, output_types, options, device, policy)
+
+
+def _probe_outputs(
+    engine: Engine, batch: Any, policy: BadRowPolicy
+) -> tuple[list[str], list[torch.Tensor]]:
+    """The outputs of the probe batch; with a policy that isolates bad rows,
+    those of its rows that succeed (the probe fails only if none does)."""
+    try:
+        return out.flatten(engine.run(batch))
+    except Exception as e:
+        if not policy.isolates:
+            raise
+        for segment in isolate(engine.run, batch, e):
+            if segment.outputs is not None:
+                return segment.outputs
+        raise
 
 
 def engine_inputs(specs: list[Input], names: list[str] | None) -> Inputs:
@@ -289,21 +325,27 @@ def _plan_of(
     output_types: list[Any],
     options: dict[str, Any],
     device: str,
+    policy: BadRowPolicy = RAISE,
 ) -> Plan:
     from pyspark.sql import types as T
 
-    clash = [n for n in outputs if n in keep]
-    if clash or len(set(outputs)) != len(outputs):
+    added = [*outputs, *([policy.error_column] if policy.error_column_added else [])]
+    clash = [n for n in added if n in keep]
+    if clash or len(set(added)) != len(added):
         raise ValueError(
-            f"output columns {outputs} clash with each other or with kept columns {keep}; "
-            "name them with output=[...] or drop them with keep=[...]"
+            f"output columns {added} clash with each other or with kept columns {keep}; "
+            "name them with output=[...] (the error column with error_column=...) or drop "
+            "them with keep=[...]"
         )
+    planned = Plan(ref, specs, names, keep, outputs, output_types, None, options, device, policy)
+    # With on_error="null" a bad row's outputs are null.
+    nullable = policy.on_error == "null"
     fields = [df.schema[c] for c in keep] + [
-        T.StructField(n, t, nullable=False) for n, t in zip(outputs, output_types, strict=True)
+        T.StructField(n, t, nullable=nullable or n == policy.error_column_added)
+        for n, t in zip(planned.columns, planned.column_types, strict=True)
     ]
-    return Plan(
-        ref, specs, names, keep, outputs, output_types, T.StructType(fields), options, device
-    )
+    planned.schema = T.StructType(fields)
+    return planned
 
 
 def _outputs_of_empty(df: Any, schema: Any, ref: ModelRef) -> tuple[list[str], list[Any]]:

@@ -12,6 +12,7 @@ the driver: Spark drops the accumulator updates of failed tasks).
 
 from __future__ import annotations
 
+import collections
 import re
 import threading
 import uuid
@@ -49,7 +50,42 @@ class Report:
     failed: bool = False
     rows_truncated: int = 0  # text rows cut at max_len
     token_budgets: list[int] = field(default_factory=list)  # max_tokens the tasks ran with
+    # on_error="null" / "quarantine": rows that failed (rows = scored + bad), by reason,
+    # the first few with where they were; quarantine: where the files went.
+    bad_rows: int = 0
+    bad_row_reasons: dict[str, int] = field(default_factory=dict)
+    bad_row_examples: list[str] = field(default_factory=list)
+    quarantine_files: list[str] = field(default_factory=list)
+    nonfinite: dict[str, int] = field(default_factory=dict)  # per output: rows with NaN/Inf
     task_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def quarantined(self, spark: Any = None) -> Any:
+        """The rows ``on_error="quarantine"`` set aside, with their error
+        column, as a DataFrame (of ``spark``, default the active session):
+        read from the quarantine directory's files this job wrote, or made
+        from the rows the tasks sent to the driver. None if no row was set aside.
+
+        >>> scored = torchspark.predict(df, path, inputs="x", on_error="quarantine")
+        >>> scored.count()
+        2
+        >>> report = torchspark.last_report()
+        >>> report.bad_rows, report.quarantined()  # no row failed
+        (0, None)
+        """
+        from pyspark.sql import SparkSession
+
+        from .quarantine import from_bytes
+
+        spark = spark or SparkSession.getActiveSession()
+        if self.quarantine_files:
+            return spark.read.parquet(*self.quarantine_files)
+        latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for r in self.task_records:  # one attempt per partition (the latest)
+            key = (r["run"], r["stage"], r["partition"])
+            if key not in latest or r["end"] > latest[key]["end"]:
+                latest[key] = r
+        table = from_bytes([r["quarantined"] for r in latest.values() if r.get("quarantined")])
+        return None if table is None else spark.createDataFrame(table)
 
     def __str__(self) -> str:
         status = "FAILED: " if self.failed else ""
@@ -72,6 +108,8 @@ class Report:
                 else ""
             )
             + (f"; {self.rows_truncated:,} text rows truncated" if self.rows_truncated else "")
+            + (f"; {self.bad_rows:,} bad rows: {self.bad_row_reasons}" if self.bad_rows else "")
+            + (f"; rows with NaN/Inf outputs: {self.nonfinite}" if self.nonfinite else "")
             + (f"; errors: {self.errors}" if self.errors else "")
         )
 
@@ -149,8 +187,23 @@ def _summarise(records: list[dict[str, Any]]) -> Report:
         errors=[r["error"] for r in records if r["error"]],
         rows_truncated=sum(r.get("rows_truncated", 0) for r in records),
         token_budgets=sorted({r["token_budget"] for r in records if r.get("token_budget")}),
+        bad_rows=sum(r.get("bad_rows", 0) for r in records),
+        bad_row_reasons=_merged([r.get("bad_row_reasons", {}) for r in records]),
+        bad_row_examples=[e for r in records for e in r.get("bad_row_examples", ())][:10],
+        quarantine_files=sorted(
+            {r["quarantine_file"] for r in records if r.get("quarantine_file")}
+        ),
+        nonfinite=_merged([r.get("nonfinite", {}) for r in records]),
         task_records=records,
     )
+
+
+def _merged(counts: list[dict[str, int]]) -> dict[str, int]:
+    """Counts by key, summed over tasks, largest first."""
+    total: collections.Counter[str] = collections.Counter()
+    for c in counts:
+        total.update(c)
+    return dict(total.most_common())
 
 
 def last_report() -> Report | None:

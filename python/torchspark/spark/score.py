@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..engine import Input
+from .bad_rows import bad_row_policy
 from .environment import check_executor_python
 from .packing import packed
 from .plan import Plan, arrow_batch_rows, check_engine_options, engine_inputs, plan, quote
@@ -33,6 +34,11 @@ def arrow_predictor(
     precision: str = "fp32",
     sha256: str | None = None,
     schema: Any = None,
+    on_error: str = "raise",
+    max_bad_rows: int | float | None = None,
+    check_finite: bool = False,
+    quarantine: str | os.PathLike[str] | None = None,
+    error_column: str = "_error",
     **engine_options: Any,
 ) -> ArrowPredictor:
     """The function to hand to ``df.mapInArrow`` yourself; its ``.schema`` is the output schema.
@@ -49,8 +55,11 @@ def arrow_predictor(
     """
     batch_size = batch_size or arrow_batch_rows(df_or_schema)
     options = check_engine_options(batch_size, precision, engine_options)
+    policy = bad_row_policy(on_error, max_bad_rows, check_finite, quarantine, error_column)
     check_executor_python(df_or_schema.sparkSession)
-    planned = plan(df_or_schema, model, inputs, output, keep, device, options, sha256, schema)
+    planned = plan(
+        df_or_schema, model, inputs, output, keep, device, options, sha256, schema, policy
+    )
     return _predictor(df_or_schema, planned)
 
 
@@ -73,6 +82,8 @@ def _predictor(df: Any, planned: Plan, alias: Mapping[str, str] | None = None) -
         planned.options,
         run,
         records,
+        policy=planned.policy,
+        output_types=planned.output_types,
     )
 
 
@@ -95,6 +106,11 @@ def predict(
     precision: str = "fp32",
     sha256: str | None = None,
     schema: Any = None,
+    on_error: str = "raise",
+    max_bad_rows: int | float | None = None,
+    check_finite: bool = False,
+    quarantine: str | os.PathLike[str] | None = None,
+    error_column: str = "_error",
     **engine_options: Any,
 ) -> Any:
     """Score ``df`` with a TorchScript or AOTInductor model; returns a new DataFrame.
@@ -143,6 +159,22 @@ def predict(
         sha256: expected digest of the model file, checked before loading.
         schema: the output columns' schema (StructType or DDL), checked
             against what the model returns on a probe batch.
+        on_error: what a row that fails (conversion, tokenizing, decoding,
+            the model call) does: ``"raise"`` (default) fails the task, naming
+            the row; ``"null"`` gives it null outputs and its error in
+            ``error_column``; ``"quarantine"`` leaves it out and sets it aside
+            with its columns and error (see ``quarantine``). Bad rows are
+            found by bisecting the failed Arrow batch; counted by reason in
+            :func:`last_report` (``bad_rows``, ``bad_row_reasons``).
+        max_bad_rows: with ``"null"``/``"quarantine"``, fail a task anyway
+            above this many bad rows (an int) or this fraction of its rows (a
+            float in (0, 1)); the error names the count and the first rows.
+        check_finite: make rows whose outputs hold NaN or Inf bad rows (they
+            are always counted per output: ``last_report().nonfinite``).
+        quarantine: with ``"quarantine"``, a directory (path or ``pyarrow.fs``
+            URI) for the rows set aside, one Parquet file per partition; by
+            default they go to the driver: ``last_report().quarantined()``.
+        error_column: the error column's name with ``"null"`` (``"_error"``).
 
     The probe (one small Spark job and a model load on the driver) runs once
     per model file (by digest), input column types and options in a driver
@@ -160,11 +192,13 @@ def predict(
     """
     batch_size = batch_size or arrow_batch_rows(df)
     options = check_engine_options(batch_size, precision, engine_options)
+    policy = bad_row_policy(on_error, max_bad_rows, check_finite, quarantine, error_column)
     check_executor_python(df.sparkSession)
     original = list(df.columns)
-    as_columns = keep is None and _has_arrow_udf()
+    # Rows set aside leave the output: only mapInArrow can drop rows.
+    as_columns = keep is None and _has_arrow_udf() and policy.on_error != "quarantine"
     df, inputs, keep = packed(df, inputs, original if keep is None else keep)
-    planned = plan(df, model, inputs, output, keep, device, options, sha256, schema)
+    planned = plan(df, model, inputs, output, keep, device, options, sha256, schema, policy)
     if as_columns:
         return _with_outputs(df, planned, original)
     used = [c for spec in planned.specs for c in spec.column_list]
@@ -204,11 +238,12 @@ def _with_outputs(df: Any, planned: Plan, original: list[str]) -> Any:
     label = first if first is not None and first not in used and _is_small(df, first) else None
     column, _ = model_column(df, planned, label)
     kept = [F.col(quote(c)) for c in original]
-    if len(planned.outputs) == 1:
-        return df.select(*kept, column.alias(planned.outputs[0]))
+    columns = planned.columns
+    if len(columns) == 1:
+        return df.select(*kept, column.alias(columns[0]))
     struct = "_torchspark_outputs"
     scored = df.select(*kept, column.alias(struct))
-    return scored.select(*kept, *[F.col(struct).getField(n).alias(n) for n in planned.outputs])
+    return scored.select(*kept, *[F.col(struct).getField(n).alias(n) for n in columns])
 
 
 def _is_small(df: Any, column: str) -> bool:

@@ -7,6 +7,7 @@ cache, device and thread binding, per-task records).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from ..engine import Engine, Input
 from ..export import check_module, export_cached
 from ..inputs import Inputs
 from . import outputs as out
+from .bad_rows import RAISE, BadRowPolicy, bad_row_policy
 from .environment import check_executor_python
 from .plan import arrow_batch_rows, check_engine_options, engine_inputs
 from .report import function_name, new_run
@@ -47,6 +49,8 @@ class _UdfFunction:
         specs: Inputs | None = None,
         names: list[str] | None = None,
         label: str | None = None,
+        policy: BadRowPolicy = RAISE,
+        output_types: list[Any] | None = None,
     ) -> None:
         self.ref = ref
         self.kinds = kinds
@@ -58,6 +62,8 @@ class _UdfFunction:
         self.fixed_specs = specs
         self.names = names
         self.label = label
+        self.policy = policy
+        self.output_types = output_types
 
     def specs(self, count: int) -> Inputs:
         if self.fixed_specs is not None:
@@ -103,6 +109,8 @@ class _UdfFunction:
             self.run,
             self.records,
             label=self.label,
+            policy=self.policy,
+            output_types=self.output_types,
         )
         for batch in predictor(batches()):
             yield self.column(batch)
@@ -139,14 +147,16 @@ def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
     if label is not None:
         names.append(label)
         arguments.append(F.col(quote(label)))
-    fields = None if len(planned.outputs) == 1 else list(planned.outputs)
+    columns_out = planned.columns  # the outputs, and the error column with on_error="null"
+    fields = None if len(columns_out) == 1 else list(columns_out)
+    nullable = planned.policy.on_error == "null"
     if fields is None:
-        return_type = planned.output_types[0]
+        return_type = planned.column_types[0]
     else:
         return_type = T.StructType(
             [
-                T.StructField(n, t, nullable=False)
-                for n, t in zip(planned.outputs, planned.output_types, strict=True)
+                T.StructField(n, t, nullable=nullable)
+                for n, t in zip(columns_out, planned.column_types, strict=True)
             ]
         )
     run, records = new_run(df.sparkSession.sparkContext)
@@ -161,6 +171,8 @@ def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
         specs=engine_inputs(planned.specs, planned.names),
         names=names,
         label=label,
+        policy=planned.policy,
+        output_types=planned.output_types,
     )
 
     return _arrow_udf(body, run, return_type)(*arguments), return_type
@@ -182,6 +194,9 @@ def torch_udf(
     batch_size: int | None = None,
     precision: str = "fp32",
     sha256: str | None = None,
+    on_error: str = "raise",
+    max_bad_rows: int | float | None = None,
+    check_finite: bool = False,
     **engine_options: Any,
 ) -> Any:
     """A column function running ``model``, built on Spark's ``arrow_udf`` (Spark 4.1+).
@@ -196,6 +211,10 @@ def torch_udf(
     like :func:`predict`'s columns (``output``). ``model`` may be an
     ``nn.Module`` with ``example``: it is exported on the driver with that
     example and verified against the module, as in :func:`predict`.
+    ``on_error="null"`` gives rows that fail null outputs (their errors are
+    counted in :func:`last_report`; a column has no room for them), with
+    ``max_bad_rows`` and ``check_finite`` as in :func:`predict`; a column
+    function cannot leave rows out, so ``"quarantine"`` needs :func:`predict`.
 
     >>> score = torchspark.torch_udf(path, return_type="float")
     >>> df.withColumn("score", score("x")).columns
@@ -213,6 +232,15 @@ def torch_udf(
             "mapInArrow (Spark 3.3+)."
         )
 
+    if on_error == "quarantine":
+        raise ValueError(
+            "torch_udf: a column function cannot leave rows out, so on_error='quarantine' is "
+            "predict's (torchspark.predict(df, model, inputs=..., on_error='quarantine')); "
+            "use on_error='null' here"
+        )
+    policy = dataclasses.replace(
+        bad_row_policy(on_error, max_bad_rows, check_finite), error_column=None
+    )
     if inputs is not None and inputs != "gather":
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     spark = SparkSession.getActiveSession()
@@ -240,8 +268,14 @@ def torch_udf(
     elif isinstance(return_type, str):
         return_type = T._parse_datatype_string(return_type)
     fields = return_type.fieldNames() if isinstance(return_type, T.StructType) else None
+    if policy.isolates and fields is not None:
+        # A bad row's fields are null.
+        return_type = T.StructType([T.StructField(f.name, f.dataType) for f in return_type])
+    types = [f.dataType for f in return_type] if fields is not None else [return_type]
     run, records = new_run(spark.sparkContext)
-    body = _UdfFunction(ref, inputs, fields, device, options, run, records)
+    body = _UdfFunction(
+        ref, inputs, fields, device, options, run, records, policy=policy, output_types=types
+    )
 
     return _arrow_udf(body, run, return_type)
 

@@ -24,8 +24,21 @@ import torch
 
 from ..distribute import ModelRef, fetch
 from ..engine import Engine, size_intra_op_threads
+from ..errors import BadRowsError, EngineClosedError
 from ..inputs import Inputs
 from . import outputs as out
+from . import quarantine
+from .bad_rows import (
+    RAISE,
+    BadRowLog,
+    BadRowPolicy,
+    Segment,
+    assemble,
+    count_nonfinite,
+    isolate,
+    nonfinite_error,
+    split_nonfinite,
+)
 from .report import function_name, sample
 
 _engines: collections.OrderedDict[tuple[Any, ...], Engine] = collections.OrderedDict()
@@ -144,6 +157,8 @@ class ArrowPredictor:
         run: str | None = None,
         records: Any = None,
         label: str | None = None,
+        policy: BadRowPolicy = RAISE,
+        output_types: list[Any] | None = None,
     ) -> None:
         self.ref = ref
         self.specs = specs
@@ -156,6 +171,8 @@ class ArrowPredictor:
         self._records = records
         # The column whose value names a failing row: the first kept one by default.
         self.label = label if label is not None else (keep[0] if keep else None)
+        self.policy = policy
+        self.output_types = output_types  # Spark types of the outputs (for bad rows)
         if run is not None:
             self.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
 
@@ -177,8 +194,22 @@ class ArrowPredictor:
         )
         stats = new_stats()
         output = self.outputs if self.outputs is not None else "_out"
+        log = BadRowLog(self.policy, where, self.label)
         try:
-            yield from score(engine, batches, self.keep, output, where, self.label, stats)
+            yield from score(
+                engine,
+                batches,
+                self.keep,
+                output,
+                where,
+                self.label,
+                stats,
+                policy=self.policy,
+                output_types=self.output_types,
+                bad_rows=log,
+            )
+            if log.set_aside:
+                self._set_aside(log, task, stats, where)
         finally:
             try:
                 execution = (
@@ -197,6 +228,17 @@ class ArrowPredictor:
             except Exception as bookkeeping:  # never in place of the task's own outcome
                 logger.warning("%s: the task's record was lost: %s", where, bookkeeping)
 
+    def _set_aside(self, log: BadRowLog, task: Any, stats: dict[str, Any], where: str) -> None:
+        """Writes the task's quarantined rows to the quarantine directory, or
+        puts them in its record for the driver (see :mod:`.quarantine`)."""
+        partition = task.partitionId() if task is not None else 0
+        directory = self.policy.quarantine
+        if directory is not None:
+            name = quarantine.file_name(partition, self.run)
+            stats["quarantine_file"] = quarantine.write_parquet(directory, name, log.set_aside)
+        else:
+            stats["quarantined"] = quarantine.to_bytes(log.set_aside, where)
+
 
 def new_stats() -> dict[str, Any]:
     """The counters :func:`score` fills, started now."""
@@ -209,6 +251,10 @@ def new_stats() -> dict[str, Any]:
         "rows_truncated": 0,
         "token_budget": 0,
         "error": None,
+        "bad_rows": 0,
+        "bad_row_reasons": {},
+        "bad_row_examples": [],
+        "nonfinite": {},  # per output: rows with a NaN or Inf
     }
 
 
@@ -221,6 +267,9 @@ def score(
     label: str | None,
     stats: dict[str, Any],
     on_batch: Callable[[Any, Any, float], None] | None = None,
+    policy: BadRowPolicy = RAISE,
+    output_types: list[Any] | None = None,
+    bad_rows: BadRowLog | None = None,
 ) -> Iterator[Any]:
     """One output batch per Arrow batch of ``batches``, streamed through
     ``engine``: the ``keep`` columns (zero-copy) and one column per model
@@ -229,12 +278,23 @@ def score(
     Fills ``stats`` (from :func:`new_stats`) as it goes and, however it ends
     (done, failed, closed early), with the engine's counts and the error. An
     error names where it happened (``where``, the Arrow batch, the row and its
-    ``label`` value: :func:`_locate`).
+    ``label`` value: :func:`_locate`). ``on_batch(input batch, output batch,
+    seconds from submit to outputs)``, where given, sees each output batch
+    before it is yielded (metrics, output statistics).
+
+    With a ``policy`` that isolates bad rows (see :mod:`.bad_rows`), a failed
+    batch is bisected on a sibling engine; its bad rows get null outputs and
+    an error, or are left out and kept in ``bad_rows`` (a
+    :class:`.bad_rows.BadRowLog`, made here if not given) to be set aside;
+    ``output_types`` (the outputs' Spark types) type a batch with no scored row.
     """
     before = engine.stats()
+    log = bad_rows if bad_rows is not None else BadRowLog(policy, where, label)
     # Fed to the engine, outputs not yet out: (batch, index in the task, fed at).
     pending: collections.deque[tuple[Any, int, float]] = collections.deque()
     taken = [True]  # whether the engine took the last batch fed (its submit returned)
+    current: list[tuple[Any, int] | None] = [None]  # the batch being finished, if any
+    sibling: list[Engine] = []  # isolates bad rows; made at the first failure
 
     def feed() -> Iterator[Any]:
         for index, batch in enumerate(batches):
@@ -243,23 +303,82 @@ def score(
             yield batch
             taken[0] = True
 
+    def isolated(batch: Any, index: int, error: Exception) -> list[Segment]:
+        if isinstance(error, EngineClosedError):
+            raise error
+        if not sibling:
+            sibling.append(engine.sibling(max_delay_ms=0.0, inflight=1, threads=1))
+        return isolate(sibling[0].run, batch, error, lambda found: log.segment(batch, index, found))
+
+    def nonfinite_bad(
+        batch: Any, index: int, segments: list[Segment], names: list[str]
+    ) -> list[Segment]:
+        """check_finite: rows with NaN or Inf outputs made bad rows (they were
+        counted as scored)."""
+        before = {id(s) for s in segments}
+        refined = split_nonfinite(segments, names)
+        for segment in refined:
+            if segment.error is not None and id(segment) not in before:
+                log.segment(batch, index, segment, was_scored=True)
+        return refined
+
     try:
-        for result in engine.map(feed()):
-            batch, _, submitted = pending.popleft()
-            names, tensors = out.flatten(result)
-            outputs = out.output_names(output, names, len(tensors))
+        for result in engine.map(feed(), return_exceptions=policy.isolates):
+            batch, index, submitted = pending.popleft()
+            current[0] = (batch, index)
+            if isinstance(result, Exception):
+                segments = isolated(batch, index, result)
+                names = next((s.outputs[0] for s in segments if s.outputs), None)
+            else:
+                names, tensors = out.flatten(result)
+                segments = None
+            count = len(names) if names is not None else len(output_types or ())
+            outputs = out.output_names(output, names or [""] * count, count)
+            if segments is None:
+                masks = count_nonfinite(outputs, tensors, stats["nonfinite"])
+                flagged = [(n, m) for n, m in zip(outputs, masks, strict=True) if m is not None]
+                if flagged and policy.check_finite:
+                    if not policy.isolates:
+                        name, mask = flagged[0]
+                        first = int(torch.nonzero(mask)[0])
+                        raise nonfinite_error(name, int(mask.sum()), first)
+                    segments = [Segment(0, batch.num_rows, (names, tensors))]
+                log.scored_rows(batch.num_rows)
+            else:
+                for segment in segments:
+                    if segment.outputs is not None:
+                        count_nonfinite(outputs, segment.outputs[1], stats["nonfinite"])
+            if segments is None:
+                scored = out.record_batch(batch, keep, outputs, tensors)
+                if policy.error_column_added is not None:
+                    scored = scored.append_column(
+                        policy.error_column_added, _nulls(batch.num_rows, "string")
+                    )
+            else:
+                if policy.check_finite:
+                    segments = nonfinite_bad(batch, index, segments, outputs)
+                types = _arrow_types(output_types, count)
+                scored, set_aside = assemble(batch, keep, outputs, segments, policy, types)
+                log.keep(set_aside)
             seconds = time.perf_counter() - submitted
             stats["latency_ms"].append(seconds * 1e3)
             stats["rows"] += batch.num_rows
             stats["arrow_batches"] += 1
-            scored = out.record_batch(batch, keep, outputs, tensors)
+            current[0] = None
+            if scored is None:
+                continue  # every row set aside
             if on_batch is not None:
                 on_batch(batch, scored, seconds)
             yield scored
+        log.finish(stats["rows"])
     except Exception as e:
-        # Raised when submitting the newest batch, or when collecting the
-        # oldest one's outputs.
-        if pending:
+        # Raised when submitting the newest batch, when collecting the oldest
+        # one's outputs, or when finishing a batch's outputs.
+        if isinstance(e, BadRowsError):
+            pass  # names its rows itself
+        elif current[0] is not None:
+            _locate(e, *current[0], where, label)
+        elif pending:
             batch, index, _ = pending[-1] if not taken[0] else pending[0]
             _locate(e, batch, index, where, label)
         stats["error"] = f"{type(e).__name__}: {e}"
@@ -268,6 +387,11 @@ def score(
         stats["error"] = f"{type(e).__name__}: {e}"
         raise
     finally:
+        stats["bad_rows"] = log.count
+        stats["bad_row_reasons"] = dict(log.reasons)
+        stats["bad_row_examples"] = list(log.examples)
+        for extra in sibling:
+            extra.close()
         try:
             after = engine.stats()
             stats["model_calls"] = after["batches"] - before["batches"]
@@ -276,6 +400,27 @@ def score(
             stats["token_budget"] = after["token_budget"] if padded else 0
         except Exception as bookkeeping:  # never in place of the task's own outcome
             logger.warning("%s: the engine's counts were lost: %s", where, bookkeeping)
+
+
+def _nulls(rows: int, kind: str) -> Any:
+    import pyarrow as pa
+
+    return pa.nulls(rows, pa.string() if kind == "string" else kind)
+
+
+def _arrow_types(spark_types: list[Any] | None, count: int) -> list[Any]:
+    """The outputs' Arrow types from their Spark types (null where unknown),
+    lists with ``item`` children as outputs.record_batch makes them."""
+    import pyarrow as pa
+
+    if not spark_types or len(spark_types) != count:
+        return [pa.null()] * count
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    def items(kind: Any) -> Any:
+        return pa.list_(items(kind.value_type)) if pa.types.is_list(kind) else kind
+
+    return [items(to_arrow_type(t)) for t in spark_types]
 
 
 def task_record(
