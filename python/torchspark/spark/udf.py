@@ -47,6 +47,8 @@ class _UdfFunction:
         specs: Inputs | None = None,
         names: list[str] | None = None,
         label: str | None = None,
+        outputs: list[str] | None = None,
+        input_stats: bool = False,
     ) -> None:
         self.ref = ref
         self.kinds = kinds
@@ -58,6 +60,8 @@ class _UdfFunction:
         self.fixed_specs = specs
         self.names = names
         self.label = label
+        self.outputs = outputs  # the output names (for statistics); None: _out, _out_0, ...
+        self.input_stats = input_stats
 
     def specs(self, count: int) -> Inputs:
         if self.fixed_specs is not None:
@@ -96,13 +100,14 @@ class _UdfFunction:
             self.ref,
             self.specs(count),
             [],
-            None,
+            self.outputs,
             None,
             self.device,
             self.options,
             self.run,
             self.records,
             label=self.label,
+            input_stats=self.input_stats,
         )
         for batch in predictor(batches()):
             yield self.column(batch)
@@ -122,10 +127,13 @@ class _UdfFunction:
         return pa.StructArray.from_arrays(batch.columns, names=self.fields)
 
 
-def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
+def model_column(
+    df: Any, planned: Any, label: str | None, input_stats: bool = False
+) -> tuple[Any, Any]:
     """The outputs of ``planned`` as one column of ``df`` on an ``arrow_udf``
     (a struct for several outputs) and its type: only the input columns (and
-    ``label``) cross to Python, every other column stays in the JVM."""
+    ``label``) cross to Python, every other column stays in the JVM.
+    ``input_stats``: the tasks record statistics of the numeric inputs."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -161,6 +169,8 @@ def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
         specs=engine_inputs(planned.specs, planned.names),
         names=names,
         label=label,
+        outputs=list(planned.outputs),
+        input_stats=input_stats,
     )
 
     return _arrow_udf(body, run, return_type)(*arguments), return_type

@@ -26,6 +26,7 @@ from ..distribute import ModelRef, fetch
 from ..engine import Engine, size_intra_op_threads
 from ..inputs import Inputs
 from . import outputs as out
+from .batch_observer import BatchObserver
 from .report import function_name, sample
 
 _engines: collections.OrderedDict[tuple[Any, ...], Engine] = collections.OrderedDict()
@@ -144,6 +145,7 @@ class ArrowPredictor:
         run: str | None = None,
         records: Any = None,
         label: str | None = None,
+        input_stats: bool = False,
     ) -> None:
         self.ref = ref
         self.specs = specs
@@ -156,6 +158,7 @@ class ArrowPredictor:
         self._records = records
         # The column whose value names a failing row: the first kept one by default.
         self.label = label if label is not None else (keep[0] if keep else None)
+        self.input_stats = input_stats  # statistics of the numeric input columns too
         if run is not None:
             self.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
 
@@ -177,8 +180,10 @@ class ArrowPredictor:
         )
         stats = new_stats()
         output = self.outputs if self.outputs is not None else "_out"
+        columns = [c for s in _input_list(self.specs) for c in s.column_list]
+        observe = BatchObserver(self.keep, columns if self.input_stats else [], stats)
         try:
-            yield from score(engine, batches, self.keep, output, where, self.label, stats)
+            yield from score(engine, batches, self.keep, output, where, self.label, stats, observe)
         finally:
             try:
                 execution = (
@@ -198,6 +203,12 @@ class ArrowPredictor:
                 logger.warning("%s: the task's record was lost: %s", where, bookkeeping)
 
 
+def _input_list(specs: Inputs) -> list[Any]:
+    if isinstance(specs, Mapping):
+        return list(specs.values())
+    return list(specs) if isinstance(specs, Sequence) else [specs]
+
+
 def new_stats() -> dict[str, Any]:
     """The counters :func:`score` fills, started now."""
     return {
@@ -209,6 +220,9 @@ def new_stats() -> dict[str, Any]:
         "rows_truncated": 0,
         "token_budget": 0,
         "error": None,
+        "output_stats": {},  # column -> drift.ColumnStats (filled by BatchObserver)
+        "input_stats": {},
+        "timeline": [],  # (seconds since start, rows so far) per output batch, bounded
     }
 
 
