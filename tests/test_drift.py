@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from typing import Any
 
@@ -74,6 +75,19 @@ def test_sketch_merge_equals_the_union(rng):
     for got, expected in zip(merged.buckets(), union.buckets(), strict=True):
         np.testing.assert_array_equal(got, expected)
     check_quantiles(merged, np.concatenate(parts))
+
+
+def test_sketch_survives_pickling_compactly(rng):
+    """Task records cross to the driver pickled: the same buckets, smaller."""
+    values = rng.normal(0.0, 1.0, 20_000)
+    sketch = LogSketch.of(values)
+    again = pickle.loads(pickle.dumps(sketch))
+    for got, expected in zip(again.buckets(), sketch.buckets(), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert again.positive.counts.dtype == np.int64
+    buckets = sketch.positive.counts.size + sketch.negative.counts.size
+    assert len(pickle.dumps(sketch)) < 2 * buckets + 1024
+    check_quantiles(again.merge(LogSketch.of(values)), np.concatenate([values, values]))
 
 
 def test_sketch_stays_bounded_and_merge_still_equals_the_union(rng):

@@ -18,6 +18,7 @@ at most that many counts. Collapsing keeps merge == union: a value collapsed
 in one part is below the threshold of the merged sketch too.
 
 >>> import numpy as np
+>>> from torchspark.spark.sketch import LogSketch
 >>> sketch = LogSketch.of(np.arange(1.0, 1001.0))
 >>> abs(sketch.quantile(0.5) - 500.0) <= 0.01 * 500.0
 True
@@ -45,6 +46,17 @@ class _Store:
     @property
     def total(self) -> int:
         return int(self.counts.sum())
+
+    def __getstate__(self) -> tuple[int, np.ndarray]:
+        # Pickled into task records: counts in the narrowest unsigned type that
+        # holds them (uint16 for tasks of up to 65,535 values per bucket), a
+        # quarter of int64's bytes.
+        largest = int(self.counts.max()) if self.counts.size else 0
+        return self.offset, self.counts.astype(np.min_scalar_type(largest))
+
+    def __setstate__(self, state: tuple[int, np.ndarray]) -> None:
+        self.offset, counts = state
+        self.counts = counts.astype(np.int64)
 
     def add_indices(self, indices: np.ndarray, max_buckets: int) -> None:
         if indices.size == 0:
@@ -88,6 +100,7 @@ class LogSketch:
     values belong in it (the caller counts NaN and infinities apart).
 
     >>> import numpy as np
+    >>> from torchspark.spark.sketch import LogSketch
     >>> a, b = LogSketch.of(np.array([-2.0, 0.0, 3.0])), LogSketch.of(np.array([5.0]))
     >>> a.merge(b).count, round(a.quantile(0.0), 1), round(a.quantile(1.0), 1)
     (4, -2.0, 5.0)
