@@ -28,6 +28,7 @@ class BatchObserver:
     numbers or arrays of numbers; none by default) and ``stats["timeline"]``.
 
     >>> import pyarrow as pa, time
+    >>> from torchspark.spark.batch_observer import BatchObserver
     >>> stats = {"start": time.time(), "output_stats": {}, "input_stats": {}, "timeline": []}
     >>> observe = BatchObserver(keep=["id"], inputs=["x"], stats=stats)
     >>> observe(pa.record_batch({"id": [1, 2], "x": [0.5, 1.5]}),

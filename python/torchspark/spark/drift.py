@@ -30,6 +30,7 @@ only have the pooled statistics, so a task's record stays small.
 - ``nonfinite`` / ``reference_nonfinite``: the share of NaN and infinite values.
 
 >>> import pyarrow as pa
+>>> from torchspark.spark.drift import column_stats
 >>> stats = column_stats(pa.array([1.0, 2.0, float("nan"), 4.0]))
 >>> stats.count, stats.nan, stats.mean, stats.max
 (3, 1, 2.3333333333333335, 4.0)
