@@ -222,6 +222,24 @@ def test_observer_fills_outputs_inputs_and_a_bounded_timeline():
     assert [p[1] for p in timeline] == sorted(p[1] for p in timeline)
 
 
+def test_observer_drops_statistics_that_fail_but_not_the_batch(monkeypatch):
+    from torchspark.spark import batch_observer
+
+    stats: dict[str, Any] = {"start": 0.0, "output_stats": {}, "input_stats": {}, "timeline": []}
+    observe = BatchObserver(keep=[], inputs=[], stats=stats)
+    observe(None, pa.record_batch({"y": [1.0]}), 0.0)
+    assert list(stats["output_stats"]) == ["y"]
+
+    def fails(*args: Any) -> None:
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(batch_observer, "column_stats", fails)
+    observe(None, pa.record_batch({"y": [2.0, 3.0]}), 0.0)
+    observe(None, pa.record_batch({"y": [4.0]}), 0.0)
+    assert stats["output_stats"] == {} and observe.broken
+    assert [p[1] for p in stats["timeline"]] == [1, 3, 4]
+
+
 # ---------------------------------------------------------------------------
 # Real Spark jobs
 

@@ -11,6 +11,7 @@ still draw throughput over time from any task, long or short.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,8 @@ from .drift import column_stats
 
 TIMELINE_POINTS = 256  # per task, as the latency samples (see .report.sample)
 
+logger = logging.getLogger("torchspark")
+
 
 class BatchObserver:
     """``on_batch(input_batch, output_batch, seconds)`` for :func:`.worker.score`.
@@ -26,6 +29,8 @@ class BatchObserver:
     Fills ``stats["output_stats"]`` (every column of the output batch but the
     ``keep`` ones), ``stats["input_stats"]`` (the ``inputs`` columns that are
     numbers or arrays of numbers; none by default) and ``stats["timeline"]``.
+    Statistics never fail the task: if computing them raises, the task's
+    statistics are dropped (none rather than a part) and a warning is logged.
 
     >>> import pyarrow as pa, time
     >>> from torchspark.spark.batch_observer import BatchObserver
@@ -42,8 +47,29 @@ class BatchObserver:
         self.inputs = list(dict.fromkeys(inputs))
         self.stats = stats
         self.rows = 0
+        self.broken = False
 
     def __call__(self, input_batch: Any, output_batch: Any, seconds: float) -> None:
+        if not self.broken:
+            try:
+                self.add_statistics(input_batch, output_batch)
+            except Exception as e:
+                self.broken = True
+                self.stats["output_stats"].clear()
+                self.stats["input_stats"].clear()
+                logger.warning(
+                    "column statistics dropped for this task: %s: %s", type(e).__name__, e
+                )
+        self.rows += output_batch.num_rows
+        timeline = self.stats["timeline"]
+        timeline.append((time.time() - self.stats["start"], self.rows))
+        if len(timeline) > TIMELINE_POINTS:
+            newest = timeline[-1]
+            del timeline[1::2]
+            if timeline[-1] is not newest:
+                timeline.append(newest)
+
+    def add_statistics(self, input_batch: Any, output_batch: Any) -> None:
         outputs = self.stats["output_stats"]
         for name, column in zip(output_batch.schema.names, output_batch.columns, strict=True):
             if name not in self.keep:
@@ -54,11 +80,3 @@ class BatchObserver:
             for name in self.inputs:
                 if name in names:
                     column_stats(input_batch.column(name), inputs, name)
-        self.rows += output_batch.num_rows
-        timeline = self.stats["timeline"]
-        timeline.append((time.time() - self.stats["start"], self.rows))
-        if len(timeline) > TIMELINE_POINTS:
-            newest = timeline[-1]
-            del timeline[1::2]
-            if timeline[-1] is not newest:
-                timeline.append(newest)
