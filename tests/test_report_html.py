@@ -213,6 +213,21 @@ def test_a_spark_job_report_loads_in_chromium_with_its_plots(spark, tmp_path):
     assert time.monotonic() - started < CHROMIUM_TIMEOUT
 
 
+def test_distribution_plots_follow_numpy_histograms(rng):
+    """The plotted counts per bin, from the sketch, against numpy's histogram of the values."""
+    from torchspark.spark.report_html import _counts_between
+    from torchspark.spark.sketch import LogSketch
+
+    for values in (
+        np.concatenate([rng.normal(0.0, 1.0, 100_000), np.zeros(100)]),
+        rng.beta(2.0, 5.0, 100_000),  # probabilities: many buckets per plot bin near 0
+    ):
+        edges = np.linspace(np.quantile(values, 0.005), np.quantile(values, 0.995), 41)
+        expected, _ = np.histogram(values, edges)
+        got = _counts_between(LogSketch.of(values), edges)
+        assert np.abs(got - expected).max() <= 0.03 * expected.max()
+
+
 def test_chromium_check_sees_a_broken_image(tmp_path):
     """The check can fail: an image that does not decode is not counted."""
     page = (

@@ -153,7 +153,10 @@ def _throughput(records: list[dict[str, Any]]) -> str:
     start = min(r["start"] for r in timelines)
     end = max(r["start"] + r["timeline"][-1][0] for r in timelines)
     span = max(end - start, 1e-3)
-    edges = np.linspace(0.0, span, _TIME_BINS + 1)
+    # About four batch completions per bin at most: finer bins only show
+    # when single batches finished, as spikes.
+    points = sum(len(r["timeline"]) for r in timelines)
+    edges = np.linspace(0.0, span, min(_TIME_BINS, max(10, points // 4)) + 1)
     done = np.zeros_like(edges)
     for r in timelines:
         points = np.asarray(r["timeline"], dtype=np.float64)
@@ -165,7 +168,7 @@ def _throughput(records: list[dict[str, Any]]) -> str:
     axes.step(edges[1:], rate, where="pre", color="#1f77b4")
     axes.fill_between(edges[1:], rate, step="pre", alpha=0.25, color="#1f77b4")
     axes.set_xlabel("seconds since the first task started")
-    axes.set_ylabel("rows/s")
+    axes.set_ylabel("rows/s, all tasks")
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
     return _image(figure, "throughput over time")
@@ -176,7 +179,13 @@ def _latency(report: Any, records: list[dict[str, Any]]) -> str:
     if latencies.size == 0:
         return _note("No latency samples: no task scored a batch.")
     figure, axes = _figure()
-    axes.hist(latencies, bins=min(50, max(5, latencies.size // 4)), color="#999999")
+    bins = min(50, max(5, latencies.size // 4))
+    low, high = max(latencies.min(), 1e-3), latencies.max()
+    if high / low > 20:  # a long tail (the first batch loads the model): log-spaced bins
+        axes.hist(latencies, bins=np.geomspace(low, high * 1.001, bins + 1), color="#999999")
+        axes.set_xscale("log")
+    else:
+        axes.hist(latencies, bins=bins, color="#999999")
     for value, name, color in (
         (report.p50_ms, "P50", "#2ca02c"),
         (report.p90_ms, "P90", "#ff7f0e"),
@@ -297,11 +306,11 @@ def _distributions(stats: dict[str, Any], side: str) -> str:
     figure = Figure(figsize=(3.4 * columns, 2.4 * lines))
     grid = figure.subplots(lines, columns, squeeze=False)
     for axes, (name, s) in zip(grid.ravel(), plotted, strict=False):
-        values, counts = s.sketch.buckets()
         low, high = s.quantile(0.005), s.quantile(0.995)
         if high <= low:
             low, high = low - 0.5, high + 0.5
-        axes.hist(values, bins=40, range=(low, high), weights=counts, color="#1f77b4")
+        edges = np.linspace(low, high, 41)
+        axes.stairs(_counts_between(s.sketch, edges), edges, fill=True, color="#1f77b4")
         axes.set_title(_shorten(name, 40), fontsize=9)
         axes.tick_params(labelsize=7)
     for axes in grid.ravel()[len(plotted) :]:
@@ -313,6 +322,26 @@ def _distributions(stats: dict[str, Any], side: str) -> str:
         else _note("Each plot spans P0.5 to P99.5 of its column (from its sketch).")
     )
     return _image(figure, f"{side} distributions") + note + table
+
+
+def _counts_between(sketch: Any, edges: np.ndarray) -> np.ndarray:
+    """How many of the sketch's values fall between consecutive ``edges``, each
+    bucket's count spread evenly over its interval ``(g^(i-1), g^i]`` (placing
+    it at its representative value instead leaves a comb where plot bins are
+    about as wide as buckets)."""
+    values, counts = sketch.buckets()
+    gamma = (1.0 + sketch.relative_accuracy) / (1.0 - sketch.relative_accuracy)
+    upper = np.abs(values) * (gamma + 1.0) / 2.0  # g^i from the value 2 g^i / (g + 1)
+    lower = upper / gamma
+    negative = values < 0
+    left = np.where(negative, -upper, lower)
+    right = np.where(negative, -lower, upper)
+    # Buckets are ascending and do not overlap: the CDF is piecewise linear
+    # through (left, count before) and (right, count after) of each.
+    after = np.cumsum(counts)
+    x = np.column_stack([left, right]).ravel()
+    y = np.column_stack([after - counts, after]).ravel().astype(np.float64)
+    return np.diff(np.interp(edges, x, y))
 
 
 def _number(value: float) -> str:
