@@ -167,9 +167,52 @@ def main(workdir: str) -> dict:
     # 5. Bad rows on two executors: a model that raises on some rows.
     result["bad_rows"] = bad_rows(spark, workdir)
     mark("bad_rows")
+
+    # 6. Drift statistics from tasks on both executors, merged on the driver:
+    # against numpy on the collected outputs and inputs, and compare() of a
+    # second job on shifted inputs. Another model file, so that the per-task
+    # log lines of step 1 stay apart (step 7; the same bytes would be shipped once).
+    torch.manual_seed(1)
+    drift_model = torchspark.export(
+        torch.nn.Sequential(torch.nn.Linear(FEATURES, 1), torch.nn.Flatten(0)),
+        torch.randn(4, FEATURES),
+        os.path.join(workdir, "drift_linear.pt"),
+    )
+    stats_table = (
+        torchspark.predict(df, drift_model, inputs="features", keep=["id"], input_stats=True)
+        .toArrow()
+        .sort_by("id")
+    )
+    reference = torchspark.last_report()
+    shifted_df = df.selectExpr("id", "transform(features, v -> v * 3.0f + 1.0f) AS features")
+    torchspark.predict(shifted_df, drift_model, inputs="features", keep=["id"]).write.format(
+        "noop"
+    ).mode("overwrite").save()
+    comparison = torchspark.last_report().compare(reference)
+    prediction = stats_table.column("prediction").to_numpy().astype("float64")
+    features = source.column("features").combine_chunks().flatten().to_numpy().astype("float64")
+    out, inp = reference.output_stats["prediction"], reference.input_stats["features"]
+    result["drift"] = {
+        "pids": sorted({r["pid"] for r in reference.task_records}),
+        "output": [out.count, out.mean, out.std, out.min, out.max, out.quantile(0.9)],
+        "numpy_output": [
+            int(prediction.size),
+            float(prediction.mean()),
+            float(prediction.std()),
+            float(prediction.min()),
+            float(prediction.max()),
+            float(sorted(prediction)[int(0.9 * (prediction.size - 1))]),
+        ],
+        "input": [inp.count, inp.mean, inp.std],
+        "numpy_input": [int(features.size), float(features.mean()), float(features.std())],
+        "input_columns": sorted(reference.input_stats),
+        "psi": comparison.outputs["prediction"].psi,
+        "self_psi": reference.compare(reference).outputs["prediction"].psi,
+    }
+    mark("drift")
     spark.stop()
 
-    # 6. The per-task log lines, from the executors' stderr files.
+    # 7. The per-task log lines, from the executors' stderr files.
     lines = []
     for path in glob.glob(os.path.join(workdir, "spark_home", "work", "app-*", "*", "stderr")):
         with open(path, errors="replace") as f:

@@ -1009,6 +1009,17 @@ def test_local_cluster_ships_the_model_to_each_executor(cluster_job):
     assert bad["null_ids"] == bad["expected_bad"]
     # A file:// URI: downloaded once per host into $TORCHSPARK_CACHE, same predictions.
     assert r["uri_rows"] == rows and r["uri_max_abs_diff"] == 0.0
+    # Drift statistics merged from both executors' tasks, against numpy.
+    drift = r["drift"]
+    assert len(drift["pids"]) == 2
+    count, *moments, q90 = drift["output"]
+    numpy_count, *numpy_moments, numpy_q90 = drift["numpy_output"]
+    assert count == numpy_count == rows
+    assert moments == pytest.approx(numpy_moments, rel=1e-9, abs=1e-12)
+    assert abs(q90 - numpy_q90) <= 0.01 * abs(numpy_q90) * (1 + 1e-9)
+    assert drift["input"] == pytest.approx(drift["numpy_input"], rel=1e-9)
+    assert drift["input_columns"] == ["features"] + [f"features[{i}]" for i in range(8)]
+    assert drift["self_psi"] == 0.0 and drift["psi"] > 0.25
     assert len(r["cache_files"]) == 1 and r["cache_files"][0].endswith("/cluster_mlp.pt")
     # The executors' per-task log lines: one per partition of the predict job.
     lines = [line for line in r["log_lines"] if r["ref_location"] in line]

@@ -14,7 +14,10 @@ the probe batch, the schema), :mod:`.packing` (JVM-side packing of gathered
 columns), :mod:`.score` (``predict``, ``arrow_predictor``), :mod:`.udf`
 (``torch_udf``), :mod:`.worker` (the function pickled to the executors),
 :mod:`.outputs` (model outputs -> columns), :mod:`.types` (the torch <-> Spark
-type table), :mod:`.report` (per-task records, ``Report``, ``last_report``).
+type table), :mod:`.report` (per-task records, ``Report``, ``last_report``),
+:mod:`.batch_observer` (what a task notes per output batch), :mod:`.sketch`
+(the quantile sketch), :mod:`.drift` (column statistics, ``Report.compare``),
+:mod:`.report_html` (``Report.save``).
 
 Errors that can be found before the job starts are raised on the driver:
 missing columns, column types the model cannot take, a model that does not

@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from .drift import ColumnStats, Comparison, compare, merge
+
 _LATENCY_SAMPLES = 256  # per task, sent back to the driver
 
 
@@ -57,6 +59,9 @@ class Report:
     bad_row_examples: list[str] = field(default_factory=list)
     quarantine_files: list[str] = field(default_factory=list)
     nonfinite: dict[str, int] = field(default_factory=dict)  # per output: rows with NaN/Inf
+    # Per column, merged over tasks (see .drift); inputs with input_stats=True only.
+    output_stats: dict[str, ColumnStats] = field(default_factory=dict, repr=False)
+    input_stats: dict[str, ColumnStats] = field(default_factory=dict, repr=False)
     task_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def quarantined(self, spark: Any = None) -> Any:
@@ -86,6 +91,40 @@ class Report:
                 latest[key] = r
         table = from_bytes([r["quarantined"] for r in latest.values() if r.get("quarantined")])
         return None if table is None else spark.createDataFrame(table)
+
+    def compare(self, reference: Report, bins: int = 10) -> Comparison:
+        """How this job's outputs (and inputs, where both jobs recorded them)
+        moved from ``reference``'s: a :class:`.drift.Drift` per column (population
+        stability index over the reference's deciles, mean shift in reference
+        standard deviations, std ratio, shares of NaN/Inf). PSI < 0.1: no
+        significant change; 0.1-0.25: moderate; > 0.25: significant.
+
+        >>> job = torchspark.predict(df, path, inputs="x", keep=["id"])
+        >>> job.write.format("noop").mode("overwrite").save()
+        >>> baseline = torchspark.last_report()
+        >>> job.write.format("noop").mode("overwrite").save()  # a later run: new data, model
+        >>> comparison = torchspark.last_report().compare(baseline)
+        >>> comparison.outputs["prediction"].psi, comparison.drifted()
+        (0.0, [])
+        """
+        return compare(
+            self.output_stats, reference.output_stats, self.input_stats, reference.input_stats, bins
+        )
+
+    def save(self, path: str) -> str:
+        """Writes this report as one self-contained HTML file (plots embedded as
+        PNG): throughput over time, latency histogram with P50/P90/P99, batch
+        sizes, rows per executor, bad rows by reason, output (and input)
+        distributions. Needs matplotlib (``pip install torchspark[report]``).
+        Returns ``path``.
+
+        >>> out = torchspark.last_report().save(os.path.join(tempfile.mkdtemp(), "report.html"))
+        >>> open(out).read().startswith("<!DOCTYPE html>")
+        True
+        """
+        from .report_html import write
+
+        return write(self, path)
 
     def __str__(self) -> str:
         status = "FAILED: " if self.failed else ""
@@ -194,6 +233,8 @@ def _summarise(records: list[dict[str, Any]]) -> Report:
             {r["quarantine_file"] for r in records if r.get("quarantine_file")}
         ),
         nonfinite=_merged([r.get("nonfinite", {}) for r in records]),
+        output_stats=merge([r.get("output_stats", {}) for r in records]),
+        input_stats=merge([r.get("input_stats", {}) for r in records]),
         task_records=records,
     )
 

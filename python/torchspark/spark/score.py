@@ -39,6 +39,7 @@ def arrow_predictor(
     check_finite: bool = False,
     quarantine: str | os.PathLike[str] | None = None,
     error_column: str = "_error",
+    input_stats: bool = False,
     **engine_options: Any,
 ) -> ArrowPredictor:
     """The function to hand to ``df.mapInArrow`` yourself; its ``.schema`` is the output schema.
@@ -60,10 +61,12 @@ def arrow_predictor(
     planned = plan(
         df_or_schema, model, inputs, output, keep, device, options, sha256, schema, policy
     )
-    return _predictor(df_or_schema, planned)
+    return _predictor(df_or_schema, planned, input_stats=input_stats)
 
 
-def _predictor(df: Any, planned: Plan, alias: Mapping[str, str] | None = None) -> ArrowPredictor:
+def _predictor(
+    df: Any, planned: Plan, alias: Mapping[str, str] | None = None, input_stats: bool = False
+) -> ArrowPredictor:
     """The mapInArrow function of ``planned``, its columns renamed by ``alias``."""
     from pyspark.sql import types as T
 
@@ -84,6 +87,7 @@ def _predictor(df: Any, planned: Plan, alias: Mapping[str, str] | None = None) -
         records,
         policy=planned.policy,
         output_types=planned.output_types,
+        input_stats=input_stats,
     )
 
 
@@ -111,6 +115,7 @@ def predict(
     check_finite: bool = False,
     quarantine: str | os.PathLike[str] | None = None,
     error_column: str = "_error",
+    input_stats: bool = False,
     **engine_options: Any,
 ) -> Any:
     """Score ``df`` with a TorchScript or AOTInductor model; returns a new DataFrame.
@@ -175,6 +180,10 @@ def predict(
             URI) for the rows set aside, one Parquet file per partition; by
             default they go to the driver: ``last_report().quarantined()``.
         error_column: the error column's name with ``"null"`` (``"_error"``).
+        input_stats: the tasks also record statistics of the numeric input
+            columns (as they do of every output column), for
+            :meth:`Report.compare` (input drift). Off by default: it reads
+            every input value once more.
 
     The probe (one small Spark job and a model load on the driver) runs once
     per model file (by digest), input column types and options in a driver
@@ -182,7 +191,9 @@ def predict(
     their data (a null in the first rows, say) surface in the job instead.
 
     Metrics of the tasks (rows, throughput, latency percentiles per Arrow batch,
-    device, batch size) are collected on the driver: see :func:`last_report`.
+    device, batch size, statistics of the outputs) are collected on the
+    driver: see :func:`last_report`, :meth:`Report.compare` (drift) and
+    :meth:`Report.save` (an HTML report).
 
     >>> scored = torchspark.predict(df, path, inputs="x", keep=["id"], output="score")
     >>> out = os.path.join(tempfile.mkdtemp(), "scored.parquet")
@@ -200,7 +211,7 @@ def predict(
     df, inputs, keep = packed(df, inputs, original if keep is None else keep)
     planned = plan(df, model, inputs, output, keep, device, options, sha256, schema, policy)
     if as_columns:
-        return _with_outputs(df, planned, original)
+        return _with_outputs(df, planned, original, input_stats)
     used = [c for spec in planned.specs for c in spec.column_list]
     shipped = list(dict.fromkeys(planned.keep + used))  # only the columns needed cross to Python
     # mapInArrow resolves its input columns by parsing their names, so a name
@@ -208,7 +219,7 @@ def predict(
     # their names back afterwards.
     rename = any("." in c or "`" in c for c in shipped)
     alias = {c: f"_torchspark_{i}" for i, c in enumerate(shipped)} if rename else {}
-    predictor = _predictor(df, planned, alias)
+    predictor = _predictor(df, planned, alias, input_stats)
     selected = df.selectExpr(*[f"{quote(c)} AS {quote(alias.get(c, c))}" for c in shipped])
     scored = selected.mapInArrow(predictor, predictor.schema)
     return scored.toDF(*planned.schema.fieldNames()) if rename else scored
@@ -220,7 +231,7 @@ def _has_arrow_udf() -> bool:
     return hasattr(F, "arrow_udf")  # Spark 4.1+
 
 
-def _with_outputs(df: Any, planned: Plan, original: list[str]) -> Any:
+def _with_outputs(df: Any, planned: Plan, original: list[str], input_stats: bool) -> Any:
     """``df``'s ``original`` columns and the model's outputs, added as columns
     of an ``arrow_udf`` (the ``withColumn`` of every output): the kept columns
     stay in the JVM and only the inputs cross to Python: keeping every column
@@ -236,7 +247,7 @@ def _with_outputs(df: Any, planned: Plan, original: list[str]) -> Any:
     # number (an id: a few bytes a row) and not an input already.
     first = original[0] if original else None
     label = first if first is not None and first not in used and _is_small(df, first) else None
-    column, _ = model_column(df, planned, label)
+    column, _ = model_column(df, planned, label, input_stats)
     kept = [F.col(quote(c)) for c in original]
     columns = planned.columns
     if len(columns) == 1:

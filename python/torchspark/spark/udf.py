@@ -51,6 +51,8 @@ class _UdfFunction:
         label: str | None = None,
         policy: BadRowPolicy = RAISE,
         output_types: list[Any] | None = None,
+        outputs: list[str] | None = None,
+        input_stats: bool = False,
     ) -> None:
         self.ref = ref
         self.kinds = kinds
@@ -64,6 +66,8 @@ class _UdfFunction:
         self.label = label
         self.policy = policy
         self.output_types = output_types
+        self.outputs = outputs  # the output names (for statistics); None: _out, _out_0, ...
+        self.input_stats = input_stats
 
     def specs(self, count: int) -> Inputs:
         if self.fixed_specs is not None:
@@ -102,7 +106,7 @@ class _UdfFunction:
             self.ref,
             self.specs(count),
             [],
-            None,
+            self.outputs,
             None,
             self.device,
             self.options,
@@ -111,6 +115,7 @@ class _UdfFunction:
             label=self.label,
             policy=self.policy,
             output_types=self.output_types,
+            input_stats=self.input_stats,
         )
         for batch in predictor(batches()):
             yield self.column(batch)
@@ -130,10 +135,13 @@ class _UdfFunction:
         return pa.StructArray.from_arrays(batch.columns, names=self.fields)
 
 
-def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
+def model_column(
+    df: Any, planned: Any, label: str | None, input_stats: bool = False
+) -> tuple[Any, Any]:
     """The outputs of ``planned`` as one column of ``df`` on an ``arrow_udf``
     (a struct for several outputs) and its type: only the input columns (and
-    ``label``) cross to Python, every other column stays in the JVM."""
+    ``label``) cross to Python, every other column stays in the JVM.
+    ``input_stats``: the tasks record statistics of the numeric inputs."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -173,6 +181,8 @@ def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
         label=label,
         policy=planned.policy,
         output_types=planned.output_types,
+        outputs=list(planned.outputs),
+        input_stats=input_stats,
     )
 
     return _arrow_udf(body, run, return_type)(*arguments), return_type

@@ -39,6 +39,7 @@ from .bad_rows import (
     nonfinite_error,
     split_nonfinite,
 )
+from .batch_observer import BatchObserver
 from .report import function_name, sample
 
 _engines: collections.OrderedDict[tuple[Any, ...], Engine] = collections.OrderedDict()
@@ -159,6 +160,7 @@ class ArrowPredictor:
         label: str | None = None,
         policy: BadRowPolicy = RAISE,
         output_types: list[Any] | None = None,
+        input_stats: bool = False,
     ) -> None:
         self.ref = ref
         self.specs = specs
@@ -173,6 +175,7 @@ class ArrowPredictor:
         self.label = label if label is not None else (keep[0] if keep else None)
         self.policy = policy
         self.output_types = output_types  # Spark types of the outputs (for bad rows)
+        self.input_stats = input_stats  # statistics of the numeric input columns too
         if run is not None:
             self.__name__ = function_name(run)  # what Spark calls it in plans (see .report)
 
@@ -194,6 +197,8 @@ class ArrowPredictor:
         )
         stats = new_stats()
         output = self.outputs if self.outputs is not None else "_out"
+        columns = [c for s in _input_list(self.specs) for c in s.column_list]
+        observe = BatchObserver(self.keep, columns if self.input_stats else [], stats)
         log = BadRowLog(self.policy, where, self.label)
         try:
             yield from score(
@@ -204,6 +209,7 @@ class ArrowPredictor:
                 where,
                 self.label,
                 stats,
+                observe,
                 policy=self.policy,
                 output_types=self.output_types,
                 bad_rows=log,
@@ -240,6 +246,12 @@ class ArrowPredictor:
             stats["quarantined"] = quarantine.to_bytes(log.set_aside, where)
 
 
+def _input_list(specs: Inputs) -> list[Any]:
+    if isinstance(specs, Mapping):
+        return list(specs.values())
+    return list(specs) if isinstance(specs, Sequence) else [specs]
+
+
 def new_stats() -> dict[str, Any]:
     """The counters :func:`score` fills, started now."""
     return {
@@ -255,6 +267,9 @@ def new_stats() -> dict[str, Any]:
         "bad_row_reasons": {},
         "bad_row_examples": [],
         "nonfinite": {},  # per output: rows with a NaN or Inf
+        "output_stats": {},  # column -> drift.ColumnStats (filled by BatchObserver)
+        "input_stats": {},
+        "timeline": [],  # (seconds since start, rows so far) per output batch, bounded
     }
 
 
