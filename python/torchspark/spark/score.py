@@ -15,8 +15,10 @@ import torch
 
 from ..engine import Input
 from .environment import check_executor_python
+from .monitor import settings
 from .packing import packed
 from .plan import Plan, arrow_batch_rows, check_engine_options, engine_inputs, plan, quote
+from .progress import input_rows
 from .report import new_run
 from .worker import ArrowPredictor
 
@@ -54,12 +56,16 @@ def arrow_predictor(
     return _predictor(df_or_schema, planned)
 
 
-def _predictor(df: Any, planned: Plan, alias: Mapping[str, str] | None = None) -> ArrowPredictor:
-    """The mapInArrow function of ``planned``, its columns renamed by ``alias``."""
+def _predictor(
+    df: Any, planned: Plan, alias: Mapping[str, str] | None = None, progress: bool = False
+) -> ArrowPredictor:
+    """The mapInArrow function of ``planned``, its columns renamed by ``alias``;
+    with live metrics (:mod:`.monitor`) and ``progress`` where on."""
     from pyspark.sql import types as T
 
     alias = alias or {}
     run, records = new_run(df.sparkSession.sparkContext)
+    monitor = settings(df.sparkSession, run, progress, input_rows(df) if progress else None)
     schema = T.StructType(
         [T.StructField(alias.get(f.name, f.name), f.dataType, f.nullable) for f in planned.schema]
     )
@@ -73,6 +79,7 @@ def _predictor(df: Any, planned: Plan, alias: Mapping[str, str] | None = None) -
         planned.options,
         run,
         records,
+        monitor=monitor,
     )
 
 
@@ -95,6 +102,7 @@ def predict(
     precision: str = "fp32",
     sha256: str | None = None,
     schema: Any = None,
+    progress: bool = True,
     **engine_options: Any,
 ) -> Any:
     """Score ``df`` with a TorchScript or AOTInductor model; returns a new DataFrame.
@@ -143,6 +151,10 @@ def predict(
         sha256: expected digest of the model file, checked before loading.
         schema: the output columns' schema (StructType or DDL), checked
             against what the model returns on a probe batch.
+        progress: while the job runs, the driver shows rows scored, rows/s,
+            bad rows and, when Spark knows the input's row count, an ETA: one
+            line rewritten in a terminal, else a ``torchspark`` log line
+            (INFO) every 10 s. ``False`` turns it off.
 
     The probe (one small Spark job and a model load on the driver) runs once
     per model file (by digest), input column types and options in a driver
@@ -151,6 +163,9 @@ def predict(
 
     Metrics of the tasks (rows, throughput, latency percentiles per Arrow batch,
     device, batch size) are collected on the driver: see :func:`last_report`.
+    Live Prometheus metrics (every executor's ``/metrics``, the job's at the
+    driver's) are on with ``spark.torchspark.metrics.enabled=true`` in the
+    session's conf: see :mod:`torchspark.spark.monitor`.
 
     >>> scored = torchspark.predict(df, path, inputs="x", keep=["id"], output="score")
     >>> out = os.path.join(tempfile.mkdtemp(), "scored.parquet")
@@ -166,7 +181,7 @@ def predict(
     df, inputs, keep = packed(df, inputs, original if keep is None else keep)
     planned = plan(df, model, inputs, output, keep, device, options, sha256, schema)
     if as_columns:
-        return _with_outputs(df, planned, original)
+        return _with_outputs(df, planned, original, progress)
     used = [c for spec in planned.specs for c in spec.column_list]
     shipped = list(dict.fromkeys(planned.keep + used))  # only the columns needed cross to Python
     # mapInArrow resolves its input columns by parsing their names, so a name
@@ -174,7 +189,7 @@ def predict(
     # their names back afterwards.
     rename = any("." in c or "`" in c for c in shipped)
     alias = {c: f"_torchspark_{i}" for i, c in enumerate(shipped)} if rename else {}
-    predictor = _predictor(df, planned, alias)
+    predictor = _predictor(df, planned, alias, progress)
     selected = df.selectExpr(*[f"{quote(c)} AS {quote(alias.get(c, c))}" for c in shipped])
     scored = selected.mapInArrow(predictor, predictor.schema)
     return scored.toDF(*planned.schema.fieldNames()) if rename else scored
@@ -186,7 +201,7 @@ def _has_arrow_udf() -> bool:
     return hasattr(F, "arrow_udf")  # Spark 4.1+
 
 
-def _with_outputs(df: Any, planned: Plan, original: list[str]) -> Any:
+def _with_outputs(df: Any, planned: Plan, original: list[str], progress: bool) -> Any:
     """``df``'s ``original`` columns and the model's outputs, added as columns
     of an ``arrow_udf`` (the ``withColumn`` of every output): the kept columns
     stay in the JVM and only the inputs cross to Python: keeping every column
@@ -202,7 +217,7 @@ def _with_outputs(df: Any, planned: Plan, original: list[str]) -> Any:
     # number (an id: a few bytes a row) and not an input already.
     first = original[0] if original else None
     label = first if first is not None and first not in used and _is_small(df, first) else None
-    column, _ = model_column(df, planned, label)
+    column, _ = model_column(df, planned, label, progress)
     kept = [F.col(quote(c)) for c in original]
     if len(planned.outputs) == 1:
         return df.select(*kept, column.alias(planned.outputs[0]))

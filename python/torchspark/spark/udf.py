@@ -20,7 +20,9 @@ from ..export import check_module, export_cached
 from ..inputs import Inputs
 from . import outputs as out
 from .environment import check_executor_python
+from .monitor import Settings, settings
 from .plan import arrow_batch_rows, check_engine_options, engine_inputs
+from .progress import input_rows
 from .report import function_name, new_run
 from .worker import ArrowPredictor
 
@@ -47,6 +49,7 @@ class _UdfFunction:
         specs: Inputs | None = None,
         names: list[str] | None = None,
         label: str | None = None,
+        monitor: Settings | None = None,
     ) -> None:
         self.ref = ref
         self.kinds = kinds
@@ -58,6 +61,7 @@ class _UdfFunction:
         self.fixed_specs = specs
         self.names = names
         self.label = label
+        self.monitor = monitor
 
     def specs(self, count: int) -> Inputs:
         if self.fixed_specs is not None:
@@ -103,6 +107,7 @@ class _UdfFunction:
             self.run,
             self.records,
             label=self.label,
+            monitor=self.monitor,
         )
         for batch in predictor(batches()):
             yield self.column(batch)
@@ -122,10 +127,13 @@ class _UdfFunction:
         return pa.StructArray.from_arrays(batch.columns, names=self.fields)
 
 
-def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
+def model_column(
+    df: Any, planned: Any, label: str | None, progress: bool = False
+) -> tuple[Any, Any]:
     """The outputs of ``planned`` as one column of ``df`` on an ``arrow_udf``
     (a struct for several outputs) and its type: only the input columns (and
-    ``label``) cross to Python, every other column stays in the JVM."""
+    ``label``) cross to Python, every other column stays in the JVM. With live
+    metrics (:mod:`.monitor`) and ``progress`` where on."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -150,6 +158,8 @@ def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
             ]
         )
     run, records = new_run(df.sparkSession.sparkContext)
+    total = input_rows(df) if progress else None
+    monitor = settings(df.sparkSession, run, progress, total)
     body = _UdfFunction(
         planned.ref,
         None,
@@ -161,6 +171,7 @@ def model_column(df: Any, planned: Any, label: str | None) -> tuple[Any, Any]:
         specs=engine_inputs(planned.specs, planned.names),
         names=names,
         label=label,
+        monitor=monitor,
     )
 
     return _arrow_udf(body, run, return_type)(*arguments), return_type
@@ -241,7 +252,8 @@ def torch_udf(
         return_type = T._parse_datatype_string(return_type)
     fields = return_type.fieldNames() if isinstance(return_type, T.StructType) else None
     run, records = new_run(spark.sparkContext)
-    body = _UdfFunction(ref, inputs, fields, device, options, run, records)
+    monitor = settings(spark, run)
+    body = _UdfFunction(ref, inputs, fields, device, options, run, records, monitor=monitor)
 
     return _arrow_udf(body, run, return_type)
 

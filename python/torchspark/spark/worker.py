@@ -26,6 +26,8 @@ from ..distribute import ModelRef, fetch
 from ..engine import Engine, size_intra_op_threads
 from ..inputs import Inputs
 from . import outputs as out
+from .metrics import TaskMetrics
+from .monitor import Settings
 from .report import function_name, sample
 
 _engines: collections.OrderedDict[tuple[Any, ...], Engine] = collections.OrderedDict()
@@ -144,6 +146,7 @@ class ArrowPredictor:
         run: str | None = None,
         records: Any = None,
         label: str | None = None,
+        monitor: Settings | None = None,
     ) -> None:
         self.ref = ref
         self.specs = specs
@@ -154,6 +157,7 @@ class ArrowPredictor:
         self.options = options
         self.run = run
         self._records = records
+        self.monitor = monitor  # live metrics and progress; None: off
         # The column whose value names a failing row: the first kept one by default.
         self.label = label if label is not None else (keep[0] if keep else None)
         if run is not None:
@@ -177,9 +181,15 @@ class ArrowPredictor:
         )
         stats = new_stats()
         output = self.outputs if self.outputs is not None else "_out"
+        # Live metrics and progress (.monitor): None when off.
+        metrics = TaskMetrics.start(self.monitor, engine, self.ref, device, task, stats["start"])
+        on_batch = metrics.on_batch if metrics is not None else None
         try:
-            yield from score(engine, batches, self.keep, output, where, self.label, stats)
+            fed = metrics.feed(batches) if metrics is not None else batches
+            yield from score(engine, fed, self.keep, output, where, self.label, stats, on_batch)
         finally:
+            if metrics is not None:
+                metrics.finish(stats)
             try:
                 execution = (
                     task.getLocalProperty("spark.sql.execution.id") if task is not None else None
