@@ -12,12 +12,14 @@ import bisect
 import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -28,13 +30,15 @@ from models import FEATURES, ModelFiles
 
 from torchspark import Engine, Input
 from torchspark.spark import metrics_server
-from torchspark.spark.job_metrics import Endpoint
+from torchspark.spark.job_metrics import Endpoint, latest_attempts
 from torchspark.spark.live import Receiver, sender
 from torchspark.spark.metrics import TaskMetrics
 from torchspark.spark.monitor import Settings
 from torchspark.spark.ports import parse_ports, serve
 from torchspark.spark.progress import line
 from torchspark.spark.worker import new_stats, score
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +307,284 @@ def test_progress_line():
     assert line(12000, 3.0, 5, 30000) == (
         "torchspark: 12,000 rows scored, 4,000 rows/s, 5 bad rows, 40% of 30,000, ETA 4 s"
     )
+
+
+# ---------------------------------------------------------------------------
+# Spark, local mode (the shared session): off by default, on by one conf
+
+
+def needs_java() -> None:
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("no Java runtime for Spark")
+
+
+def worker_state(batches):
+    """A mapInArrow probe: whether this Python worker imported prometheus_client
+    and started (or found) an executor metrics server."""
+    import sys as _sys
+
+    from torchspark.spark import metrics as _metrics
+
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_pylist(
+        [
+            {
+                "prometheus": "prometheus_client" in _sys.modules,
+                "server": bool(_metrics._server.get("info")),
+                "multiproc": "PROMETHEUS_MULTIPROC_DIR" in os.environ,
+            }
+        ]
+    )
+
+
+def spark_frame(spark, rows: int = 4000, partitions: int = 4):
+    return spark.range(0, rows, 1, partitions).selectExpr(
+        "id", f"transform(sequence(0, {FEATURES - 1}), i -> cast(sin(id + i) as float)) as x"
+    )
+
+
+@pytest.mark.spark
+def test_metrics_off_by_default_starts_no_server(spark, models, tmp_path):
+    """Off (the default; progress on): no endpoint on the driver, no server on
+    the executors, no prometheus_client in the workers; the live figures
+    still reach the driver (progress)."""
+    from torchspark.spark import monitor
+
+    assert not monitor.enabled(spark)
+    import torchspark
+
+    df = spark_frame(spark)
+    torchspark.predict(df, models.path("mlp"), inputs="x", keep=["id"]).write.format("noop").mode(
+        "overwrite"
+    ).save()
+    assert torchspark.last_report().rows == 4000
+    state = df.mapInArrow(worker_state, "prometheus boolean, server boolean, multiproc boolean")
+    assert {tuple(r) for r in state.collect()} == {(False, False, False)}
+    driver = monitor.driver_monitor(spark.sparkContext)
+    assert driver.endpoint is None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        tasks = latest_attempts(driver.receiver.tasks())
+        if sum(t["rows"] for t in tasks if t["done"]) >= 4000:
+            break
+        time.sleep(0.05)
+    assert sum(t["rows"] for t in tasks if t["done"]) >= 4000
+
+
+@pytest.mark.spark
+def test_metrics_on_in_local_mode(spark, models, tmp_path):
+    """One conf on: the executor (the driver's JVM in local mode) serves the
+    workers' metrics, the driver the job's; both agree with the report."""
+    import torchspark
+    from torchspark.spark import monitor
+
+    ports = free_ports(6)
+    confs = {
+        monitor.ENABLED: "true",
+        monitor.PORTS: f"{ports[0]}-{ports[2]}",
+        monitor.DRIVER_PORTS: f"{ports[3]}-{ports[5]}",
+        monitor.DIRECTORY: str(tmp_path / "metrics"),
+    }
+    for key, value in confs.items():
+        spark.conf.set(key, value)
+    try:
+        df = spark_frame(spark, rows=6000)
+        scored = torchspark.predict(df, models.path("mlp"), inputs="x", keep=["id"], progress=False)
+        scored.write.format("noop").mode("overwrite").save()
+        report = torchspark.last_report()
+        state = df.mapInArrow(worker_state, "prometheus boolean, server boolean, multiproc boolean")
+        # (A worker that ran none of the job's tasks, if Spark started one, has none.)
+        assert (True, True, True) in {tuple(r) for r in state.collect()}
+    finally:
+        for key in confs:
+            spark.conf.unset(key)
+    driver = monitor.driver_monitor(spark.sparkContext).endpoint.address
+    application = spark.sparkContext.applicationId
+    targets = json.loads(get(f"http://{driver}/targets"))[0]["targets"]
+    assert len(targets) == 1 and int(targets[0].rpartition(":")[2]) in ports[:3]
+    labels = f'application="{application}",device="cpu",executor="driver",model="mlp.pt"'
+    executor = scrape(f"http://{targets[0]}/metrics")
+    rows = [v for k, v in executor.items() if k.startswith("torchspark_rows_success_total")]
+    assert rows and all(labels in k for k in executor if k.startswith("torchspark_rows_success"))
+    assert sum(rows) == report.rows == 6000
+    job = scrape(f"http://{driver}/metrics")
+    runs = {k: v for k, v in job.items() if k.startswith("torchspark_job_rows_total")}
+    assert 6000 in runs.values()
+
+
+# ---------------------------------------------------------------------------
+# A real Prometheus server scraping a local-cluster job
+
+
+def prometheus_binary() -> str:
+    """Debian's prometheus; CI (.ci/run, or CI set) must have it: .ci/setup installs it."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("TORCHSPARK_CI") or os.environ.get("CI"):
+            pytest.fail("no prometheus binary: .ci/setup installs Debian's prometheus package")
+        pytest.skip("no prometheus binary (apt-get install prometheus, as .ci/setup does)")
+    return binary
+
+
+def wait_file(path, process: subprocess.Popen, seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        assert process.poll() is None, f"the job exited ({process.returncode}) before {path}"
+        assert time.monotonic() < deadline, f"no {path} after {seconds} s"
+        time.sleep(0.1)
+    with open(path) as f:
+        return json.load(f)
+
+
+def promql(address: str, query: str) -> list[dict]:
+    url = f"http://{address}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    answer = json.loads(get(url))
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def promql_until(address: str, query: str, done, seconds: float = 90) -> list[dict]:
+    """``query``'s result once ``done(result)``, polled (bounded)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = promql(address, query)
+        if done(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_prometheus_scrapes_a_local_cluster_job(tmp_path):
+    """Prometheus (started here, scraping every second) finds the executors
+    through the driver's /targets, scrapes them and the driver while the job
+    runs; its PromQL answers equal the job's report: the row count, the
+    per-Arrow-batch latency histogram (bucket by bucket) and so its P99."""
+    binary = prometheus_binary()
+    needs_java()
+    ports = free_ports(7)
+    ports_args = [f"{ports[0]}-{ports[1]}", f"{ports[2]}-{ports[5]}"]  # driver, executors
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    log = open(workdir / "job.log", "wb")  # noqa: SIM115 (closed below)
+    job = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "spark_metrics_job.py"), str(workdir), *ports_args],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its JVMs go with its process group
+    )
+    prometheus = None
+    try:
+        endpoint = wait_file(workdir / "endpoint.json", job, 240)
+        driver, application = endpoint["driver"], endpoint["application"]
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [
+                {"job_name": "torchspark-driver", "static_configs": [{"targets": [driver]}]},
+                {
+                    "job_name": "torchspark-executors",
+                    "http_sd_configs": [
+                        {"url": f"http://{driver}/targets", "refresh_interval": "1s"}
+                    ],
+                },
+            ],
+        }
+        (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        api = f"127.0.0.1:{ports[6]}"
+        prometheus = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address={api}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115 (the process's)
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()
+            try:
+                up = promql(api, 'up{job="torchspark-driver"}')
+                if up and up[0]["value"][1] == "1":
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus never scraped the driver"
+            time.sleep(0.2)
+        (workdir / "go").touch()
+        result = wait_file(workdir / "result.json", job, 300)
+        assert result["executors"] == 2 and result["rows"] == 24000
+
+        selector = f'{{application="{application}"}}'
+        rows = promql_until(
+            api,
+            f"sum(torchspark_rows_success_total{selector})",
+            lambda r: r and float(r[0]["value"][1]) == 24000,
+        )
+        assert rows and float(rows[0]["value"][1]) == 24000, rows
+        executors = promql(
+            api, f"count(count by (executor) (torchspark_rows_success_total{selector}))"
+        )
+        assert float(executors[0]["value"][1]) == 2
+        job_rows = promql_until(
+            api,
+            f"sum(torchspark_job_rows_total{selector})",
+            lambda r: r and float(r[0]["value"][1]) == 24000,
+        )
+        assert float(job_rows[0]["value"][1]) == 24000
+
+        # Every Arrow batch's latency is in the task records (fewer than 256 a task).
+        latencies = [v / 1e3 for v in result["latency_ms"]]
+        assert len(latencies) == result["arrow_batches"]
+        buckets = promql(api, f"sum by (le) (torchspark_request_duration_seconds_bucket{selector})")
+        scraped = {b["metric"]["le"]: float(b["value"][1]) for b in buckets}
+        bounds = sorted(float(le) for le in scraped if le != "+Inf")
+        for bound in bounds:
+            expected = sum(v <= bound for v in latencies)
+            assert scraped[_le(bound, scraped)] == expected, (bound, scraped)
+        assert scraped["+Inf"] == len(latencies)
+        p99 = promql(
+            api,
+            "histogram_quantile(0.99, sum by (le) "
+            f"(torchspark_request_duration_seconds_bucket{selector}))",
+        )
+        p99_s = float(p99[0]["value"][1])
+        # The report's P99 is a sample; Prometheus interpolates within its
+        # bucket: the same bucket.
+        report_s = result["p99_ms"] / 1e3
+        bucket = bisect.bisect_left(bounds, report_s)
+        lower = bounds[bucket - 1] if bucket > 0 else 0.0
+        upper = bounds[bucket] if bucket < len(bounds) else float("inf")
+        assert lower <= p99_s <= upper, (p99_s, report_s, lower, upper)
+    finally:
+        (workdir / "stop").touch()
+        try:
+            job.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+        log.close()
+        if prometheus is not None:
+            prometheus.terminate()
+            try:
+                prometheus.wait(20)
+            except subprocess.TimeoutExpired:
+                prometheus.kill()
+                prometheus.wait()
+    # The executors gone, their metrics servers go and remove their directories.
+    metrics_dirs = workdir / "metrics"
+    deadline = time.monotonic() + 30
+    while metrics_dirs.exists() and any(p.is_dir() for p in metrics_dirs.iterdir()):
+        assert time.monotonic() < deadline, list(metrics_dirs.iterdir())
+        time.sleep(0.2)
+
+
+def _le(bound: float, scraped: dict[str, float]) -> str:
+    """The ``le`` label Prometheus gave ``bound``."""
+    return next(le for le in scraped if le != "+Inf" and float(le) == bound)
