@@ -562,6 +562,13 @@ def test_prometheus_scrapes_a_local_cluster_job(tmp_path):
         lower = bounds[bucket - 1] if bucket > 0 else 0.0
         upper = bounds[bucket] if bucket < len(bounds) else float("inf")
         assert lower <= p99_s <= upper, (p99_s, report_s, lower, upper)
+
+        # Every query of the Grafana dashboard runs; those of the panels this
+        # CPU job fills (all but errors, device memory and padding) return data.
+        for title, expr in dashboard_queries(application):
+            result = promql(api, expr)
+            if not title.startswith(("Errors", "Device memory", "Padding")):
+                assert result, (title, expr)
     finally:
         (workdir / "stop").touch()
         try:
@@ -583,6 +590,38 @@ def test_prometheus_scrapes_a_local_cluster_job(tmp_path):
     while metrics_dirs.exists() and any(p.is_dir() for p in metrics_dirs.iterdir()):
         assert time.monotonic() < deadline, list(metrics_dirs.iterdir())
         time.sleep(0.2)
+
+
+def dashboard_queries(application: str) -> list[tuple[str, str]]:
+    """deploy/grafana/torchspark.json's queries, its variables set as Grafana
+    would for ``application`` and a short job."""
+    with open(os.path.join(HERE, "..", "deploy", "grafana", "torchspark.json")) as f:
+        dashboard = json.load(f)
+    values = {
+        "$application": application,
+        "$model": ".*",
+        "$executor": ".*",
+        "$__rate_interval": "1m",
+    }
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for name, value in values.items():
+                expr = expr.replace(name, value)
+            queries.append((panel["title"], expr))
+    return queries
+
+
+def test_scrape_config_is_valid():
+    """deploy/prometheus/prometheus.yml, as Prometheus' own checker reads it."""
+    binary = prometheus_binary()
+    promtool = os.path.join(os.path.dirname(binary), "promtool")
+    config = os.path.join(HERE, "..", "deploy", "prometheus", "prometheus.yml")
+    checked = subprocess.run(
+        [promtool, "check", "config", config], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def _le(bound: float, scraped: dict[str, float]) -> str:
