@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures
+import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -30,12 +32,13 @@ from models import FEATURES, ModelFiles
 
 from torchspark import Engine, Input
 from torchspark.spark import metrics_server
+from torchspark.spark import progress as progress_module
 from torchspark.spark.job_metrics import Endpoint, latest_attempts
 from torchspark.spark.live import Receiver, sender
 from torchspark.spark.metrics import TaskMetrics
 from torchspark.spark.monitor import Settings
 from torchspark.spark.ports import parse_ports, serve
-from torchspark.spark.progress import line
+from torchspark.spark.progress import Progress, line
 from torchspark.spark.worker import new_stats, score
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -627,3 +630,60 @@ def test_scrape_config_is_valid():
 def _le(bound: float, scraped: dict[str, float]) -> str:
     """The ``le`` label Prometheus gave ``bound``."""
     return next(le for le in scraped if le != "+Inf" and float(le) == bound)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_follows_the_tasks(monkeypatch, caplog):
+    """The line from the tasks' datagrams: rewritten in a terminal, ended when
+    the tasks are done; log lines elsewhere; the next action counts anew."""
+    receiver = Receiver("secret")
+    terminal, logged = Progress(receiver, Terminal()), Progress(receiver, io.StringIO())
+    try:
+        send = sender(("127.0.0.1", receiver.port)).send
+        start = time.time() - 2.0
+
+        def message(partition: int, rows: int, done: bool, stage: int = 1) -> dict:
+            return {
+                **{"token": "secret", "run": "r", "stage": stage, "partition": partition},
+                **{"attempt": 0, "seq": rows, "done": done, "rows": rows, "bad_rows": 1},
+                "start": start,
+            }
+
+        def received(count: int) -> None:
+            deadline = time.monotonic() + 10
+            while sum(m["rows"] for m in receiver.tasks("r")) < count:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+
+        for progress in (terminal, logged):
+            progress.track("r", None)  # the row count unknown: no ETA
+        send(message(0, 300, False))
+        send(message(1, 100, False))
+        received(400)
+        caplog.set_level(logging.INFO, logger="torchspark")
+        terminal.refresh()
+        logged.refresh()
+        text = terminal.stream.getvalue()
+        assert text.startswith("\rtorchspark: 400 rows scored, ") and "2 bad rows" in text
+        assert not text.endswith("\n")
+        assert "400 rows scored" in caplog.text and logged.stream.getvalue() == ""
+        monkeypatch.setattr(progress_module, "_IDLE_S", 0.0)
+        send(message(0, 500, True))
+        send(message(1, 100, True))
+        received(600)
+        terminal.refresh()
+        assert terminal.stream.getvalue().endswith("\n")
+        assert "600 rows scored" in terminal.stream.getvalue().splitlines()[-1]
+        # Another action of the same DataFrame: new stages, counted from 0.
+        send(message(0, 50, False, stage=2))
+        received(650)
+        terminal.refresh()
+        assert terminal.stream.getvalue().rpartition("\n")[2].startswith("\rtorchspark: 50 rows")
+    finally:
+        terminal.close()
+        logged.close()
+        receiver.close()

@@ -97,13 +97,13 @@ class DriverMonitor:
                 )
             return self.endpoint.address
 
-    def track(self, run: str, total: int | None) -> None:
+    def track(self, run: str, df: Any) -> None:
         with self._lock:
             if self.progress is None:
                 from .progress import Progress
 
                 self.progress = Progress(self.receiver)
-        self.progress.track(run, total)
+        self.progress.track(run, df)
 
     def close(self) -> None:
         if self.endpoint is not None:
@@ -139,18 +139,19 @@ def enabled(spark: Any) -> bool:
     return str(spark.conf.get(ENABLED, "false")).strip().lower() == "true"
 
 
-def settings(
-    spark: Any, run: str, progress: bool = False, total: int | None = None
-) -> Settings | None:
+def settings(spark: Any, run: str, progress: Any = None) -> Settings | None:
     """What the tasks of ``run`` need, the driver's side started; None when
-    neither metrics (:data:`ENABLED`) nor ``progress`` is on."""
+    neither metrics (:data:`ENABLED`) nor progress is on (``progress``: the
+    DataFrame whose scoring the progress line follows, or None)."""
     metrics = enabled(spark)
-    if not metrics and not progress:
+    if not metrics and progress is None:
         return None
-    ports = str(spark.conf.get(PORTS, DEFAULT_PORTS))
-    parse_ports(ports, PORTS)  # a bad range fails here, on the driver
-    driver_ports = parse_ports(spark.conf.get(DRIVER_PORTS, DEFAULT_DRIVER_PORTS), DRIVER_PORTS)
-    directory = spark.conf.get(DIRECTORY, None) or None
+    ports, driver_ports, directory = DEFAULT_PORTS, None, None
+    if metrics:  # bad ranges fail here, on the driver
+        ports = str(spark.conf.get(PORTS, DEFAULT_PORTS))
+        parse_ports(ports, PORTS)
+        driver_ports = parse_ports(spark.conf.get(DRIVER_PORTS, DEFAULT_DRIVER_PORTS), DRIVER_PORTS)
+        directory = spark.conf.get(DIRECTORY, None) or None
     try:
         sc = spark.sparkContext
     except Exception:  # Spark Connect: no driver process of ours; executors only
@@ -158,10 +159,10 @@ def settings(
             run, spark.conf.get("spark.app.id", "unknown"), "", None, metrics, ports, directory
         )
     monitor = driver_monitor(sc)
-    if metrics:
+    if driver_ports is not None:
         monitor.serve(driver_ports)
-    if progress:
-        monitor.track(run, total)
+    if progress is not None:
+        monitor.track(run, progress)
     return Settings(
         run,
         monitor.application,

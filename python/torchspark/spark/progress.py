@@ -30,7 +30,9 @@ _IDLE_S = 3.0  # no task running and nothing heard for this long: the action end
 
 @dataclass
 class _Run:
-    total: int | None  # input rows, when known
+    df: Any  # the DataFrame scored: its row count is looked up when figures arrive
+    total: int | None = None  # input rows, when known
+    counted: bool = False  # whether the count was looked up
     printed: float = 0.0  # when its last log line was written
     ended: set[tuple[Any, ...]] = field(default_factory=set)  # tasks of the actions that ended
 
@@ -71,9 +73,12 @@ class Progress:
         self._thread = threading.Thread(target=self._loop, name="torchspark-progress", daemon=True)
         self._thread.start()
 
-    def track(self, run: str, total: int | None) -> None:
+    def track(self, run: str, df: Any) -> None:
+        """Show ``run``'s progress; ``df``: the DataFrame it scores (its row
+        count, where Spark knows it, looked up on this thread, off the
+        ``predict`` call: planning statistics take tens of ms)."""
         with self._lock:
-            self.runs[run] = _Run(total)
+            self.runs[run] = _Run(df)
 
     def _terminal(self) -> bool:
         isatty = getattr(self.stream, "isatty", None)
@@ -98,6 +103,8 @@ class Progress:
             ]
             if not current:
                 continue
+            if not state.counted:
+                state.total, state.counted, state.df = input_rows(state.df), True, None
             rows = sum(t["rows"] for t in current)
             bad = sum(t["bad_rows"] for t in current)
             idle = all(t["done"] and now - t["received"] > _IDLE_S for t in current)

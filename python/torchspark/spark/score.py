@@ -18,7 +18,6 @@ from .environment import check_executor_python
 from .monitor import settings
 from .packing import packed
 from .plan import Plan, arrow_batch_rows, check_engine_options, engine_inputs, plan, quote
-from .progress import input_rows
 from .report import new_run
 from .worker import ArrowPredictor
 
@@ -65,7 +64,7 @@ def _predictor(
 
     alias = alias or {}
     run, records = new_run(df.sparkSession.sparkContext)
-    monitor = settings(df.sparkSession, run, progress, input_rows(df) if progress else None)
+    monitor = settings(df.sparkSession, run, df if progress else None)
     schema = T.StructType(
         [T.StructField(alias.get(f.name, f.name), f.dataType, f.nullable) for f in planned.schema]
     )

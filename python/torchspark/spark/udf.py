@@ -22,7 +22,6 @@ from . import outputs as out
 from .environment import check_executor_python
 from .monitor import Settings, settings
 from .plan import arrow_batch_rows, check_engine_options, engine_inputs
-from .progress import input_rows
 from .report import function_name, new_run
 from .worker import ArrowPredictor
 
@@ -158,8 +157,7 @@ def model_column(
             ]
         )
     run, records = new_run(df.sparkSession.sparkContext)
-    total = input_rows(df) if progress else None
-    monitor = settings(df.sparkSession, run, progress, total)
+    monitor = settings(df.sparkSession, run, df if progress else None)
     body = _UdfFunction(
         planned.ref,
         None,
