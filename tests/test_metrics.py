@@ -432,9 +432,14 @@ def prometheus_binary() -> str:
 
 
 def wait_file(path, process: subprocess.Popen, seconds: float) -> dict:
+    """The JSON the job writes at ``path`` (its log's end if it exits first)."""
     deadline = time.monotonic() + seconds
     while not os.path.exists(path):
-        assert process.poll() is None, f"the job exited ({process.returncode}) before {path}"
+        if process.poll() is not None:
+            log = os.path.join(os.path.dirname(path), "job.log")
+            with open(log, errors="replace") as f:
+                tail = f.read()[-4000:]
+            pytest.fail(f"the job exited ({process.returncode}) before {path}:\n{tail}")
         assert time.monotonic() < deadline, f"no {path} after {seconds} s"
         time.sleep(0.1)
     with open(path) as f:
@@ -458,27 +463,53 @@ def promql_until(address: str, query: str, done, seconds: float = 90) -> list[di
         time.sleep(0.5)
 
 
+CLUSTER_TEST = "test_prometheus_scrapes_a_local_cluster_job"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def metrics_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """spark_metrics_job.py started in the background when the module starts
+    (if its test is selected): its JVMs start while the other tests run. It
+    waits for the test before scoring; stopped (its process group) at the end."""
+    selected = any(item.name == CLUSTER_TEST for item in request.session.items)
+    java = shutil.which("java") is not None or os.environ.get("JAVA_HOME")
+    if not selected or not java or shutil.which("prometheus") is None:
+        yield None
+        return
+    ports = free_ports(7)
+    workdir = tmp_path_factory.mktemp("metrics_job")
+    log = open(workdir / "job.log", "wb")  # noqa: SIM115 (closed below)
+    ranges = [f"{ports[0]}-{ports[1]}", f"{ports[2]}-{ports[5]}"]  # the driver's, the executors'
+    job = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "spark_metrics_job.py"), str(workdir), *ranges],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its JVMs go with its process group
+    )
+    try:
+        yield {"process": job, "workdir": workdir, "prometheus_port": ports[6]}
+    finally:
+        (workdir / "stop").touch()
+        try:
+            job.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+        log.close()
+
+
 @pytest.mark.spark
 @pytest.mark.slow
-def test_prometheus_scrapes_a_local_cluster_job(tmp_path):
+def test_prometheus_scrapes_a_local_cluster_job(metrics_job, tmp_path):
     """Prometheus (started here, scraping every second) finds the executors
     through the driver's /targets, scrapes them and the driver while the job
     runs; its PromQL answers equal the job's report: the row count, the
     per-Arrow-batch latency histogram (bucket by bucket) and so its P99."""
     binary = prometheus_binary()
     needs_java()
-    ports = free_ports(7)
-    ports_args = [f"{ports[0]}-{ports[1]}", f"{ports[2]}-{ports[5]}"]  # driver, executors
-    workdir = tmp_path / "job"
-    workdir.mkdir()
-    log = open(workdir / "job.log", "wb")  # noqa: SIM115 (closed below)
-    job = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "spark_metrics_job.py"), str(workdir), *ports_args],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its JVMs go with its process group
-    )
+    assert metrics_job is not None
+    job, workdir = metrics_job["process"], metrics_job["workdir"]
     prometheus = None
     try:
         endpoint = wait_file(workdir / "endpoint.json", job, 240)
@@ -496,7 +527,7 @@ def test_prometheus_scrapes_a_local_cluster_job(tmp_path):
             ],
         }
         (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        api = f"127.0.0.1:{ports[6]}"
+        api = f"127.0.0.1:{metrics_job['prometheus_port']}"
         prometheus = subprocess.Popen(
             [
                 binary,
@@ -573,13 +604,6 @@ def test_prometheus_scrapes_a_local_cluster_job(tmp_path):
             if not title.startswith(("Errors", "Device memory", "Padding")):
                 assert result, (title, expr)
     finally:
-        (workdir / "stop").touch()
-        try:
-            job.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-        log.close()
         if prometheus is not None:
             prometheus.terminate()
             try:
@@ -587,6 +611,12 @@ def test_prometheus_scrapes_a_local_cluster_job(tmp_path):
             except subprocess.TimeoutExpired:
                 prometheus.kill()
                 prometheus.wait()
+        (workdir / "stop").touch()
+        try:
+            job.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
     # The executors gone, their metrics servers go and remove their directories.
     metrics_dirs = workdir / "metrics"
     deadline = time.monotonic() + 30
@@ -686,4 +716,36 @@ def test_progress_follows_the_tasks(monkeypatch, caplog):
     finally:
         terminal.close()
         logged.close()
+        receiver.close()
+
+
+def test_a_failed_task_counts_its_failed_rows(models):
+    """A model that raises on the second Arrow batch (batch_size 10: its own
+    model call): the task's figures say failed, 10 rows scored and the 5 rows
+    of the failed batch."""
+    receiver = Receiver("secret")
+    settings = Settings("run2", "app-y", "secret", ("127.0.0.1", receiver.port), False, "1", None)
+    try:
+        with Engine(models.path("negative_raises"), inputs=Input("x"), batch_size=10) as engine:
+            task = {"stage": 1, "partition": 0, "attempt": 0, "start": time.time()}
+            metrics = TaskMetrics(settings, engine, "neg.pt", "", "cpu", task)
+            stats = new_stats()
+            batches = [
+                pa.record_batch({"x": pa.array(np.full(n, v, np.float32))})
+                for n, v in ((10, 1.0), (5, -1.0))
+            ]
+            with pytest.raises(Exception, match="negative input"):
+                for _ in score(
+                    engine, metrics.feed(batches), [], "y", "test", None, stats, metrics.on_batch
+                ):
+                    pass
+            metrics.finish(stats)
+        deadline = time.monotonic() + 10
+        while not any(t["done"] for t in receiver.tasks("run2")):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (figures,) = receiver.tasks("run2")
+        assert figures["failed"] and figures["rows"] == 10 and figures["failed_rows"] == 5
+        assert figures["batches"] == 1 and sum(figures["request"]) == 1
+    finally:
         receiver.close()
