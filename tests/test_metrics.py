@@ -490,13 +490,18 @@ def metrics_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     try:
         yield {"process": job, "workdir": workdir, "prometheus_port": ports[6]}
     finally:
-        (workdir / "stop").touch()
-        try:
-            job.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+        stop_job(job, workdir)
         log.close()
+
+
+def stop_job(job: subprocess.Popen, workdir) -> None:
+    """Tell spark_metrics_job.py to stop Spark; its process group killed if it hangs."""
+    (workdir / "stop").touch()
+    try:
+        job.wait(90)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
 
 
 @pytest.mark.spark
@@ -611,12 +616,7 @@ def test_prometheus_scrapes_a_local_cluster_job(metrics_job, tmp_path):
             except subprocess.TimeoutExpired:
                 prometheus.kill()
                 prometheus.wait()
-        (workdir / "stop").touch()
-        try:
-            job.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+        stop_job(job, workdir)
     # The executors gone, their metrics servers go and remove their directories.
     metrics_dirs = workdir / "metrics"
     deadline = time.monotonic() + 30
