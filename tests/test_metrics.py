@@ -749,3 +749,71 @@ def test_a_failed_task_counts_its_failed_rows(models):
         assert figures["batches"] == 1 and sum(figures["request"]) == 1
     finally:
         receiver.close()
+
+
+WORKER_SCRIPT = """
+import json, sys
+import numpy as np, pyarrow as pa
+from torchspark import Engine, Input
+from torchspark.spark.metrics import TaskMetrics
+from torchspark.spark.monitor import Settings
+from torchspark.spark.worker import new_stats, score
+
+model, directory, ports = sys.argv[1:4]
+settings = Settings("run3", "app-z", "", None, True, ports, directory)
+task = {"stage": 0, "partition": 0, "attempt": 0, "start": 0.0}
+with Engine(model, inputs=Input("x"), batch_size=8) as engine:
+    metrics = TaskMetrics(settings, engine, "mlp.pt", "d1g3st", "cpu", task)
+    stats = new_stats()
+    batches = [pa.record_batch({"x": pa.array(list(np.ones((n, 8), np.float32)))}) for n in (8, 20)]
+    for _ in score(engine, metrics.feed(batches), [], "y", "test", None, stats, metrics.on_batch):
+        pass
+    stats.update(bad_rows=3, nonfinite={"y": 2})  # as the bad-row policies will report them
+    metrics.finish(stats)
+print(json.dumps({"address": metrics.address}))
+"""
+
+
+def test_a_worker_writes_its_executors_metrics(models, tmp_path):
+    """A worker process with metrics on: it starts the executor's server and
+    writes its figures (bad rows and NaN/Inf outputs included), labelled; the
+    server serves them."""
+    ports = free_ports(1)
+    directory = str(tmp_path / "metrics")
+    # stderr to a file: the server it starts inherits it (an executor's log).
+    with open(tmp_path / "worker.log", "w+") as log:
+        done = subprocess.run(
+            [sys.executable, "-c", WORKER_SCRIPT, models.path("mlp"), directory, str(ports[0])],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            timeout=120,
+        )
+        log.seek(0)
+        errors = log.read()
+    base = os.path.join(directory, "app-z-unknown")  # no JVM above this worker
+    try:
+        assert done.returncode == 0, errors
+        assert "torchspark: executor metrics at http://" in errors  # the server's line
+        address = json.loads(done.stdout.splitlines()[-1])["address"]
+        assert int(address.rpartition(":")[2]) in ports
+        samples = scrape(f"http://{address}/metrics")
+        labels = (
+            'application="app-z",device="cpu",executor="unknown",model="mlp.pt",'
+            'model_digest="d1g3st"'
+        )
+        assert samples[f"torchspark_rows_success_total{{{labels}}}"] == 28
+        assert samples[f"torchspark_request_success_total{{{labels}}}"] == 2
+        assert samples[f"torchspark_rows_quarantined_total{{{labels}}}"] == 3
+        assert samples[f'torchspark_output_nonfinite_total{{{labels},output="y"}}'] == 2
+        assert samples[f"torchspark_request_duration_seconds_count{{{labels}}}"] == 2
+        # 28 rows in calls of at most 8 rows: at least 4 calls, every one <= 8.
+        calls = samples[f"torchspark_batch_rows_count{{{labels}}}"]
+        assert calls >= 4 and samples[f"torchspark_batch_rows_sum{{{labels}}}"] == 28
+        le8 = labels.replace('executor="unknown",', 'executor="unknown",le="8.0",')
+        assert samples[f"torchspark_batch_rows_bucket{{{le8}}}"] == calls
+        assert samples[f"torchspark_compute_duration_seconds_count{{{labels}}}"] == calls
+    finally:
+        info = metrics_server.read_address(base)
+        if info is not None:  # it watches this process: stopped here
+            os.kill(int(info["pid"]), signal.SIGTERM)
