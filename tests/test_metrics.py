@@ -238,15 +238,15 @@ def scored_task(engine, settings, partition: int, attempt: int, rows: list[int],
     """One task's batches through worker.score with its TaskMetrics, as the
     worker runs them; the TaskMetrics."""
     task = {"stage": 3, "partition": partition, "attempt": attempt, "start": time.time()}
-    metrics = TaskMetrics(settings, engine, "mlp.pt", "abc", "cpu", task)
-    metrics.address = address
     stats = new_stats()
+    metrics = TaskMetrics(settings, engine, "mlp.pt", "abc", "cpu", task, stats)
+    metrics.address = address
     batches = [
         pa.record_batch({"x": pa.array(list(np.ones((n, FEATURES), np.float32)))}) for n in rows
     ]
     for _ in score(engine, metrics.feed(batches), [], "out", "test", None, stats, metrics.on_batch):
         pass
-    metrics.finish(stats)
+    metrics.finish()
     return metrics
 
 
@@ -670,6 +670,7 @@ class Terminal(io.StringIO):
 def test_progress_follows_the_tasks(monkeypatch, caplog):
     """The line from the tasks' datagrams: rewritten in a terminal, ended when
     the tasks are done; log lines elsewhere; the next action counts anew."""
+    monkeypatch.setattr(progress_module, "REFRESH_S", 3600.0)  # refreshed by the test only
     receiver = Receiver("secret")
     terminal, logged = Progress(receiver, Terminal()), Progress(receiver, io.StringIO())
     try:
@@ -683,9 +684,12 @@ def test_progress_follows_the_tasks(monkeypatch, caplog):
                 "start": start,
             }
 
-        def received(count: int) -> None:
+        def received(count: int, done: int = 0) -> None:
             deadline = time.monotonic() + 10
-            while sum(m["rows"] for m in receiver.tasks("r")) < count:
+            while (
+                sum(m["rows"] for m in receiver.tasks("r")) < count
+                or sum(m["done"] for m in receiver.tasks("r")) < done
+            ):
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
 
@@ -704,7 +708,7 @@ def test_progress_follows_the_tasks(monkeypatch, caplog):
         monkeypatch.setattr(progress_module, "_IDLE_S", 0.0)
         send(message(0, 500, True))
         send(message(1, 100, True))
-        received(600)
+        received(600, done=2)
         terminal.refresh()
         assert terminal.stream.getvalue().endswith("\n")
         assert "600 rows scored" in terminal.stream.getvalue().splitlines()[-1]
@@ -728,8 +732,8 @@ def test_a_failed_task_counts_its_failed_rows(models):
     try:
         with Engine(models.path("negative_raises"), inputs=Input("x"), batch_size=10) as engine:
             task = {"stage": 1, "partition": 0, "attempt": 0, "start": time.time()}
-            metrics = TaskMetrics(settings, engine, "neg.pt", "", "cpu", task)
             stats = new_stats()
+            metrics = TaskMetrics(settings, engine, "neg.pt", "", "cpu", task, stats)
             batches = [
                 pa.record_batch({"x": pa.array(np.full(n, v, np.float32))})
                 for n, v in ((10, 1.0), (5, -1.0))
@@ -739,7 +743,7 @@ def test_a_failed_task_counts_its_failed_rows(models):
                     engine, metrics.feed(batches), [], "y", "test", None, stats, metrics.on_batch
                 ):
                     pass
-            metrics.finish(stats)
+            metrics.finish()
         deadline = time.monotonic() + 10
         while not any(t["done"] for t in receiver.tasks("run2")):
             assert time.monotonic() < deadline
@@ -763,13 +767,15 @@ model, directory, ports = sys.argv[1:4]
 settings = Settings("run3", "app-z", "", None, True, ports, directory)
 task = {"stage": 0, "partition": 0, "attempt": 0, "start": 0.0}
 with Engine(model, inputs=Input("x"), batch_size=8) as engine:
-    metrics = TaskMetrics(settings, engine, "mlp.pt", "d1g3st", "cpu", task)
     stats = new_stats()
+    metrics = TaskMetrics(settings, engine, "mlp.pt", "d1g3st", "cpu", task, stats)
     batches = [pa.record_batch({"x": pa.array(list(np.ones((n, 8), np.float32)))}) for n in (8, 20)]
     for _ in score(engine, metrics.feed(batches), [], "y", "test", None, stats, metrics.on_batch):
         pass
-    stats.update(bad_rows=3, nonfinite={"y": 2})  # as the bad-row policies will report them
-    metrics.finish(stats)
+    stats.update(bad_rows=1, nonfinite={"y": 1})  # as the bad-row policies will report them
+    metrics.flush(done=False)  # mid-task: written as they grow, never twice
+    stats.update(bad_rows=3, nonfinite={"y": 2})
+    metrics.finish()
 print(json.dumps({"address": metrics.address}))
 """
 

@@ -185,10 +185,12 @@ class TaskMetrics:
         digest: str,
         device: str,
         task: Mapping[str, Any],
+        stats: Mapping[str, Any],
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.task = dict(task)
+        self.stats = stats  # the task's, as worker.score fills it (bad rows, NaN/Inf, error)
         executor = identify()
         self.labels = (settings.application, executor.id, model, digest, device)
         native = engine.histograms()
@@ -223,25 +225,28 @@ class TaskMetrics:
             "batches": 0,
             "request": list(self.request),
             "request_sum": 0.0,
+            "bad_rows": 0,
+            "nonfinite": {},
         }
         self.seq = 0
         self.next_flush = time.monotonic() + FLUSH_S
 
     @classmethod
     def start(
-        cls, settings: Any, engine: Any, ref: Any, device: Any, task: Any, start: float
+        cls, settings: Any, engine: Any, ref: Any, device: Any, task: Any, stats: Mapping[str, Any]
     ) -> TaskMetrics | None:
         """A task's metrics (``task``: its TaskContext, or None on the driver;
-        ``start``: its start time), or None when ``settings`` is (metrics and
-        progress off) or they cannot be kept (logged)."""
+        ``stats``: its :func:`.worker.new_stats`), or None when ``settings`` is
+        (metrics and progress off) or they cannot be kept (logged)."""
         if settings is None:
             return None
-        at = {"stage": -1, "partition": -1, "attempt": 0, "start": start}
+        at = {"stage": -1, "partition": -1, "attempt": 0, "start": stats["start"]}
         try:
             if task is not None:
                 at.update(stage=task.stageId(), partition=task.partitionId())
                 at.update(attempt=task.attemptNumber())
-            return cls(settings, engine, ref.name, (ref.sha256 or "")[:16], str(device), at)
+            digest = (ref.sha256 or "")[:16]
+            return cls(settings, engine, ref.name, digest, str(device), at, stats)
         except Exception as e:  # metrics are a courtesy: never in place of the task
             logger.warning("torchspark: metrics off for this task: %s: %s", type(e).__name__, e)
             return None
@@ -261,20 +266,21 @@ class TaskMetrics:
         if time.monotonic() >= self.next_flush:
             self.flush(done=False)
 
-    def finish(self, stats: Mapping[str, Any]) -> None:
-        """The task ended (``stats``: :func:`.worker.score`'s): its last figures."""
-        self.flush(done=True, stats=stats)
+    def finish(self) -> None:
+        """The task ended: its last figures."""
+        self.flush(done=True)
 
-    def flush(self, done: bool, stats: Mapping[str, Any] | None = None) -> None:
+    def flush(self, done: bool) -> None:
         try:
-            self._flush(done, stats or {})
+            self._flush(done)
         except Exception as e:  # never in place of the task's own outcome
             logger.warning("torchspark: metrics not written: %s: %s", type(e).__name__, e)
         self.next_flush = time.monotonic() + FLUSH_S
 
-    def _flush(self, done: bool, stats: Mapping[str, Any]) -> None:
+    def _flush(self, done: bool) -> None:
         native = self.engine.histograms()
-        failed = bool(stats.get("error"))
+        stats = self.stats
+        failed = done and bool(stats.get("error"))
         bad_rows = int(stats.get("bad_rows") or 0)
         nonfinite = dict(stats.get("nonfinite") or {})
         if self.prometheus is not None:
@@ -345,11 +351,13 @@ class TaskMetrics:
             p.request_failure.labels(*labels).inc()
             if self.fed > self.rows:
                 p.rows_failure.labels(*labels).inc(self.fed - self.rows)
-        if bad_rows:
-            p.rows_quarantined.labels(*labels).inc(bad_rows)
+        if bad_rows > written["bad_rows"]:
+            p.rows_quarantined.labels(*labels).inc(bad_rows - written["bad_rows"])
         for output, count in nonfinite.items():
-            if count:
-                p.nonfinite.labels(*labels, str(output)).inc(count)
+            before = written["nonfinite"].get(output, 0)
+            if count > before:
+                p.nonfinite.labels(*labels, str(output)).inc(count - before)
+        written.update(bad_rows=bad_rows, nonfinite=dict(nonfinite))
         memory = _device_memory(labels[4])
         if memory is not None:
             p.memory.labels(*labels).set(memory)

@@ -182,14 +182,14 @@ class ArrowPredictor:
         stats = new_stats()
         output = self.outputs if self.outputs is not None else "_out"
         # Live metrics and progress (.monitor): None when off.
-        metrics = TaskMetrics.start(self.monitor, engine, self.ref, device, task, stats["start"])
+        metrics = TaskMetrics.start(self.monitor, engine, self.ref, device, task, stats)
         on_batch = metrics.on_batch if metrics is not None else None
         try:
             fed = metrics.feed(batches) if metrics is not None else batches
             yield from score(engine, fed, self.keep, output, where, self.label, stats, on_batch)
         finally:
             if metrics is not None:
-                metrics.finish(stats)
+                metrics.finish()
             try:
                 execution = (
                     task.getLocalProperty("spark.sql.execution.id") if task is not None else None
