@@ -155,6 +155,8 @@ def settings(spark: Any, run: str, progress: Any = None) -> Settings | None:
     try:
         sc = spark.sparkContext
     except Exception:  # Spark Connect: no driver process of ours; executors only
+        if not metrics:
+            return None
         return Settings(
             run, spark.conf.get("spark.app.id", "unknown"), "", None, metrics, ports, directory
         )
