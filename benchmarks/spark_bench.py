@@ -32,6 +32,11 @@ produces ``id long, prediction float``):
   ``arrow_udf`` (Spark 4.1+): the kept columns stay in the JVM and only the
   inputs cross (tabular: the 64 columns packed into one ``array`` in the JVM,
   as ``Input(pack=True)`` does).
+* ``torchspark-metrics`` and ``torchspark-quiet`` (not in the default list):
+  ``torchspark`` with live Prometheus metrics on
+  (``spark.torchspark.metrics.enabled=true``: every task writes its executor's
+  metrics and sends the driver its figures once a second), and with nothing
+  live (``progress=False``, metrics off). Their ratio is what the metrics cost.
 * ``torchspark``: ``torchspark.predict(..., keep=["id"])`` on a TorchScript
   file made by ``torchspark.export`` (see ``torchspark_predict``; skipped with
   a note where the API does not exist). ``predict`` itself runs a probe batch
@@ -120,6 +125,10 @@ VOCAB = 1000
 MAX_LEN = 256
 METHODS = ["floor", "pbu", "arrow", "pandas", "torchspark", "torchspark-unpacked"]
 KEEP_METHODS = ["keep-map", "keep-udf"]  # every column kept; run only when asked for
+# Live metrics and progress, run only when asked for: torchspark-metrics with
+# spark.torchspark.metrics.enabled=true (and the progress line, the default),
+# torchspark-quiet with neither; torchspark itself has the progress line only.
+LIVE_METHODS = ["torchspark-metrics", "torchspark-quiet"]
 OUT_SCHEMA = "id long, prediction float"
 
 
@@ -399,12 +408,18 @@ def make_predict_fn_factory(cfg: dict) -> Callable[[], Callable[..., np.ndarray]
 
 
 def torchspark_predict(
-    df, wl: Workload, model_path: str, args: argparse.Namespace, pack: bool = True
+    df,
+    wl: Workload,
+    model_path: str,
+    args: argparse.Namespace,
+    pack: bool = True,
+    progress: bool = True,
 ):
     """The torchspark call, in one place. Scalar columns use the opt-in packed
     encoding (``Input(pack=True)``: one JVM-built array column crosses to
-    Python) unless ``pack`` is false (the ``torchspark-unpacked`` method)."""
-    extra: dict = {}
+    Python) unless ``pack`` is false (the ``torchspark-unpacked`` method);
+    ``progress=False``: no progress line (``torchspark-quiet``)."""
+    extra: dict = {} if progress else {"progress": False}
     if wl.kind == "dense":
         inputs: object = wl.cols[0]
     elif wl.kind == "columns":
@@ -482,6 +497,10 @@ def build_methods(df, wl: Workload, cfg: dict, ts_path: str, args: argparse.Name
         "pandas": lambda: df.mapInPandas(make_pandas_fn(cfg), OUT_SCHEMA),
         "torchspark": lambda: torchspark_predict(df, wl, ts_path, args),
         "torchspark-unpacked": lambda: torchspark_predict(df, wl, ts_path, args, pack=False),
+        "torchspark-metrics": lambda: with_metrics(
+            df, lambda: torchspark_predict(df, wl, ts_path, args)
+        ),
+        "torchspark-quiet": lambda: torchspark_predict(df, wl, ts_path, args, progress=False),
         "keep-map": lambda: keep_everything(df, wl, ts_path, args, "map"),
         "keep-udf": lambda: keep_everything(df, wl, ts_path, args, "udf"),
     }
@@ -489,6 +508,17 @@ def build_methods(df, wl: Workload, cfg: dict, ts_path: str, args: argparse.Name
     methods = [m for m in args.methods if m != "torchspark-unpacked" or wl.kind == "columns"]
     methods = [m for m in methods if m not in KEEP_METHODS or wl.kind != "tokens"]
     return {m: all_methods[m] for m in methods}
+
+
+def with_metrics(df, make: Callable):
+    """``make()`` with live Prometheus metrics on: the DataFrame it returns
+    keeps them (its function took the conf when it was made)."""
+    conf = df.sparkSession.conf
+    conf.set("spark.torchspark.metrics.enabled", "true")
+    try:
+        return make()
+    finally:
+        conf.unset("spark.torchspark.metrics.enabled")
 
 
 def sink(out) -> None:
@@ -568,6 +598,20 @@ def report(
             f"{keep_udf.median / keep_map.median:.2f}x the time of mapInArrow"
         )
     ts = by.get("torchspark")
+    metrics, quiet = by.get("torchspark-metrics"), by.get("torchspark-quiet")
+    if metrics and (quiet or ts):
+        off = quiet or ts
+        r = metrics.median / off.median
+        print(
+            f"\nlive metrics: torchspark-metrics {metrics.median:.3f} s, {off.name} "
+            f"{off.median:.3f} s: {r:.3f}x the time with metrics on (target <= 1.02: "
+            f"{'met' if r <= 1.02 else 'NOT met'})"
+            + (
+                f"; progress line only (torchspark) {ts.median / quiet.median:.3f}x"
+                if ts and quiet
+                else ""
+            )
+        )
     if ts is None:
         return
     baselines = [c for c in cases if c.name in ("pbu", "arrow", "pandas")]
@@ -644,8 +688,9 @@ def parse_args() -> argparse.Namespace:
         if w not in WORKLOADS:
             raise SystemExit(f"--workloads: unknown {w!r}; expected some of {list(WORKLOADS)}")
     for m in args.methods:
-        if m not in METHODS + KEEP_METHODS:
-            raise SystemExit(f"--methods: unknown {m!r}; expected some of {METHODS + KEEP_METHODS}")
+        known = METHODS + KEEP_METHODS + LIVE_METHODS
+        if m not in known:
+            raise SystemExit(f"--methods: unknown {m!r}; expected some of {known}")
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.repeats < 1:
@@ -654,7 +699,7 @@ def parse_args() -> argparse.Namespace:
     args.batch_size = args.batch_size or args.mrpb
     args.sweep = [int(v) for v in args.mrpb_sweep.split(",") if v]
     args.row_counts = parse_rows(args.rows)
-    if any(m in args.methods for m in ["torchspark-unpacked", *KEEP_METHODS]) and (
+    if any(m in args.methods for m in ["torchspark-unpacked", *KEEP_METHODS, *LIVE_METHODS]) and (
         "torchspark" not in args.methods
     ):
         args.methods.append("torchspark")  # the export below is keyed on it

@@ -62,6 +62,14 @@ py::dict latency_dict(const LatencySummary& s) {
   return d;
 }
 
+py::dict histogram_dict(const HistogramSnapshot& h) {
+  py::dict d;
+  d["bounds"] = h.bounds;
+  d["counts"] = h.counts;
+  d["sum"] = h.sum;
+  return d;
+}
+
 py::tuple outputs_tuple(const ModelOutputs& outputs) {
   return py::make_tuple(outputs.names, outputs.tensors);
 }
@@ -143,6 +151,17 @@ class PyEngine {
     d["stage"] = latency_dict(s.stage);
     d["compute"] = latency_dict(s.compute);
     d["end_to_end"] = latency_dict(s.end_to_end);
+    return d;
+  }
+
+  py::dict histograms() const {
+    const EngineHistograms h = engine_->histograms();
+    py::dict d;
+    d["queue"] = histogram_dict(h.queue);
+    d["stage"] = histogram_dict(h.stage);
+    d["compute"] = histogram_dict(h.compute);
+    d["end_to_end"] = histogram_dict(h.end_to_end);
+    d["batch_rows"] = histogram_dict(h.batch_rows);
     return d;
   }
 
@@ -282,6 +301,7 @@ void bind_engine(py::module_& m) {
       .def("close", &PyEngine::close, py::arg("drain") = true)
       .def_property_readonly("closed", &PyEngine::closed)
       .def("stats", &PyEngine::stats)
+      .def("histograms", &PyEngine::histograms)
       .def("collect_garbage", &PyEngine::collect_garbage);
   m.def("input_kinds", &input_kinds);
   m.def("input_tensors", &input_tensors, py::arg("batch"), py::arg("specs"));

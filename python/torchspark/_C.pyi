@@ -173,6 +173,9 @@ class Engine:
     @property
     def closed(self) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
+    def histograms(self) -> dict[str, dict[str, Any]]:
+        """Per latency and batch_rows: bucket bounds, counts (one more: +Inf) and sum."""
+
     def collect_garbage(self) -> None:
         """Destroys finished requests' Arrow data on this (GIL-holding) thread."""
 

@@ -504,6 +504,15 @@ class Engine:
         stats["rows_truncated"] = self._truncated
         return stats
 
+    def histograms(self) -> dict[str, dict[str, Any]]:
+        """Every sample since the engine started, in fixed buckets (cheap: no
+        sorting, unlike :meth:`stats`): ``queue``, ``stage``, ``compute``,
+        ``end_to_end`` (seconds) and ``batch_rows`` (rows per model call), each
+        ``{"bounds": [...], "counts": [...], "sum": float}`` with one count per
+        bound (values up to it, above the previous one) and a last one above
+        every bound. Counts only grow: take deltas between two calls."""
+        return self._native.histograms()
+
     def flush(self) -> None:
         """Run what is queued now instead of waiting for ``max_delay_ms``."""
         self._native.flush()

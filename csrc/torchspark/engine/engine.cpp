@@ -227,6 +227,7 @@ std::optional<ModelOutputs> Engine::run_inline(Inputs& inputs) {
     outputs = run_model(tensors, batch_index);
     record_compute(seconds_since(start));
     stat_batches_ += 1;
+    batch_rows_.observe(static_cast<double>(rows));
     check_outputs(outputs, rows, batch_index);
   } catch (...) {
     error = batch_error(batch_index, rows, c10::str("request ", id, " rows [0, ", rows, ")"),
@@ -310,6 +311,11 @@ EngineStats Engine::stats() const {
   s.compute = compute_latency_.summary();
   s.end_to_end = end_to_end_latency_.summary();
   return s;
+}
+
+EngineHistograms Engine::histograms() const {
+  return {queue_latency_.histogram(), stage_latency_.histogram(), compute_latency_.histogram(),
+          end_to_end_latency_.histogram(), batch_rows_.snapshot()};
 }
 
 // ---- batching and staging (the batcher thread) ----
@@ -566,6 +572,7 @@ void Engine::compute(Batch& batch, const std::optional<c10::Stream>& stream) {
     record_compute(seconds);
     if (batch.budget > 0) budget_.record(batch.budget, batch.tokens, seconds);
     stat_batches_ += 1;
+    batch_rows_.observe(static_cast<double>(batch.shape.rows));
     deliver(batch, outputs);
   } catch (...) {
     fail(batch, std::current_exception());

@@ -85,6 +85,12 @@ struct EngineStats {
   LatencySummary end_to_end;                            // submit -> request done
 };
 
+// Every sample since the engine started, in fixed buckets (histogram.h): the
+// four latencies of EngineStats (seconds) and the rows of each model call.
+struct EngineHistograms {
+  HistogramSnapshot queue, stage, compute, end_to_end, batch_rows;
+};
+
 class Engine {
  public:
   // Validates `options` (validate_options) against the model: a precision
@@ -111,6 +117,8 @@ class Engine {
   bool closed() const;
 
   EngineStats stats() const;
+  // Cheap (no sorting): what Prometheus' histograms are fed from.
+  EngineHistograms histograms() const;
   // Inputs, keepalives and requests of finished work, to destroy on the
   // caller's thread.
   std::vector<std::shared_ptr<const void>> take_garbage();
@@ -215,6 +223,7 @@ class Engine {
   std::atomic<int64_t> stat_requests_{0}, stat_rows_{0}, stat_batches_{0}, stat_errors_{0},
       stat_retries_{0}, stat_token_slots_{0}, stat_token_padding_{0};
   LatencyRecorder queue_latency_, stage_latency_, compute_latency_, end_to_end_latency_;
+  Histogram batch_rows_{batch_rows_bucket_bounds()};
 
   std::mutex join_mutex_;  // serialises the joins of concurrent close() calls
   std::thread batcher_;

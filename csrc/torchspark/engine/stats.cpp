@@ -7,6 +7,7 @@
 namespace torchspark {
 
 void LatencyRecorder::record(double seconds) {
+  histogram_.observe(seconds);
   std::lock_guard<std::mutex> lock(mutex_);
   if (static_cast<int64_t>(samples_.size()) < kLatencySamples) {
     samples_.push_back(seconds);

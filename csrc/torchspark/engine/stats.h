@@ -2,12 +2,16 @@
 //
 // LatencyRecorder keeps the most recent kLatencySamples samples of one
 // latency (a ring buffer), so percentiles are exact over that window and the
-// memory is fixed. Thread-safe: workers record, any thread summarises.
+// memory is fixed, and counts every sample ever recorded in a Histogram of
+// latency_bucket_bounds() (histogram.h), which Prometheus reads. Thread-safe:
+// workers record, any thread summarises.
 #pragma once
 
 #include <cstdint>
 #include <mutex>
 #include <vector>
+
+#include "torchspark/engine/histogram.h"
 
 namespace torchspark {
 
@@ -26,11 +30,13 @@ class LatencyRecorder {
  public:
   void record(double seconds);
   LatencySummary summary() const;
+  HistogramSnapshot histogram() const { return histogram_.snapshot(); }
 
  private:
   mutable std::mutex mutex_;
   std::vector<double> samples_;  // ring buffer of up to kLatencySamples
   int64_t count_ = 0;
+  Histogram histogram_{latency_bucket_bounds()};
 };
 
 }  // namespace torchspark

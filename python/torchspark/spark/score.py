@@ -16,6 +16,7 @@ import torch
 from ..engine import Input
 from .bad_rows import bad_row_policy
 from .environment import check_executor_python
+from .monitor import settings
 from .packing import packed
 from .plan import Plan, arrow_batch_rows, check_engine_options, engine_inputs, plan, quote
 from .report import new_run
@@ -65,13 +66,19 @@ def arrow_predictor(
 
 
 def _predictor(
-    df: Any, planned: Plan, alias: Mapping[str, str] | None = None, input_stats: bool = False
+    df: Any,
+    planned: Plan,
+    alias: Mapping[str, str] | None = None,
+    input_stats: bool = False,
+    progress: bool = False,
 ) -> ArrowPredictor:
-    """The mapInArrow function of ``planned``, its columns renamed by ``alias``."""
+    """The mapInArrow function of ``planned``, its columns renamed by ``alias``;
+    with live metrics (:mod:`.monitor`) and ``progress`` where on."""
     from pyspark.sql import types as T
 
     alias = alias or {}
     run, records = new_run(df.sparkSession.sparkContext)
+    monitor = settings(df.sparkSession, run, df if progress else None)
     schema = T.StructType(
         [T.StructField(alias.get(f.name, f.name), f.dataType, f.nullable) for f in planned.schema]
     )
@@ -88,6 +95,7 @@ def _predictor(
         policy=planned.policy,
         output_types=planned.output_types,
         input_stats=input_stats,
+        monitor=monitor,
     )
 
 
@@ -116,6 +124,7 @@ def predict(
     quarantine: str | os.PathLike[str] | None = None,
     error_column: str = "_error",
     input_stats: bool = False,
+    progress: bool = True,
     **engine_options: Any,
 ) -> Any:
     """Score ``df`` with a TorchScript or AOTInductor model; returns a new DataFrame.
@@ -184,6 +193,10 @@ def predict(
             columns (as they do of every output column), for
             :meth:`Report.compare` (input drift). Off by default: it reads
             every input value once more.
+        progress: while the job runs, the driver shows rows scored, rows/s,
+            bad rows and, when Spark knows the input's row count, an ETA: one
+            line rewritten in a terminal, else a ``torchspark`` log line
+            (INFO) every 10 s. ``False`` turns it off.
 
     The probe (one small Spark job and a model load on the driver) runs once
     per model file (by digest), input column types and options in a driver
@@ -193,7 +206,10 @@ def predict(
     Metrics of the tasks (rows, throughput, latency percentiles per Arrow batch,
     device, batch size, statistics of the outputs) are collected on the
     driver: see :func:`last_report`, :meth:`Report.compare` (drift) and
-    :meth:`Report.save` (an HTML report).
+    :meth:`Report.save` (an HTML report). Live Prometheus metrics (every
+    executor's ``/metrics``, the job's at the driver's) are on with
+    ``spark.torchspark.metrics.enabled=true`` in the session's conf: see
+    :mod:`torchspark.spark.monitor`.
 
     >>> scored = torchspark.predict(df, path, inputs="x", keep=["id"], output="score")
     >>> out = os.path.join(tempfile.mkdtemp(), "scored.parquet")
@@ -211,7 +227,7 @@ def predict(
     df, inputs, keep = packed(df, inputs, original if keep is None else keep)
     planned = plan(df, model, inputs, output, keep, device, options, sha256, schema, policy)
     if as_columns:
-        return _with_outputs(df, planned, original, input_stats)
+        return _with_outputs(df, planned, original, input_stats, progress)
     used = [c for spec in planned.specs for c in spec.column_list]
     shipped = list(dict.fromkeys(planned.keep + used))  # only the columns needed cross to Python
     # mapInArrow resolves its input columns by parsing their names, so a name
@@ -219,7 +235,7 @@ def predict(
     # their names back afterwards.
     rename = any("." in c or "`" in c for c in shipped)
     alias = {c: f"_torchspark_{i}" for i, c in enumerate(shipped)} if rename else {}
-    predictor = _predictor(df, planned, alias, input_stats)
+    predictor = _predictor(df, planned, alias, input_stats, progress)
     selected = df.selectExpr(*[f"{quote(c)} AS {quote(alias.get(c, c))}" for c in shipped])
     scored = selected.mapInArrow(predictor, predictor.schema)
     return scored.toDF(*planned.schema.fieldNames()) if rename else scored
@@ -231,7 +247,9 @@ def _has_arrow_udf() -> bool:
     return hasattr(F, "arrow_udf")  # Spark 4.1+
 
 
-def _with_outputs(df: Any, planned: Plan, original: list[str], input_stats: bool) -> Any:
+def _with_outputs(
+    df: Any, planned: Plan, original: list[str], input_stats: bool, progress: bool
+) -> Any:
     """``df``'s ``original`` columns and the model's outputs, added as columns
     of an ``arrow_udf`` (the ``withColumn`` of every output): the kept columns
     stay in the JVM and only the inputs cross to Python: keeping every column
@@ -247,7 +265,7 @@ def _with_outputs(df: Any, planned: Plan, original: list[str], input_stats: bool
     # number (an id: a few bytes a row) and not an input already.
     first = original[0] if original else None
     label = first if first is not None and first not in used and _is_small(df, first) else None
-    column, _ = model_column(df, planned, label, input_stats)
+    column, _ = model_column(df, planned, label, input_stats, progress)
     kept = [F.col(quote(c)) for c in original]
     columns = planned.columns
     if len(columns) == 1:

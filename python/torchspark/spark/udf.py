@@ -22,6 +22,7 @@ from ..inputs import Inputs
 from . import outputs as out
 from .bad_rows import RAISE, BadRowPolicy, bad_row_policy
 from .environment import check_executor_python
+from .monitor import Settings, settings
 from .plan import arrow_batch_rows, check_engine_options, engine_inputs
 from .report import function_name, new_run
 from .worker import ArrowPredictor
@@ -53,6 +54,7 @@ class _UdfFunction:
         output_types: list[Any] | None = None,
         outputs: list[str] | None = None,
         input_stats: bool = False,
+        monitor: Settings | None = None,
     ) -> None:
         self.ref = ref
         self.kinds = kinds
@@ -68,6 +70,7 @@ class _UdfFunction:
         self.output_types = output_types
         self.outputs = outputs  # the output names (for statistics); None: _out, _out_0, ...
         self.input_stats = input_stats
+        self.monitor = monitor
 
     def specs(self, count: int) -> Inputs:
         if self.fixed_specs is not None:
@@ -116,6 +119,7 @@ class _UdfFunction:
             policy=self.policy,
             output_types=self.output_types,
             input_stats=self.input_stats,
+            monitor=self.monitor,
         )
         for batch in predictor(batches()):
             yield self.column(batch)
@@ -136,12 +140,13 @@ class _UdfFunction:
 
 
 def model_column(
-    df: Any, planned: Any, label: str | None, input_stats: bool = False
+    df: Any, planned: Any, label: str | None, input_stats: bool = False, progress: bool = False
 ) -> tuple[Any, Any]:
     """The outputs of ``planned`` as one column of ``df`` on an ``arrow_udf``
     (a struct for several outputs) and its type: only the input columns (and
     ``label``) cross to Python, every other column stays in the JVM.
-    ``input_stats``: the tasks record statistics of the numeric inputs."""
+    ``input_stats``: the tasks record statistics of the numeric inputs. With
+    live metrics (:mod:`.monitor`) and ``progress`` where on."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -168,6 +173,7 @@ def model_column(
             ]
         )
     run, records = new_run(df.sparkSession.sparkContext)
+    monitor = settings(df.sparkSession, run, df if progress else None)
     body = _UdfFunction(
         planned.ref,
         None,
@@ -183,6 +189,7 @@ def model_column(
         output_types=planned.output_types,
         outputs=list(planned.outputs),
         input_stats=input_stats,
+        monitor=monitor,
     )
 
     return _arrow_udf(body, run, return_type)(*arguments), return_type
@@ -283,8 +290,18 @@ def torch_udf(
         return_type = T.StructType([T.StructField(f.name, f.dataType) for f in return_type])
     types = [f.dataType for f in return_type] if fields is not None else [return_type]
     run, records = new_run(spark.sparkContext)
+    monitor = settings(spark, run)
     body = _UdfFunction(
-        ref, inputs, fields, device, options, run, records, policy=policy, output_types=types
+        ref,
+        inputs,
+        fields,
+        device,
+        options,
+        run,
+        records,
+        policy=policy,
+        output_types=types,
+        monitor=monitor,
     )
 
     return _arrow_udf(body, run, return_type)

@@ -40,6 +40,8 @@ from .bad_rows import (
     split_nonfinite,
 )
 from .batch_observer import BatchObserver
+from .metrics import TaskMetrics
+from .monitor import Settings
 from .report import function_name, sample
 
 _engines: collections.OrderedDict[tuple[Any, ...], Engine] = collections.OrderedDict()
@@ -161,6 +163,7 @@ class ArrowPredictor:
         policy: BadRowPolicy = RAISE,
         output_types: list[Any] | None = None,
         input_stats: bool = False,
+        monitor: Settings | None = None,
     ) -> None:
         self.ref = ref
         self.specs = specs
@@ -171,6 +174,7 @@ class ArrowPredictor:
         self.options = options
         self.run = run
         self._records = records
+        self.monitor = monitor  # live metrics and progress; None: off
         # The column whose value names a failing row: the first kept one by default.
         self.label = label if label is not None else (keep[0] if keep else None)
         self.policy = policy
@@ -200,16 +204,25 @@ class ArrowPredictor:
         columns = [c for s in _input_list(self.specs) for c in s.column_list]
         observe = BatchObserver(self.keep, columns if self.input_stats else [], stats)
         log = BadRowLog(self.policy, where, self.label)
+        # Live metrics and progress (.monitor): None when off.
+        metrics = TaskMetrics.start(self.monitor, engine, self.ref, device, task, stats)
+
+        def on_batch(batch: Any, scored: Any, seconds: float) -> None:
+            observe(batch, scored, seconds)
+            if metrics is not None:
+                metrics.on_batch(batch, scored, seconds)
+
         try:
+            fed = metrics.feed(batches) if metrics is not None else batches
             yield from score(
                 engine,
-                batches,
+                fed,
                 self.keep,
                 output,
                 where,
                 self.label,
                 stats,
-                observe,
+                on_batch,
                 policy=self.policy,
                 output_types=self.output_types,
                 bad_rows=log,
@@ -217,6 +230,8 @@ class ArrowPredictor:
             if log.set_aside:
                 self._set_aside(log, task, stats, where)
         finally:
+            if metrics is not None:
+                metrics.finish()
             try:
                 execution = (
                     task.getLocalProperty("spark.sql.execution.id") if task is not None else None
@@ -375,6 +390,7 @@ def score(
                 types = _arrow_types(output_types, count)
                 scored, set_aside = assemble(batch, keep, outputs, segments, policy, types)
                 log.keep(set_aside)
+            stats["bad_rows"] = log.count  # live: metrics read it as the task goes
             seconds = time.perf_counter() - submitted
             stats["latency_ms"].append(seconds * 1e3)
             stats["rows"] += batch.num_rows
