@@ -1,0 +1,115 @@
+"""Faults in Spark: concurrent jobs, a model replaced on disk, speculation,
+cancellation, an executor killed with SIGKILL (issue "Try to break it").
+
+spark_fault_job.py runs them on a two-host standalone cluster (a Master and two
+one-core Workers on 127.0.0.2 and 127.0.0.3), started in the background when
+this module starts so that it overlaps other tests. Each job's output must
+hold every input id exactly once (count, distinct count, anti-joins both
+ways) with predictions equal to eager PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("pyspark.sql")
+pytestmark = pytest.mark.spark
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FAULT_TEST = "test_faults_in_a_two_host_cluster"
+TIMEOUT = 600.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fault_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Start spark_fault_job.py when the module starts (if its test is selected)."""
+    selected = any(item.name == FAULT_TEST for item in request.session.items)
+    if not selected or (shutil.which("java") is None and not os.environ.get("JAVA_HOME")):
+        yield None
+        return
+    workdir = tmp_path_factory.mktemp("faults")
+    log = open(workdir / "job.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "spark_fault_job.py"), str(workdir)],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the cluster's JVMs go with it
+    )
+    job = {"proc": proc, "workdir": workdir, "started": time.monotonic()}
+    try:
+        yield job
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def exactly_once(check: dict, rows: int) -> None:
+    assert check is not None
+    assert check["count"] == check["distinct"] == rows, check
+    assert check["ids_equal"] and check["missing"] == 0 and check["extra"] == 0, check
+    assert check["max_abs_diff"] < 1e-5, check
+
+
+@pytest.mark.slow
+def test_faults_in_a_two_host_cluster(fault_job):
+    if fault_job is None:
+        pytest.skip("no Java runtime for Spark")
+    proc, workdir = fault_job["proc"], fault_job["workdir"]
+    left = TIMEOUT - (time.monotonic() - fault_job["started"])
+    try:
+        proc.wait(timeout=max(left, 1.0))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log = (workdir / "job.log").read_text(errors="replace")
+    assert proc.returncode == 0, log[-6000:]
+    r = json.loads((workdir / "result.json").read_text())
+    from spark_fault_job import ROWS, SLOW_ROWS
+
+    # Two executors on two hosts (as Spark sees them).
+    assert r["executors"] == 2 and r["hosts"] == ["127.0.0.2", "127.0.0.3"]
+
+    # 1. Three models scored at once from three driver threads: no cross-talk.
+    assert len(r["concurrent"]) == 3
+    for check in r["concurrent"]:
+        exactly_once(check, ROWS)
+
+    # 2. The file under the same path replaced: the second job scores the new model.
+    exactly_once(r["changed_on_disk"]["first"], ROWS)
+    exactly_once(r["changed_on_disk"]["second"], ROWS)
+
+    # 3. A speculative second attempt of partition 0 won (attempt 0 was held back).
+    exactly_once(r["speculation"], ROWS)
+    assert r["speculation"]["attempts_of_partition_0"] == [1]
+    assert r["speculation"]["report_rows"] == ROWS
+
+    # 4. Cancelled twice while under way; the next job is whole and right, and
+    # the Python workers hold no more threads or engines than before.
+    cancel = r["cancel"]
+    for attempt in cancel["cancels"]:
+        assert attempt["under_way"] and attempt["outcome"] != ["finished"], attempt
+    exactly_once(cancel["after"], SLOW_ROWS)
+    before, after = cancel["workers_before"], cancel["workers_after"]
+    assert max(w["threads"] for w in after.values()) <= max(w["threads"] for w in before.values())
+    assert max(w["engines"] for w in after.values()) <= max(
+        1, *(w["engines"] for w in before.values())
+    )
+
+    # 5. An executor JVM killed mid-job: its tasks ran again elsewhere; a new
+    # executor replaced it; the output is whole and right.
+    kill = r["kill"]
+    assert kill["killed_mid_job"] and kill["killed"] in kill["executor_pids"]
+    assert kill["killed"] not in kill["alive_after"] and len(kill["alive_after"]) == 2
+    assert "error" not in kill, kill.get("error")
+    exactly_once(kill["check"], SLOW_ROWS)
