@@ -209,6 +209,14 @@ def main(workdir: str) -> dict:
         "psi": comparison.outputs["prediction"].psi,
         "self_psi": reference.compare(reference).outputs["prediction"].psi,
     }
+    # The HTML report of a job whose tasks ran on both executors.
+    with open(reference.save(os.path.join(workdir, "report.html"))) as f:
+        page = f.read()
+    result["html"] = {
+        "images": page.count("src='data:image/png;base64,"),
+        "rows": f"{ROWS:,}" in page,
+        "hosts": sorted({f"{r['host']}" for r in reference.task_records}),
+    }
     mark("drift")
     spark.stop()
 

@@ -1020,6 +1020,8 @@ def test_local_cluster_ships_the_model_to_each_executor(cluster_job):
     assert drift["input"] == pytest.approx(drift["numpy_input"], rel=1e-9)
     assert drift["input_columns"] == ["features"] + [f"features[{i}]" for i in range(8)]
     assert drift["self_psi"] == 0.0 and drift["psi"] > 0.25
+    # Its HTML report: the plots embedded, the row count.
+    assert r["html"]["images"] >= 5 and r["html"]["rows"]
     assert len(r["cache_files"]) == 1 and r["cache_files"][0].endswith("/cluster_mlp.pt")
     # The executors' per-task log lines: one per partition of the predict job.
     lines = [line for line in r["log_lines"] if r["ref_location"] in line]
