@@ -12,7 +12,10 @@ A model is named on the driver by one of:
   host never see a partial file.
 
 With ``sha256`` the file is verified before it is loaded (model files are
-code: verify what you did not build yourself).
+code: verify what you did not build yourself). The cache directories are
+refused when another user could write to them (a file swapped there would
+be run), and a URI's credentials (``user:password@``, a query string such as
+a signed URL's) never appear in messages or logs: :func:`redact`.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
+import urllib.parse
 from dataclasses import dataclass
 
 __all__ = ["ModelRef", "fetch", "ship"]
@@ -40,6 +45,62 @@ def _is_uri(location: str) -> bool:
     return bool(sep) and scheme.isidentifier()
 
 
+def redact(location: str) -> str:
+    """``location`` safe to show: a URI without its user info (``user:secret@``)
+    and without its query and fragment (signed URLs carry their token there).
+
+    >>> redact("s3://AKIA:secret@bucket/models/m.pt?X-Amz-Signature=abc")
+    's3://***@bucket/models/m.pt?***'
+    """
+    if not _is_uri(location):
+        return location
+    parts = urllib.parse.urlsplit(location)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    shown = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return shown + ("?***" if parts.query or parts.fragment else "")
+
+
+def _scrubbed(error: BaseException, location: str) -> str:
+    """``error``'s text with ``location``'s secrets (its user info, its query)
+    replaced: a library's message may quote the URI it was given."""
+    text = str(error)
+    if not _is_uri(location):
+        return text
+    text = text.replace(location, redact(location))
+    parts = urllib.parse.urlsplit(location)
+    secrets = [parts.netloc.rsplit("@", 1)[0]] if "@" in parts.netloc else []
+    secrets += [parts.query, parts.fragment, parts.password or ""]
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def private_dir(directory: str) -> str:
+    """``directory`` (made with mode 0700 if missing), checked: owned by this
+    user and not writable by group or others, nor is the cache root above it.
+    PermissionError otherwise: a file another user can replace there would be
+    loaded as a model, which is code."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    root = os.path.realpath(cache_dir())
+    here = os.path.realpath(directory)
+    checked = [here]
+    while here != root and here.startswith(root + os.sep):
+        here = os.path.dirname(here)
+        checked.append(here)
+    for path in checked:
+        st = os.stat(path)
+        if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise PermissionError(
+                f"cache directory '{path}' is writable by another user (owner uid "
+                f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}): a file there could be "
+                "swapped for a model, which is code; make it private (chmod go-w) or set "
+                "TORCHSPARK_CACHE to a directory only you can write"
+            )
+    return directory
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """Where an executor finds the model: ``kind`` is ``"sparkfile"`` (a
@@ -52,8 +113,15 @@ class ModelRef:
 
     @property
     def name(self) -> str:
-        """The file name, for messages and logs."""
-        return os.path.basename(self.location.rstrip("/")) or self.location
+        """The file name, for messages and logs (never a URI's credentials)."""
+        shown = redact(self.location)
+        path = urllib.parse.urlsplit(shown).path if _is_uri(self.location) else shown
+        return os.path.basename(path.rstrip("/")) or shown
+
+    @property
+    def shown(self) -> str:
+        """The location for messages: :func:`redact`."""
+        return redact(self.location)
 
 
 _shipped: dict[tuple[int, str], str] = {}  # (id(SparkContext), digest) -> SparkFiles name
@@ -143,9 +211,9 @@ def fetch(ref: ModelRef) -> str:
     elif ref.kind == "uri":
         path = _download(ref)
     else:
-        raise ValueError(f"model '{ref.location}': unknown reference kind {ref.kind!r}")
+        raise ValueError(f"model '{ref.shown}': unknown reference kind {ref.kind!r}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"model '{ref.location}': expected a file at '{path}'")
+        raise FileNotFoundError(f"model '{ref.shown}': expected a file at '{path}'")
     if ref.sha256:
         _verify(path, ref)
     return path
@@ -161,7 +229,7 @@ def _verify(path: str, ref: ModelRef) -> None:
         with _fetch_lock:
             _verified[key] = digest
     if digest != ref.sha256:
-        raise ValueError(f"model '{ref.location}': sha256 is {digest}, expected {ref.sha256}")
+        raise ValueError(f"model '{ref.shown}': sha256 is {digest}, expected {ref.sha256}")
 
 
 def _download(ref: ModelRef) -> str:
@@ -170,17 +238,21 @@ def _download(ref: ModelRef) -> str:
     key = hashlib.sha256(f"{ref.location}\n{ref.sha256 or ''}".encode()).hexdigest()[:24]
     directory = os.path.join(cache_dir(), key)
     target = os.path.join(directory, ref.name)
+    private_dir(directory)
     if os.path.isfile(target):
         return target
-    os.makedirs(directory, exist_ok=True)
     try:
         fs, remote = pafs.FileSystem.from_uri(ref.location)
     except Exception as e:
-        raise ValueError(f"model '{ref.location}': pyarrow.fs cannot open this URI: {e}") from e
+        raise ValueError(
+            f"model '{ref.shown}': pyarrow.fs cannot open this URI: {_scrubbed(e, ref.location)}"
+        ) from None
     try:
         src = fs.open_input_stream(remote)
     except Exception as e:
-        raise FileNotFoundError(f"model '{ref.location}': cannot read it: {e}") from e
+        raise FileNotFoundError(
+            f"model '{ref.shown}': cannot read it: {_scrubbed(e, ref.location)}"
+        ) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{ref.name}.", dir=directory)
     try:
         digest = hashlib.sha256()
@@ -193,7 +265,7 @@ def _download(ref: ModelRef) -> str:
                 out.write(block)
         if ref.sha256 and digest.hexdigest() != ref.sha256:
             raise ValueError(
-                f"model '{ref.location}': downloaded sha256 is {digest.hexdigest()}, "
+                f"model '{ref.shown}': downloaded sha256 is {digest.hexdigest()}, "
                 f"expected {ref.sha256}"
             )
         os.replace(tmp, target)  # atomic: readers see the old state or the whole file

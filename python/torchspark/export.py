@@ -508,7 +508,7 @@ def export_cached(
     (``$TORCHSPARK_CACHE/exports``), named by :func:`module_digest`, and is
     reused while the module's code, weights and attributes, the examples'
     dtypes and row shapes, the format and the precision stay the same."""
-    from .distribute import cache_dir
+    from .distribute import cache_dir, private_dir
 
     check_module(module, "export")
     inputs = as_inputs(example_inputs)
@@ -517,7 +517,7 @@ def export_cached(
     path = os.path.join(directory, f"{digest[:32]}.{'pt' if format == 'torchscript' else 'pt2'}")
     if os.path.isfile(path):
         return path
-    os.makedirs(directory, exist_ok=True)
+    private_dir(directory)
     fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=os.path.splitext(path)[1], dir=directory)
     os.close(fd)
     try:

@@ -60,7 +60,7 @@ from typing import Any
 
 import torch
 
-from .distribute import ModelRef, _is_uri, cache_dir
+from .distribute import ModelRef, _is_uri, cache_dir, private_dir
 from .engine import Input, _resolve_device, size_intra_op_threads
 from .spark.plan import check_engine_options, engine_inputs, plan_inputs
 from .spark.report import Report, _summarise
@@ -132,7 +132,7 @@ def _local(ref: ModelRef) -> ModelRef:
             raise ValueError(
                 f"model '{ref.name}': the object store holds sha256 {digest}, expected {ref.sha256}"
             )
-        os.makedirs(directory, exist_ok=True)
+        private_dir(directory)
         fd, tmp = tempfile.mkstemp(prefix=f".{ref.name}.", dir=directory)
         try:
             with os.fdopen(fd, "wb") as f:

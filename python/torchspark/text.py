@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .distribute import ModelRef, cache_dir, fetch
+from .distribute import ModelRef, cache_dir, fetch, private_dir
 from .errors import NullValueError
 
 __all__ = ["TOKENIZER_OUTPUTS", "Tokenize", "tokenizer_file"]
@@ -71,7 +71,7 @@ def tokenizer_file(tokenizer: Any) -> str | ModelRef:
         text = backend.to_str()
         digest = hashlib.sha256(text.encode()).hexdigest()[:24]
         directory = os.path.join(cache_dir(), "tokenizers")
-        os.makedirs(directory, exist_ok=True)
+        private_dir(directory)
         path = os.path.join(directory, f"{digest}.tokenizer.json")
         if not os.path.isfile(path):
             tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
