@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "arrow_builders.h"
@@ -148,6 +149,18 @@ TEST(ArrowImport, BatchColumnShorterThanTheBatchIsRejected) {
   auto node = batch(4, std::move(columns));
   EXPECT_THROW_WITH(ImportedTable(import_node(*node), "batch"), InvalidArrowError, "column 'x'",
                     "has 2 rows but the batch has 4");
+}
+
+// Found by tests/fuzz/arrow_import_fuzzer: the column's first row,
+// child.offset + batch.offset, overflowed int64 (UBSan) before the child was
+// validated.
+TEST(ArrowImport, BatchColumnOffsetOverflowingWithTheBatchOffsetIsRejected) {
+  auto node = batch_of(4, primitive("i", kInts.data(), 4, "x"));
+  node->array.offset = 2;
+  node->array.length = 2;
+  node->children[0]->array.offset = std::numeric_limits<int64_t>::max() - 1;
+  EXPECT_THROW_WITH(ImportedTable(import_node(*node), "batch"), InvalidArrowError, "column 'x'",
+                    "+ the batch's offset + length 4 overflows int64");
 }
 
 TEST(ArrowImport, ChildArrayReleasedIsRejected) {

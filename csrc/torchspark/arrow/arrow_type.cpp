@@ -399,10 +399,14 @@ void validate_struct_shallow(const ArrowSchema& schema, const ArrowArray& array,
   const int64_t end = array.offset + array.length;
   for (int64_t i = 0; i < array.n_children; ++i) {
     const ArrowArray& child = *array.children[i];
-    TS_CHECK_ARROW(child.length >= end,
-                   field_label(*schema.children[i], what + " child " + std::to_string(i)), ": has ",
-                   child.length, " rows but the batch has ", end,
-                   " (column lengths differ within the batch)");
+    const std::string label =
+        field_label(*schema.children[i], what + " child " + std::to_string(i));
+    TS_CHECK_ARROW(child.length >= end, label, ": has ", child.length, " rows but the batch has ",
+                   end, " (column lengths differ within the batch)");
+    // A column reads its rows from child.offset + array.offset, summed before
+    // the child itself is validated (found by tests/fuzz/arrow_import_fuzzer).
+    TS_CHECK_ARROW(child.offset <= std::numeric_limits<int64_t>::max() - end, label, ": offset ",
+                   child.offset, " + the batch's offset + length ", end, " overflows int64");
   }
 }
 
