@@ -299,11 +299,17 @@ def spark_home(workdir: str) -> str:
     return home
 
 
-if __name__ == "__main__":
-    workdir = os.path.abspath(sys.argv[1])
+def job_environment(workdir: str) -> None:
+    """What a job script's driver (and the JVMs it starts) run with: the
+    SPARK_HOME above, this interpreter for the workers, a cache in ``workdir``."""
     os.environ["SPARK_HOME"] = spark_home(workdir)
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["TORCHSPARK_CACHE"] = os.path.join(workdir, "cache")
+
+
+if __name__ == "__main__":
+    workdir = os.path.abspath(sys.argv[1])
+    job_environment(workdir)
     os.environ["TORCHSPARK_LOG_LEVEL"] = "INFO"
     out = main(workdir)
     with open(os.path.join(workdir, "result.json"), "w") as f:

@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from spark_cluster_job import spark_home
+from spark_cluster_job import job_environment
 
 PARTITIONS = 8
 ROWS = 4000
@@ -393,9 +393,7 @@ if __name__ == "__main__":
     import json
 
     workdir = os.path.abspath(sys.argv[1])
-    os.environ["SPARK_HOME"] = spark_home(workdir)
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["TORCHSPARK_CACHE"] = os.path.join(workdir, "cache")
+    job_environment(workdir)
     with standalone_cluster(workdir) as master:
         out = main(workdir, master)
     with open(os.path.join(workdir, "result.json"), "w") as f:

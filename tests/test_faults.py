@@ -10,20 +10,12 @@ ways) with predictions equal to eager PyTorch.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-
+import background_job
 import pytest
 
 pytest.importorskip("pyspark.sql")
 pytestmark = pytest.mark.spark
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 FAULT_TEST = "test_faults_in_a_two_host_cluster"
 TIMEOUT = 600.0
 
@@ -31,27 +23,7 @@ TIMEOUT = 600.0
 @pytest.fixture(scope="module", autouse=True)
 def fault_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """Start spark_fault_job.py when the module starts (if its test is selected)."""
-    selected = any(item.name == FAULT_TEST for item in request.session.items)
-    if not selected or (shutil.which("java") is None and not os.environ.get("JAVA_HOME")):
-        yield None
-        return
-    workdir = tmp_path_factory.mktemp("faults")
-    log = open(workdir / "job.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "spark_fault_job.py"), str(workdir)],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the cluster's JVMs go with it
-    )
-    job = {"proc": proc, "workdir": workdir, "started": time.monotonic()}
-    try:
-        yield job
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    yield from background_job.start(request, tmp_path_factory, "spark_fault_job.py", FAULT_TEST)
 
 
 def exactly_once(check: dict, rows: int) -> None:
@@ -63,18 +35,7 @@ def exactly_once(check: dict, rows: int) -> None:
 
 @pytest.mark.slow
 def test_faults_in_a_two_host_cluster(fault_job):
-    if fault_job is None:
-        pytest.skip("no Java runtime for Spark")
-    proc, workdir = fault_job["proc"], fault_job["workdir"]
-    left = TIMEOUT - (time.monotonic() - fault_job["started"])
-    try:
-        proc.wait(timeout=max(left, 1.0))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log = (workdir / "job.log").read_text(errors="replace")
-    assert proc.returncode == 0, log[-6000:]
-    r = json.loads((workdir / "result.json").read_text())
+    r = background_job.result(fault_job, TIMEOUT)
     from spark_fault_job import ROWS, SLOW_ROWS
 
     # Two executors on two hosts (as Spark sees them).

@@ -763,6 +763,7 @@ import numpy as np, pyarrow as pa
 from torchspark import Engine, Input
 from torchspark.spark.metrics import TaskMetrics
 from torchspark.spark.monitor import Settings
+from torchspark.spark.batch_observer import BatchObserver
 from torchspark.spark.worker import new_stats, score
 
 model, directory, ports = sys.argv[1:4]
@@ -771,8 +772,14 @@ task = {"stage": 0, "partition": 0, "attempt": 0, "start": 0.0}
 with Engine(model, inputs=Input("x"), batch_size=8) as engine:
     stats = new_stats()
     metrics = TaskMetrics(settings, engine, "mlp.pt", "d1g3st", "cpu", task, stats)
+    observe = BatchObserver([], [], stats)  # the output statistics, as ArrowPredictor has them
+
+    def on_batch(*args):
+        observe(*args)
+        metrics.on_batch(*args)
+
     batches = [pa.record_batch({"x": pa.array(list(np.ones((n, 8), np.float32)))}) for n in (8, 20)]
-    for _ in score(engine, metrics.feed(batches), [], "y", "test", None, stats, metrics.on_batch):
+    for _ in score(engine, metrics.feed(batches), [], "y", "test", None, stats, on_batch):
         pass
     stats.update(bad_rows=1, nonfinite={"y": 1})  # as the bad-row policies will report them
     metrics.flush(done=False)  # mid-task: written as they grow, never twice
@@ -814,6 +821,16 @@ def test_a_worker_writes_its_executors_metrics(models, tmp_path):
         assert samples[f"torchspark_request_success_total{{{labels}}}"] == 2
         assert samples[f"torchspark_rows_quarantined_total{{{labels}}}"] == 3
         assert samples[f'torchspark_output_nonfinite_total{{{labels},output="y"}}'] == 2
+        # The output statistics: 28 rows of the MLP on ones, against eager PyTorch.
+        with torch.no_grad():
+            row = models.module("mlp")(torch.ones(1, 8))[0].double()
+        y = f'{labels},output="y"'
+        assert samples[f"torchspark_output_values{{{y}}}"] == 28 * row.numel()
+        assert samples[f"torchspark_output_sum{{{y}}}"] == pytest.approx(28 * float(row.sum()))
+        squares = 28 * float((row**2).sum())
+        assert samples[f"torchspark_output_sum_squares{{{y}}}"] == pytest.approx(squares)
+        assert samples[f"torchspark_output_min{{{y}}}"] == pytest.approx(float(row.min()))
+        assert samples[f"torchspark_output_max{{{y}}}"] == pytest.approx(float(row.max()))
         assert samples[f"torchspark_request_duration_seconds_count{{{labels}}}"] == 2
         # 28 rows in calls of at most 8 rows: at least 4 calls, every one <= 8.
         calls = samples[f"torchspark_batch_rows_count{{{labels}}}"]

@@ -19,12 +19,11 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
+import background_job
 import pyarrow as pa
 import pytest
 import torch
@@ -135,27 +134,7 @@ class SparkModels(ModelFiles):
 def cluster_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """Start spark_cluster_job.py in the background when the module starts (if
     its test is selected): its JVMs start while the local tests run."""
-    selected = any(item.name == CLUSTER_TEST for item in request.session.items)
-    if not selected or (shutil.which("java") is None and not os.environ.get("JAVA_HOME")):
-        yield None
-        return
-    workdir = tmp_path_factory.mktemp("cluster")
-    log = open(workdir / "job.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "spark_cluster_job.py"), str(workdir)],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the JVMs it starts go with it
-    )
-    job = {"proc": proc, "workdir": workdir, "started": time.monotonic()}
-    try:
-        yield job
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    yield from background_job.start(request, tmp_path_factory, "spark_cluster_job.py", CLUSTER_TEST)
 
 
 @pytest.fixture(scope="module")
@@ -964,18 +943,7 @@ def test_python_worker_killed_mid_partition_is_retried(spark, df, source, models
 
 @pytest.mark.slow
 def test_local_cluster_ships_the_model_to_each_executor(cluster_job):
-    if cluster_job is None:
-        pytest.skip("no Java runtime for Spark")
-    proc, workdir = cluster_job["proc"], cluster_job["workdir"]
-    left = CLUSTER_TIMEOUT - (time.monotonic() - cluster_job["started"])
-    try:
-        proc.wait(timeout=max(left, 1.0))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log = (workdir / "job.log").read_text(errors="replace")
-    assert proc.returncode == 0, log[-6000:]
-    r = json.loads((workdir / "result.json").read_text())
+    r = background_job.result(cluster_job, CLUSTER_TIMEOUT)
     rows, partitions = r["rows"], r["partitions"]
 
     assert r["master"] == "local-cluster[2,1,1024]" and r["executors"] == 2

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -121,8 +122,29 @@ class _Instruments:
             multiprocess_mode="livesum",
         )
 
+        # Output statistics (drift.ColumnStats of each output column), as totals a
+        # process keeps over its tasks: summed (or min/max) over processes, so
+        # mean = sum / values and std = sqrt(squares / values - mean^2) in PromQL.
+        def output(name: str, help: str, mode: str) -> Any:
+            return Gauge(
+                f"torchspark_output_{name}",
+                help,
+                (*LABELS, "output"),
+                registry=None,
+                multiprocess_mode=mode,
+            )
+
+        self.output_values = output("values", "Finite values of an output column", "sum")
+        self.output_sum = output("sum", "Sum of an output column's finite values", "sum")
+        self.output_squares = output("sum_squares", "Sum of their squares", "sum")
+        self.output_min = output("min", "Smallest finite value of an output column", "min")
+        self.output_max = output("max", "Largest finite value of an output column", "max")
+
 
 _instruments: list[_Instruments] = []
+# This process's output totals over its tasks: (labels, column) -> [values, sum,
+# squares, min, max].
+_output_totals: dict[tuple[Any, ...], list[float]] = {}
 _lock = threading.Lock()
 _server: dict[str, Any] = {}  # this process's executor server: {"directory", "info"}
 
@@ -227,6 +249,7 @@ class TaskMetrics:
             "request_sum": 0.0,
             "bad_rows": 0,
             "nonfinite": {},
+            "outputs": {},  # column -> (values, sum, squares) of this task written
         }
         self.seq = 0
         self.next_flush = time.monotonic() + FLUSH_S
@@ -358,12 +381,35 @@ class TaskMetrics:
             if count > before:
                 p.nonfinite.labels(*labels, str(output)).inc(count - before)
         written.update(bad_rows=bad_rows, nonfinite=dict(nonfinite))
+        self._write_outputs(p, labels, written["outputs"])
         memory = _device_memory(labels[4])
         if memory is not None:
             p.memory.labels(*labels).set(memory)
         padded = getattr(getattr(self.engine, "_feed", None), "padded", False)
         if padded and done:  # stats() sorts the latency windows: once per task
             p.padding.labels(*labels).set(self.engine.stats()["padding_ratio"])
+
+    def _write_outputs(self, p: _Instruments, labels: Any, written: dict[str, Any]) -> None:
+        """The task's output statistics since the last write, added to the process's totals."""
+        for column, stats in dict(self.stats.get("output_stats") or {}).items():
+            if not stats.count:
+                continue
+            now = (stats.count, stats.mean * stats.count, stats.m2 + stats.count * stats.mean**2)
+            before = written.get(column, (0, 0.0, 0.0))
+            totals = _output_totals.setdefault(
+                (tuple(labels), column), [0, 0.0, 0.0, math.inf, -math.inf]
+            )
+            for i in range(3):
+                totals[i] += now[i] - before[i]
+            totals[3] = min(totals[3], stats.min)
+            totals[4] = max(totals[4], stats.max)
+            written[column] = now
+            child = (*labels, str(column))
+            p.output_values.labels(*child).set(totals[0])
+            p.output_sum.labels(*child).set(totals[1])
+            p.output_squares.labels(*child).set(totals[2])
+            p.output_min.labels(*child).set(totals[3])
+            p.output_max.labels(*child).set(totals[4])
 
 
 def _delta(now: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
