@@ -81,11 +81,11 @@ TEST(WindowedSort, MatchesTheReferenceOnRandomKeys) {
 TEST(BatchShape, TokenSlotsAreRowsTimesTheSumOfWidths) {
   BatchShape empty;
   EXPECT_EQ(empty.token_slots(), 0);
-  BatchShape rows_only{7, {}};
+  BatchShape rows_only{7, {}, {}};
   EXPECT_EQ(rows_only.token_slots(), 0);
-  BatchShape one{3, {5}};
+  BatchShape one{3, {5}, {}};
   EXPECT_EQ(one.token_slots(), 15);
-  BatchShape two{4, {5, 2}};
+  BatchShape two{4, {5, 2}, {}};
   EXPECT_EQ(two.token_slots(), 28);
 }
 
@@ -201,7 +201,7 @@ TEST(FitRows, ARowOverTheBudgetRunsAloneInAnEmptyBatch) {
   EXPECT_EQ(batch.rows, 1);
   EXPECT_EQ(batch.widths, std::vector<int64_t>{50});
   // Not in a batch that has rows already.
-  BatchShape partial{1, {1}};
+  BatchShape partial{1, {1}, {}};
   EXPECT_EQ(fit_rows(partial, rows, 0, 3, 100, 10), 0);
   EXPECT_EQ(partial.rows, 1);
   EXPECT_EQ(partial.widths, std::vector<int64_t>{1});
@@ -228,7 +228,7 @@ TEST(FitRows, ReadsLengthsInStagingOrder) {
 TEST(FitRows, APartlyFilledBatchKeepsItsWidthsAndRows) {
   const std::vector<int64_t> lengths = {2, 2, 6};
   RowLengths rows{{lengths.data()}};
-  BatchShape batch{3, {4}};  // 12 slots already
+  BatchShape batch{3, {4}, {}};  // 12 slots already
   // Each row of length 2 keeps width 4: 4 x 4 = 16, 5 x 4 = 20; the row of
   // length 6 would make 6 x 6 = 36.
   EXPECT_EQ(fit_rows(batch, rows, 0, 3, 100, 30), 2);
@@ -239,7 +239,7 @@ TEST(FitRows, APartlyFilledBatchKeepsItsWidthsAndRows) {
 TEST(FitRows, BatchSizeCapsRowsUnderATokenBudget) {
   const std::vector<int64_t> lengths(10, 1);
   RowLengths rows{{lengths.data()}};
-  BatchShape batch{2, {1}};
+  BatchShape batch{2, {1}, {}};
   EXPECT_EQ(fit_rows(batch, rows, 0, 10, 5, 1000), 3);
   EXPECT_EQ(batch.rows, 5);
   EXPECT_EQ(fit_rows(batch, rows, 3, 7, 5, 1000), 0);
