@@ -382,7 +382,7 @@ def score(
                 scored = out.record_batch(batch, keep, outputs, tensors)
                 if policy.error_column_added is not None:
                     scored = scored.append_column(
-                        policy.error_column_added, _nulls(batch.num_rows, "string")
+                        policy.error_column_added, _no_errors(batch.num_rows)
                     )
             else:
                 if policy.check_finite:
@@ -433,10 +433,11 @@ def score(
             logger.warning("%s: the engine's counts were lost: %s", where, bookkeeping)
 
 
-def _nulls(rows: int, kind: str) -> Any:
+def _no_errors(rows: int) -> Any:
+    """The error column of a batch whose rows all scored: ``rows`` null strings."""
     import pyarrow as pa
 
-    return pa.nulls(rows, pa.string() if kind == "string" else kind)
+    return pa.nulls(rows, pa.string())
 
 
 def _arrow_types(spark_types: list[Any] | None, count: int) -> list[Any]:
