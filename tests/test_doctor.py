@@ -226,6 +226,17 @@ def test_executor_memory_must_hold_a_worker_per_concurrent_task():
     )
 
 
+def test_local_workers_must_fit_the_machine():
+    c = ClusterConf.from_mapping({"spark.master": "local[8]"})
+    profile = made()  # a worker: 200 + 110 MiB + the batch's working memory
+    batch = 10000
+    worker = 200 * MiB + 110 * MiB + batch * 1024
+    tight = recommend(c, profile, physical_memory=3 * worker).get("spark.master")
+    assert tight.value == "local[3]" and "8 concurrent tasks need" in tight.warning
+    roomy = recommend(c, profile, physical_memory=8 * worker).get("spark.master")
+    assert roomy.value == "local[8]" and roomy.warning is None
+
+
 def test_pyspark_memory_below_a_workers_address_space_is_a_warning():
     c = ClusterConf.from_mapping(
         {"spark.master": "yarn", "spark.executor.cores": "8", "spark.executor.pyspark.memory": "2g"}

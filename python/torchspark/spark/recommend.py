@@ -27,7 +27,8 @@ warning when the current value will hurt. The rules:
   overhead the cluster manager adds to the container: it must hold K workers
   (K concurrent tasks), each measured: the worker, one model copy, the
   working memory of one batch. ``spark.executor.pyspark.memory`` caps each
-  worker's address space at that amount over the executor's cores.
+  worker's address space at that amount over the executor's cores. With a
+  ``local[N]`` master: N workers must fit this machine's memory.
 - ``spark.network.timeout``, ``spark.files.fetchTimeout``: every executor
   fetches the model file from the driver, all at once: N x the file's size
   through the driver's link (``network_mb_s``, an assumption, not a
@@ -39,6 +40,7 @@ warning when the current value will hurt. The rules:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from ..model_profile import KNEE_FRACTION, ModelProfile
@@ -139,12 +141,14 @@ def recommend(
     *,
     intra_op_threads: int | None = None,
     network_mb_s: float = 100.0,
+    physical_memory: int | None = None,
 ) -> Diagnosis:
     """Apply the rules (see the module) to ``conf`` and ``profile``.
 
     ``intra_op_threads``: the ``predict`` option, when the job sets it.
     ``network_mb_s``: the driver's network bandwidth in MB/s (an assumption:
-    not measured; 100 MB/s is about a 1 Gbit/s link).
+    not measured; 100 MB/s is about a 1 Gbit/s link). ``physical_memory``:
+    this machine's memory in bytes, for a local master (default: read here).
     """
     gpu = conf.executor_gpus > 0
     task_cpus, cpus_rec = (_gpu_task_cpus if gpu else _cpu_task_cpus)(conf, profile)
@@ -155,6 +159,7 @@ def recommend(
         gpu_rec, tasks = _task_gpus(conf)
         found.append(gpu_rec)
     found += _memory(conf, profile, tasks, batch_rows)
+    found += _local_workers(conf, profile, tasks, batch_rows, physical_memory)
     found += _timeouts(conf, profile, network_mb_s)
     found += _locality(conf)
     return Diagnosis(conf, profile, [r for r in found if r is not None])
@@ -362,7 +367,7 @@ def _memory(
     conf: ClusterConf, profile: ModelProfile, tasks: int | None, batch_rows: int
 ) -> list[Recommendation]:
     found: list[Recommendation] = []
-    worker = profile.worker_bytes + profile.copy_bytes + profile.peak_bytes(batch_rows)
+    worker = _worker_bytes(profile, batch_rows)
     parts = (
         f"one worker = {_size(profile.worker_bytes)} (Python with torchspark) + "
         f"{_size(profile.copy_bytes)} (a model copy: load measured +{_size(profile.load_bytes)}, "
@@ -432,6 +437,48 @@ def _memory(
             )
         )
     return found
+
+
+def _worker_bytes(profile: ModelProfile, batch_rows: int) -> int:
+    return profile.worker_bytes + profile.copy_bytes + profile.peak_bytes(batch_rows)
+
+
+def _local_workers(
+    conf: ClusterConf,
+    profile: ModelProfile,
+    tasks: int | None,
+    batch_rows: int,
+    physical_memory: int | None,
+) -> list[Recommendation]:
+    """local[N]: N Python workers on this machine, which has the memory it has."""
+    if conf.manager != "local" or tasks is None:
+        return []
+    memory = physical_memory if physical_memory is not None else _physical_memory()
+    worker = _worker_bytes(profile, batch_rows)
+    fits = max(1, memory // worker)
+    value = min(tasks, fits)
+    warning = None
+    if tasks > fits:
+        warning = (
+            f"{tasks} concurrent tasks need {_size(tasks * worker)} of Python workers; this "
+            f"machine has {_size(memory)}: it swaps or the kernel kills workers"
+        )
+    return [
+        Recommendation(
+            "spark.master",
+            f"local[{value * conf.task_cpus}]" if value < tasks else conf.master,
+            conf.master,
+            "in local mode every task's Python worker, each with its model copy, runs on "
+            "this machine: no more at once than its memory holds",
+            f"{tasks} concurrent task(s) x {_size(worker)} per worker (measured) against "
+            f"{_size(memory)} of memory",
+            warning,
+        )
+    ]
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 # ---------------------------------------------------------------------------
