@@ -29,6 +29,7 @@ def test_public_api_is_small_and_documented():
         "UnsupportedTypeError",
         "__version__",
         "arrow_predictor",
+        "doctor",
         "export",
         "from_tensor",
         "gather",

@@ -17,7 +17,8 @@ columns), :mod:`.score` (``predict``, ``arrow_predictor``), :mod:`.udf`
 type table), :mod:`.report` (per-task records, ``Report``, ``last_report``),
 :mod:`.batch_observer` (what a task notes per output batch), :mod:`.sketch`
 (the quantile sketch), :mod:`.drift` (column statistics, ``Report.compare``),
-:mod:`.report_html` (``Report.save``).
+:mod:`.report_html` (``Report.save``), :mod:`.doctor` (``doctor``: settings
+recommended from measurements, with :mod:`.cluster_conf` and :mod:`.recommend`).
 
 Errors that can be found before the job starts are raised on the driver:
 missing columns, column types the model cannot take, a model that does not
@@ -42,9 +43,18 @@ them against a local SparkSession); they share ``spark``, ``path`` and ``df``:
 
 from __future__ import annotations
 
+from .doctor import doctor
 from .report import Report, last_report
 from .score import arrow_predictor, predict
 from .udf import torch_udf
 from .worker import ArrowPredictor
 
-__all__ = ["ArrowPredictor", "Report", "arrow_predictor", "last_report", "predict", "torch_udf"]
+__all__ = [
+    "ArrowPredictor",
+    "Report",
+    "arrow_predictor",
+    "doctor",
+    "last_report",
+    "predict",
+    "torch_udf",
+]
