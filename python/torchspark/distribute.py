@@ -2,8 +2,10 @@
 
 A model is named on the driver by one of:
 
-* a local path: shipped with ``SparkContext.addFile`` under a name that
-  carries its sha256 (two models called ``model.pt`` never collide);
+* a local path: shipped with ``SparkContext.addFile`` (under Spark Connect,
+  ``SparkSession.addArtifacts(file=True)``: :mod:`torchspark.spark.connect`)
+  under a name that carries its sha256 (two models called ``model.pt`` never
+  collide);
 * the name of a file already added with ``SparkContext.addFile``;
 * a URI that ``pyarrow.fs`` understands (``file://``, ``s3://``, ``hdfs://``,
   ``gs://``...): each executor host downloads it once into a local cache
@@ -105,11 +107,14 @@ def private_dir(directory: str) -> str:
 class ModelRef:
     """Where an executor finds the model: ``kind`` is ``"sparkfile"`` (a
     ``SparkFiles`` name), ``"uri"`` (a ``pyarrow.fs`` URI) or ``"path"`` (a
-    path every executor can read, e.g. in local mode)."""
+    path every executor can read, e.g. in local mode). ``local``: for a
+    shipped file, the original on the machine that shipped it, which the
+    driver's own checks read (a Spark Connect client has no SparkFiles)."""
 
     kind: str
     location: str
     sha256: str | None = None
+    local: str | None = None
 
     @property
     def name(self) -> str:
@@ -129,7 +134,9 @@ _ship_lock = threading.Lock()
 
 
 def ship(model: str | os.PathLike[str], sc: object | None, sha256: str | None = None) -> ModelRef:
-    """Driver side: make ``model`` reachable from the executors of ``sc``.
+    """Driver side: make ``model`` reachable from the executors of ``sc``: a
+    SparkContext, or what :func:`torchspark.spark.connect.files` gives for a
+    session (under Spark Connect, files go up with ``addArtifacts``).
 
     Raises ``FileNotFoundError`` naming the model when it is neither a URI, a
     local file nor a file added with ``SparkContext.addFile``, and
@@ -146,7 +153,8 @@ def ship(model: str | os.PathLike[str], sc: object | None, sha256: str | None = 
         if sc is None or _is_local_master(sc):
             # Executors share the driver's file system: no copy needed.
             return ModelRef("path", os.path.abspath(location), digest)
-        return ModelRef("sparkfile", _add_file(sc, location, digest), digest)
+        name = _add_file(sc, location, digest)
+        return ModelRef("sparkfile", name, digest, os.path.abspath(location))
     if sc is not None:
         from pyspark import SparkFiles
 
@@ -205,9 +213,11 @@ def fetch(ref: ModelRef) -> str:
     if ref.kind == "path":
         path = ref.location
     elif ref.kind == "sparkfile":
-        from pyspark import SparkFiles
+        from pyspark import SparkFiles, TaskContext
 
-        path = SparkFiles.get(ref.location)
+        # Outside a task (the driver's probe) the shipped original is read.
+        in_task = TaskContext.get() is not None
+        path = ref.local if ref.local and not in_task else SparkFiles.get(ref.location)
     elif ref.kind == "uri":
         path = _download(ref)
     else:

@@ -20,8 +20,8 @@ from ..distribute import ModelRef, fetch, ship
 from ..engine import Engine, Input
 from ..export import argument_names, check_module, export_cached
 from ..inputs import Inputs, feed, input_tensors
+from . import connect, types
 from . import outputs as out
-from . import types
 from .bad_rows import RAISE, BadRowPolicy, isolate
 
 _PROBE_ROWS = 16
@@ -209,7 +209,7 @@ def plan(
         missing = [c for c in keep if c not in df.columns]
         if missing:
             raise ValueError(f"keep: columns {missing} are not in the DataFrame {df.columns}")
-    sc = df.sparkSession.sparkContext
+    sc = connect.files(df.sparkSession)  # a SparkContext, or a Connect session's artifacts
     # Tokenizer files reach the executors as model files do.
     specs = [_ship_tokenizer(spec, sc) for spec in specs]
     # The first kept column (usually an id) names a failing probe row.

@@ -8,6 +8,11 @@ per function made on the driver). The function Spark runs is named
 holds: :func:`last_report` finds the newest execution that ran one, with or
 without tasks, and whether it failed (a failed task's record does not reach
 the driver: Spark drops the accumulator updates of failed tasks).
+
+Under Spark Connect there are no accumulators and no status store: the tasks
+write their records as files (:mod:`.record_files`, where :mod:`.connect`
+says), and the report is that of the newest SQL execution the records name;
+what it cannot show there is in :attr:`Report.limits`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import connect
 from .drift import ColumnStats, Comparison, compare, merge
+from .record_files import RecordFiles
 
 _LATENCY_SAMPLES = 256  # per task, sent back to the driver
 
@@ -63,6 +70,9 @@ class Report:
     output_stats: dict[str, ColumnStats] = field(default_factory=dict, repr=False)
     input_stats: dict[str, ColumnStats] = field(default_factory=dict, repr=False)
     task_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # Fields this report cannot fill as it would in a classic session, and why
+    # (Spark Connect: see .connect.LIMITS); empty otherwise.
+    limits: dict[str, str] = field(default_factory=dict)
 
     def quarantined(self, spark: Any = None) -> Any:
         """The rows ``on_error="quarantine"`` set aside, with their error
@@ -150,6 +160,11 @@ class Report:
             + (f"; {self.bad_rows:,} bad rows: {self.bad_row_reasons}" if self.bad_rows else "")
             + (f"; rows with NaN/Inf outputs: {self.nonfinite}" if self.nonfinite else "")
             + (f"; errors: {self.errors}" if self.errors else "")
+            + (
+                f"; cannot show in full (see .limits): {', '.join(self.limits)}"
+                if self.limits
+                else ""
+            )
         )
 
 
@@ -172,20 +187,27 @@ class _ListParam:
         return a
 
 
-_runs: dict[str, Any] = {}  # run id -> accumulator of its task records
+_runs: dict[str, Any] = {}  # run id -> its records: an accumulator, RecordFiles or None
 _runs_lock = threading.Lock()
 
 
-def new_run(sc: Any) -> tuple[str, Any]:
-    """A run id and the accumulator its tasks add their records to."""
-    from pyspark.accumulators import AccumulatorParam
-
-    param = type("_TorchSparkRecords", (_ListParam, AccumulatorParam), {})()
-    accumulator = sc.accumulator([], param)
+def new_run(spark: Any) -> tuple[str, Any]:
+    """A run id and what its tasks add their records to: an accumulator of
+    ``spark``'s SparkContext, or under Spark Connect a
+    :class:`.record_files.RecordFiles` (None where no directory reaches this
+    client: :func:`.connect.records_directory`)."""
     run = uuid.uuid4().hex[:12]
+    if connect.is_connect(spark):
+        directory = connect.records_directory(spark)
+        records = None if directory is None else RecordFiles(directory, run)
+    else:
+        from pyspark.accumulators import AccumulatorParam
+
+        param = type("_TorchSparkRecords", (_ListParam, AccumulatorParam), {})()
+        records = spark.sparkContext.accumulator([], param)
     with _runs_lock:
-        _runs[run] = accumulator
-    return run, accumulator
+        _runs[run] = records
+    return run, records
 
 
 def function_name(run: str) -> str:
@@ -220,8 +242,8 @@ def _summarise(records: list[dict[str, Any]]) -> Report:
         arrow_batches=sum(r["arrow_batches"] for r in records),
         model_calls=sum(r["model_calls"] for r in records),
         devices=sorted({r["device"] for r in records}),
-        models=sorted({f"{r['model']} ({r['format']})" for r in records}),
-        batch_sizes=sorted({r["batch_size"] for r in records}),
+        models=sorted({f"{r['model']} ({r['format']})" for r in records if r["format"]}),
+        batch_sizes=sorted({r["batch_size"] for r in records if r["batch_size"] is not None}),
         intra_op_threads=sorted({r["intra_op_threads"] for r in records}),
         errors=[r["error"] for r in records if r["error"]],
         rows_truncated=sum(r.get("rows_truncated", 0) for r in records),
@@ -253,7 +275,9 @@ def last_report() -> Report | None:
 
     The most recent such job, whatever it did: a job that failed has
     ``failed`` set and Spark's error in ``errors``; a job that ran no task (an
-    empty DataFrame) reports 0 rows and 0 tasks.
+    empty DataFrame) reports 0 rows and 0 tasks. Under Spark Connect,
+    ``limits`` says what the report cannot show there; None when the tasks'
+    records cannot reach this client (see :mod:`.connect`).
 
     >>> torchspark.predict(df, path, inputs="x").write.format("noop").mode("overwrite").save()
     >>> report = torchspark.last_report()
@@ -262,6 +286,9 @@ def last_report() -> Report | None:
     """
     with _runs_lock:
         runs = dict(_runs)
+    if runs and not _is_accumulator(list(runs.values())[-1]):
+        return _connect_report(runs)
+    runs = {run: records for run, records in runs.items() if _is_accumulator(records)}
     records = [r for a in runs.values() for r in a.value]
     last = _last_execution(set(runs), records)
     if last is None:
@@ -274,24 +301,50 @@ def last_report() -> Report | None:
     return report
 
 
+def _is_accumulator(records: Any) -> bool:
+    return records is not None and not isinstance(records, RecordFiles)
+
+
+def _connect_report(runs: dict[str, Any]) -> Report | None:
+    """Under Spark Connect: the newest execution's records from the runs'
+    record files; None when the newest run's records cannot reach this
+    client (see .connect.records_directory)."""
+    if list(runs.values())[-1] is None:
+        return None
+    records = [r for a in runs.values() if isinstance(a, RecordFiles) for r in a.value]
+    report = _latest_by_time(records)
+    if report is not None:
+        report.limits = dict(connect.LIMITS)
+    return report
+
+
 def _deduplicated(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per task attempt (the latest), by partition."""
-    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    """One record per task (partition of a stage): of its attempts, the
+    latest that succeeded, else the latest; so a retried or speculated task
+    counts once (record files keep failed attempts too)."""
+    chosen: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in records:
-        key = (r["run"], r["stage"], r["partition"], r["attempt"])
-        if key not in latest or r["end"] > latest[key]["end"]:
-            latest[key] = r
-    return sorted(latest.values(), key=lambda r: (r["partition"], r["attempt"], r["stage"]))
+        key = (r["run"], r["stage"], r["partition"])
+        rank = (not r["error"], r["end"])
+        if key not in chosen or rank > (not chosen[key]["error"], chosen[key]["end"]):
+            chosen[key] = r
+    return sorted(chosen.values(), key=lambda r: (r["partition"], r["attempt"], r["stage"]))
 
 
 def _latest_by_time(records: list[dict[str, Any]]) -> Report | None:
-    """Without Spark's execution history (no SQL status store): the stage that
-    ended last, by its records."""
+    """Without Spark's execution history (no SQL status store): the SQL
+    execution of the record that ended last (else its stage); failed when a
+    task has no successful attempt."""
     if not records:
         return None
     last = max(records, key=lambda r: r["end"])
-    key = (last["run"], last["stage"])
-    return _summarise(_deduplicated([r for r in records if (r["run"], r["stage"]) == key]))
+    if last.get("execution") is not None:
+        chosen = [r for r in records if r.get("execution") == last["execution"]]
+    else:
+        chosen = [r for r in records if (r["run"], r["stage"]) == (last["run"], last["stage"])]
+    report = _summarise(_deduplicated(chosen))
+    report.failed = bool(report.errors)
+    return report
 
 
 _SCANNED = 64  # newest SQL executions searched for a torchspark function

@@ -77,7 +77,7 @@ def _predictor(
     from pyspark.sql import types as T
 
     alias = alias or {}
-    run, records = new_run(df.sparkSession.sparkContext)
+    run, records = new_run(df.sparkSession)
     monitor = settings(df.sparkSession, run, df if progress else None)
     schema = T.StructType(
         [T.StructField(alias.get(f.name, f.name), f.dataType, f.nullable) for f in planned.schema]
@@ -131,7 +131,8 @@ def predict(
 
     Args:
         df: the DataFrame to score.
-        model: a local path (shipped to the executors with ``addFile``), the
+        model: a local path (shipped to the executors with ``addFile``; under
+            Spark Connect with ``addArtifacts``: :mod:`.connect`), the
             name of a file added with ``SparkContext.addFile``, or a URI that
             ``pyarrow.fs`` reads (``s3://``, ``hdfs://``, ``gs://``, ``file://``),
             fetched once per executor host. From :func:`torchspark.export`. Or

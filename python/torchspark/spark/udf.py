@@ -19,6 +19,7 @@ from ..distribute import ModelRef, fetch, ship
 from ..engine import Engine, Input
 from ..export import check_module, export_cached
 from ..inputs import Inputs
+from . import connect
 from . import outputs as out
 from .bad_rows import RAISE, BadRowPolicy, bad_row_policy
 from .environment import check_executor_python
@@ -172,7 +173,7 @@ def model_column(
                 for n, t in zip(columns_out, planned.column_types, strict=True)
             ]
         )
-    run, records = new_run(df.sparkSession.sparkContext)
+    run, records = new_run(df.sparkSession)
     monitor = settings(df.sparkSession, run, df if progress else None)
     body = _UdfFunction(
         planned.ref,
@@ -274,7 +275,7 @@ def torch_udf(
                 "few rows) to be exported; or pass the path of a model from torchspark.export"
             )
         model = export_cached(model, example)
-    ref = ship(model, spark.sparkContext, sha256)
+    ref = ship(model, connect.files(spark), sha256)
     if return_type is None:
         if example is None:
             raise ValueError(
@@ -289,7 +290,7 @@ def torch_udf(
         # A bad row's fields are null.
         return_type = T.StructType([T.StructField(f.name, f.dataType) for f in return_type])
     types = [f.dataType for f in return_type] if fields is not None else [return_type]
-    run, records = new_run(spark.sparkContext)
+    run, records = new_run(spark)
     monitor = settings(spark, run)
     body = _UdfFunction(
         ref,

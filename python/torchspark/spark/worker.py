@@ -193,13 +193,18 @@ class ArrowPredictor:
         if device.type == "cpu":
             # spark.task.cpus cores per task, one Python worker per task.
             size_intra_op_threads(1, self.options.get("intra_op_threads") or cpus)
-        engine = _cached_engine(self.ref, device, self.specs, self.options)
         where = (
             f"stage {task.stageId()} partition {task.partitionId()} attempt {task.attemptNumber()}"
             if task is not None
             else "driver"
         )
         stats = new_stats()
+        try:
+            engine = _cached_engine(self.ref, device, self.specs, self.options)
+        except BaseException as e:  # the model did not load: the task's record says why
+            stats["error"] = f"{type(e).__name__}: {e}"
+            self._send_record(task, None, device, where, stats)
+            raise
         output = self.outputs if self.outputs is not None else "_out"
         columns = [c for s in _input_list(self.specs) for c in s.column_list]
         observe = BatchObserver(self.keep, columns if self.input_stats else [], stats)
@@ -232,22 +237,31 @@ class ArrowPredictor:
         finally:
             if metrics is not None:
                 metrics.finish()
-            try:
-                execution = (
-                    task.getLocalProperty("spark.sql.execution.id") if task is not None else None
-                )
-                fields = {
-                    "run": self.run,
-                    "execution": int(execution) if execution else None,
-                    "stage": task.stageId() if task is not None else -1,
-                    "partition": task.partitionId() if task is not None else -1,
-                    "attempt": task.attemptNumber() if task is not None else 0,
-                }
-                record = task_record(fields, self.ref, engine, device, where, stats)
-                if self._records is not None:
-                    self._records.add([record])
-            except Exception as bookkeeping:  # never in place of the task's own outcome
-                logger.warning("%s: the task's record was lost: %s", where, bookkeeping)
+            self._send_record(task, engine, device, where, stats)
+
+    def _send_record(
+        self,
+        task: Any,
+        engine: Engine | None,
+        device: torch.device,
+        where: str,
+        stats: dict[str, Any],
+    ) -> None:
+        """The task's record to the driver (see .report); never raises."""
+        try:
+            execution = None if task is None else task.getLocalProperty("spark.sql.execution.id")
+            fields = {
+                "run": self.run,
+                "execution": int(execution) if execution else None,
+                "stage": task.stageId() if task is not None else -1,
+                "partition": task.partitionId() if task is not None else -1,
+                "attempt": task.attemptNumber() if task is not None else 0,
+            }
+            record = task_record(fields, self.ref, engine, device, where, stats)
+            if self._records is not None:
+                self._records.add([record])
+        except Exception as bookkeeping:  # never in place of the task's own outcome
+            logger.warning("%s: the task's record was lost: %s", where, bookkeeping)
 
     def _set_aside(self, log: BadRowLog, task: Any, stats: dict[str, Any], where: str) -> None:
         """Writes the task's quarantined rows to the quarantine directory, or
@@ -458,36 +472,39 @@ def _arrow_types(spark_types: list[Any] | None, count: int) -> list[Any]:
 def task_record(
     fields: Mapping[str, Any],
     ref: ModelRef,
-    engine: Engine,
+    engine: Engine | None,
     device: torch.device,
     where: str,
     stats: dict[str, Any],
 ) -> dict[str, Any]:
     """A task's record for its :class:`.report.Report` (``fields``: where it
-    ran, then what :func:`score` counted), and its line to the log."""
+    ran, then what :func:`score` counted), and its line to the log. Without
+    an ``engine`` (the model did not load) its format and batch size are None."""
     end = time.time()
     error = stats["error"]
+    model_format = engine.model.format if engine is not None else None
+    batch_size = engine.batch_size if engine is not None else None
     record = {
         **fields,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "model": ref.name,
-        "format": engine.model.format,
+        "format": model_format,
         "device": str(device),
-        "batch_size": engine.batch_size,
+        "batch_size": batch_size,
         "intra_op_threads": torch.get_num_threads(),
         **stats,
         "end": end,
         "latency_ms": sample(stats["latency_ms"]),
     }
     logger.info(
-        "%s: model '%s' (%s) on %s, batch_size %d, intra-op threads %d: "
+        "%s: model '%s' (%s) on %s, batch_size %s, intra-op threads %d: "
         "%d rows in %d Arrow batches, %.3f s%s",
         where,
         ref.name,
-        engine.model.format,
+        model_format,
         device,
-        engine.batch_size,
+        batch_size,
         torch.get_num_threads(),
         stats["rows"],
         stats["arrow_batches"],
