@@ -73,20 +73,56 @@ def test_records_the_torch_it_was_built_against():
 
 
 def test_refuses_another_torch_version(tmp_path):
-    # A fake `torch` earlier on sys.path reports another version: the import
-    # must stop with a clear message before the extension is loaded.
+    # A fake `torch` earlier on sys.path reports another release: the import
+    # must stop before the extension is loaded, with the command that fixes it.
     fake = tmp_path / "torch"
     fake.mkdir()
-    (fake / "__init__.py").write_text("__version__ = '2.99.0'\n")
+    (fake / "__init__.py").write_text("__version__ = '2.99.1+cu130'\n")
     code = "import torchspark"
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode != 0
-    assert "ImportError" in result.stderr
-    assert "built against torch 2.13.0" in result.stderr
-    assert "torch 2.99.0 is installed" in result.stderr
+    built = torchspark._build_info.TORCH_VERSION
+    tag = "pt" + built.split("+")[0].replace(".", "")
+    assert f"ImportError: torchspark 0.1.0+{tag} was built against torch {built}" in result.stderr
+    assert "but torch 2.99.1+cu130 is installed" in result.stderr
+    assert '    pip install "torchspark==0.1.0+pt2991"\n' in result.stderr
+    assert (
+        "    pip install --no-build-isolation --no-deps --force-reinstall torchspark-0.1.0.tar.gz"
+        in result.stderr
+    )
+
+
+def test_same_release_of_another_variant_is_accepted():
+    from torchspark._torch_release import check_installed_torch
+
+    check_installed_torch("0.1.0", "2.14.1+cu130", "2.14.1+cpu")
+    check_installed_torch("0.1.0", "2.13.0+cpu", "2.13.0")
+    with pytest.raises(ImportError, match=r"torchspark==0\.1\.0\+pt2141"):
+        check_installed_torch("0.1.0", "2.13.0+cpu", "2.14.1")
+
+
+def test_build_metadata_pins_the_build_torch(monkeypatch):
+    # The build's dynamic-metadata provider (pyproject.toml), fed a torch version.
+    from torchspark import _torch_release
+
+    settings = {"version": "0.1.0", "dependencies": ["pyarrow>=15"]}
+    monkeypatch.setattr(_torch_release, "_installed_torch_version", lambda: "2.14.1+cu130")
+    provider = _torch_release.TorchRelease()
+    provider.build_state("wheel")
+    assert provider.dynamic_metadata(settings, {}) == {
+        "version": "0.1.0+pt2141",
+        "dependencies": ["torch==2.14.1", "pyarrow>=15"],
+    }
+    provider.build_state("sdist")
+    assert provider.dynamic_metadata(settings, {}) == {
+        "version": "0.1.0",
+        "dependencies": ["torch", "pyarrow>=15"],
+    }
+    with pytest.raises(ValueError, match=r"expected a release X\.Y\.Z"):
+        _torch_release.local_tag("nightly")
 
 
 def test_docstring_examples_run():

@@ -15,19 +15,12 @@ from __future__ import annotations
 import torch  # first: loads LibTorch, which torchspark._C links
 
 from ._build_info import TORCH_VERSION as _BUILT_TORCH_VERSION
+from ._torch_release import check_installed_torch as _check_installed_torch
+from ._torch_release import local_tag as _local_tag
 
-
-def _public_version(version: str) -> str:
-    return version.split("+", 1)[0]
-
-
-if _public_version(torch.__version__) != _public_version(_BUILT_TORCH_VERSION):
-    raise ImportError(
-        f"torchspark was built against torch {_BUILT_TORCH_VERSION} but torch "
-        f"{torch.__version__} is installed: LibTorch's C++ ABI changes between releases. "
-        f"Install torch=={_public_version(_BUILT_TORCH_VERSION)}, or rebuild torchspark "
-        "against this torch (pip install --no-build-isolation .)."
-    )
+# The release of torchspark; each build adds its torch release as a local tag.
+_RELEASE = "0.1.0"
+_check_installed_torch(_RELEASE, _BUILT_TORCH_VERSION, torch.__version__)
 
 from . import _C  # noqa: E402
 from ._onnx import configure_runtime as _configure_onnx_runtime  # noqa: E402
@@ -59,7 +52,7 @@ _C._set_error_types(
     UnsupportedTypeError, InvalidArrowError, NullValueError, ModelError, EngineClosedError
 )
 
-__version__ = "0.1.0"
+__version__ = f"{_RELEASE}+{_local_tag(_BUILT_TORCH_VERSION)}"
 
 __all__ = [
     "ArrowPredictor",
