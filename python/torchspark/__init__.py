@@ -40,6 +40,7 @@ from .errors import (  # noqa: E402
     InvalidArrowError,
     ModelError,
     NullValueError,
+    ResumeError,
     TorchSparkError,
     UnsupportedTypeError,
 )
@@ -50,6 +51,7 @@ from .spark import (  # noqa: E402
     arrow_predictor,
     last_report,
     predict,
+    predict_to,
     torch_udf,
 )
 
@@ -72,6 +74,7 @@ __all__ = [
     "ModelError",
     "NullValueError",
     "Report",
+    "ResumeError",
     "TorchSparkError",
     "UnsupportedTypeError",
     "__version__",
@@ -82,6 +85,7 @@ __all__ = [
     "last_report",
     "pad",
     "predict",
+    "predict_to",
     "to_batch",
     "to_tensor",
     "to_tensors",

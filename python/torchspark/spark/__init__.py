@@ -17,7 +17,10 @@ columns), :mod:`.score` (``predict``, ``arrow_predictor``), :mod:`.udf`
 type table), :mod:`.report` (per-task records, ``Report``, ``last_report``),
 :mod:`.batch_observer` (what a task notes per output batch), :mod:`.sketch`
 (the quantile sketch), :mod:`.drift` (column statistics, ``Report.compare``),
-:mod:`.report_html` (``Report.save``).
+:mod:`.report_html` (``Report.save``); resumable writes: :mod:`.resume`
+(``predict_to``), :mod:`.job_identity` (what a re-run must match),
+:mod:`.chunk_writer` (the task side), :mod:`.chunk_store` (the output folder
+and its commits).
 
 Errors that can be found before the job starts are raised on the driver:
 missing columns, column types the model cannot take, a model that does not
@@ -43,8 +46,18 @@ them against a local SparkSession); they share ``spark``, ``path`` and ``df``:
 from __future__ import annotations
 
 from .report import Report, last_report
+from .resume import WriteResult, predict_to
 from .score import arrow_predictor, predict
 from .udf import torch_udf
 from .worker import ArrowPredictor
 
-__all__ = ["ArrowPredictor", "Report", "arrow_predictor", "last_report", "predict", "torch_udf"]
+__all__ = [
+    "ArrowPredictor",
+    "Report",
+    "WriteResult",
+    "arrow_predictor",
+    "last_report",
+    "predict",
+    "predict_to",
+    "torch_udf",
+]
