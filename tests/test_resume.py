@@ -151,6 +151,7 @@ def test_a_killed_job_resumes_where_it_stopped(spark, resume_job, tmp_path):
     after = commits(out)
     assert all(after[c] == records[c] for c in records)  # the killed run's commits, untouched
     assert len({r["run"] for r in after.values()}) == 2
+    assert (out / "_SUCCESS").exists() and not (out / "_torchspark" / "staging").exists()
     scored = spark.read.parquet(str(out))
     exactly_once(scored, df, ROWS)
 
@@ -213,3 +214,26 @@ def test_a_path_holding_other_files_is_left_alone(spark, tmp_path):
                 df, model, str(taken), inputs="features", keep=["id"], resume=resume
             )
     assert os.listdir(taken) == ["notes.csv"]
+
+
+def test_a_commit_cut_short_between_its_renames_is_rolled_forward(spark, tmp_path):
+    """A driver lost after a chunk's commit record, before all its files were
+    renamed: the next run moves the rest, scores nothing again."""
+    from spark_resume_job import FEATURES, frame, module
+
+    model = torchspark.export(module(), torch.randn(4, FEATURES), str(tmp_path / "model.pt"))
+    df = frame(spark).where("id % 20 = 0")  # 400 rows, 8 partitions
+    out = tmp_path / "scored"
+    first = torchspark.predict_to(df, model, str(out), inputs="features", keep=["id"])
+    # Undo the last renames of chunk 0, as a crash between them would leave it.
+    record = commits(out)[0]
+    staged, name = record["files"][-1]
+    (out / "_torchspark" / staged).parent.mkdir(parents=True)
+    os.replace(out / name, out / "_torchspark" / staged)
+    os.remove(out / "_SUCCESS")
+    assert spark.read.parquet(str(out)).count() == first.rows - record["rows"][-1]
+
+    again = torchspark.predict_to(df, model, str(out), inputs="features", keep=["id"])
+    assert again.written == [] and again.skipped == list(range(first.chunks))
+    assert (out / name).exists() and (out / "_SUCCESS").exists()
+    exactly_once(spark.read.parquet(str(out)), df, 400)

@@ -123,15 +123,16 @@ class ChunkStore:
             self.fs.delete_dir_contents(self.root)
         self._write_json(posixpath.join(self.state, "manifest.json"), manifest)
 
-    def staging(self, run: str) -> str:
-        """A new staging folder for this run's tasks, as a URI the executors use."""
+    def staging_uri(self, run: str) -> str:
+        """This run's staging folder, as the executors name it."""
         relative = posixpath.join(_STATE, "staging", run)
-        self.fs.create_dir(posixpath.join(self.root, relative), recursive=True)
-        return (
-            posixpath.join(self.uri, relative)
-            if _is_uri(self.uri)
-            else os.path.join(self.uri, relative)
-        )
+        if _is_uri(self.uri):
+            return posixpath.join(self.uri, relative)
+        return os.path.join(self.uri, relative)
+
+    def make_staging(self, run: str) -> None:
+        """Create this run's staging folder (after :meth:`start`, which clears)."""
+        self.fs.create_dir(posixpath.join(self.state, "staging", run), recursive=True)
 
     def commit(
         self, chunk: int, run: str, job: str, summaries: list[tuple[int, int, str | None]]

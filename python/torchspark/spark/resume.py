@@ -28,7 +28,7 @@ import torch
 from ..distribute import fetch, sha256_file
 from ..errors import ResumeError
 from .chunk_store import ChunkStore
-from .chunk_writer import SUMMARY, ChunkWriter
+from .chunk_writer import ChunkWriter
 from .job_identity import (
     JobIdentity,
     differences,
@@ -124,7 +124,6 @@ def predict_to(
     bound.apply_defaults()
     arguments = dict(bound.arguments)
     arguments.update(arguments.pop("engine_options", {}))
-    scored, planned = score(arguments)
     store = ChunkStore(path)
     foreign = store.foreign_entries()
     if foreign:
@@ -133,6 +132,9 @@ def predict_to(
             "wrote (no _torchspark/manifest.json): write to a new path, or delete it yourself"
         )
     run = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    # The tasks' summaries: scored and written by one function per task.
+    written, planned = score(arguments, ChunkWriter(store.staging_uri(run)))
+    summaries = written.rdd  # the JVM's rows, pickled; no Python stage of its own
     sc = df.sparkSession.sparkContext
     previous = store.manifest()
 
@@ -144,7 +146,7 @@ def predict_to(
         raise ValueError(f"chunk_partitions: expected at least 1, got {chunk_partitions}")
     used = [c for spec in plan_inputs(inputs)[0] for c in spec.column_list]
     keep = options.get("keep")
-    count = scored.rdd.getNumPartitions()
+    count = summaries.getNumPartitions()
     schema, partitions = fingerprint(df, input_columns(df, keep, used), count)
     if len(partitions) != count:
         raise ResumeError(
@@ -156,7 +158,7 @@ def predict_to(
         model=planned.ref.sha256 or sha256_file(fetch(planned.ref)),
         model_name=planned.ref.name,
         options=recorded_options({k: v for k, v in arguments.items() if k not in ("df", "model")}),
-        output_schema=scored.schema.simpleString(),
+        output_schema=planned.schema.simpleString(),
         input_schema=schema,
         input_key=input_key,
         chunk_partitions=chunk_partitions,
@@ -186,7 +188,7 @@ def predict_to(
         store.drop_staging()
     else:
         store.start({"identity": identity.to_json(), "created": time.time()})
-    staging = store.staging(run)
+    store.make_staging(run)
 
     chunks = _chunks(len(partitions), chunk_partitions)
     todo = [c for c in range(len(chunks)) if c not in committed]
@@ -199,17 +201,16 @@ def predict_to(
             len(chunks),
             len(todo),
         )
-    written = scored.mapInArrow(ChunkWriter(staging, scored.schema), SUMMARY).rdd
     rows_written = 0
     for chunk in todo:
         what = f"torchspark predict_to {store.shown}: chunk {chunk + 1}/{len(chunks)}"
         sc.setJobDescription(what)
         try:
-            summaries = sc.runJob(written, _summaries, chunks[chunk])
+            tasks = [(r.partition, r.rows, r.file) for r in _run(summaries, chunks[chunk])]
         finally:
             sc.setJobDescription(None)
-        _check_rows(summaries, chunks[chunk], chunk, identity, arguments["on_error"])
-        record = store.commit(chunk, run, identity.digest, sorted(summaries))
+        _check_rows(tasks, chunks[chunk], chunk, identity, arguments["on_error"])
+        record = store.commit(chunk, run, identity.digest, sorted(tasks))
         rows_written += sum(record["rows"])
         committed[chunk] = record
     store.finish()
@@ -222,9 +223,18 @@ def _chunks(partitions: int, per_chunk: int) -> list[list[int]]:
     return [list(range(c * per_chunk, min((c + 1) * per_chunk, partitions))) for c in range(count)]
 
 
-def _summaries(rows: Any) -> list[tuple[int, int, str | None]]:
-    """Task side: the chunk writer's summary rows as tuples."""
-    return [(r.partition, r.rows, r.file) for r in rows]
+def _run(rdd: Any, partitions: list[int]) -> list[Any]:
+    """The rows of ``partitions`` of ``rdd`` (a DataFrame's ``.rdd``), from one
+    Spark job of those partitions' tasks only. ``SparkContext.runJob`` does
+    this through a Python function over each partition, a Python stage (and
+    worker) of its own per task; the JVM call it makes (``PythonRDD.runJob``)
+    returns the DataFrame's pickled rows as they are."""
+    from pyspark.util import _load_from_socket
+
+    sc = rdd.context
+    found = sc._jvm.PythonRDD.runJob(sc._jsc.sc(), rdd._jrdd, partitions)
+    with _load_from_socket(found, rdd._jrdd_deserializer) as stream:
+        return list(stream)
 
 
 def _check_rows(

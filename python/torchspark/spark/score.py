@@ -222,11 +222,15 @@ def predict(
     return score(arguments)[0]
 
 
-def score(arguments: Mapping[str, Any]) -> tuple[Any, Plan]:
+def score(arguments: Mapping[str, Any], sink: Any = None) -> tuple[Any, Plan]:
     """:func:`predict` from all its arguments by name (engine options among
     them; bind them with ``inspect.signature(predict)``): its DataFrame and the
     plan behind it (the shipped model and its digest, the output schema), which
-    :func:`.resume.predict_to` records."""
+    :func:`.resume.predict_to` records.
+
+    With a ``sink`` (a :class:`.chunk_writer.ChunkWriter`), the scored batches
+    go to ``sink.around(predictor, schema)`` in the same Python worker, through
+    ``mapInArrow``, and the DataFrame is what it yields."""
     named = dict(arguments)
     df, model, inputs, keep = (named.pop(k) for k in ("df", "model", "inputs", "keep"))
     output, device, sha256, schema = (
@@ -242,6 +246,7 @@ def score(arguments: Mapping[str, Any]) -> tuple[Any, Plan]:
     original = list(df.columns)
     # Rows set aside leave the output: only mapInArrow can drop rows.
     as_columns = keep is None and _has_arrow_udf() and policy.on_error != "quarantine"
+    as_columns = as_columns and sink is None  # a sink takes every column in Python
     df, inputs, keep = packed(df, inputs, original if keep is None else keep)
     planned = plan(df, model, inputs, output, keep, device, options, sha256, schema, policy)
     if as_columns:
@@ -255,6 +260,9 @@ def score(arguments: Mapping[str, Any]) -> tuple[Any, Plan]:
     alias = {c: f"_torchspark_{i}" for i, c in enumerate(shipped)} if rename else {}
     predictor = _predictor(df, planned, alias, input_stats, progress)
     selected = df.selectExpr(*[f"{quote(c)} AS {quote(alias.get(c, c))}" for c in shipped])
+    if sink is not None:
+        function = sink.around(predictor, planned.schema)
+        return selected.mapInArrow(function, function.output_schema), planned
     scored = selected.mapInArrow(predictor, predictor.schema)
     return (scored.toDF(*planned.schema.fieldNames()) if rename else scored), planned
 
