@@ -4,9 +4,9 @@ A job that dies after hours (driver lost, cluster preempted) keeps what it
 committed: the same call again scores only the chunks that did not commit.
 A chunk is a range of the input's partitions (``chunk_partitions`` of them,
 consecutive), scored and written by one Spark job that runs only those
-partitions' tasks (``SparkContext.runJob``): a task writes its partition's
-rows to one Parquet file in staging (:mod:`.chunk_writer`), and the driver
-commits the chunk once its job succeeded (:mod:`.chunk_store`). The job's
+partitions' tasks: a task scores its partition and writes the rows, in the
+same Python worker, to one Parquet file in staging (:mod:`.chunk_writer`),
+and the driver commits the chunk once its job succeeded (:mod:`.chunk_store`). The job's
 identity (model digest, options, per-partition row counts and checksums of the
 input) is in the output's manifest (:mod:`.job_identity`); a re-run that
 differs in any of them refuses to resume, saying what changed.
