@@ -214,6 +214,11 @@ def test_a_path_holding_other_files_is_left_alone(spark, tmp_path):
                 df, model, str(taken), inputs="features", keep=["id"], resume=resume
             )
     assert os.listdir(taken) == ["notes.csv"]
+    # A first run stopped before its manifest was written is no stranger.
+    begun = tmp_path / "begun"
+    (begun / "_torchspark" / "commits").mkdir(parents=True)
+    result = torchspark.predict_to(df, model, str(begun), inputs="features", keep=["id"])
+    assert result.rows == 8 and result.skipped == []
 
 
 def test_a_commit_cut_short_between_its_renames_is_rolled_forward(spark, tmp_path):

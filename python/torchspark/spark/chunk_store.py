@@ -91,7 +91,8 @@ class ChunkStore:
         if not self._exists(self.root) or self.manifest() is not None:
             return []
         entries = self.fs.get_file_info(pafs.FileSelector(self.root))
-        return sorted(posixpath.basename(e.path) for e in entries) if entries else []
+        # _torchspark alone: a first run stopped before its manifest was whole.
+        return sorted(n for e in entries if (n := posixpath.basename(e.path)) != _STATE)
 
     def commits(self) -> dict[int, dict[str, Any]]:
         """Chunk -> its commit record."""
