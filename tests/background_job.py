@@ -2,9 +2,10 @@
 
 A SparkContext per process, hence a subprocess: ``start`` launches
 ``script WORKDIR`` in its own process group (the JVMs it starts go with it)
-when the module's test that reads it is selected; ``result`` waits for it
-(bounded), kills the group if it overruns, and returns the ``result.json``
-it wrote, failing with the end of its log otherwise.
+when the module's test that reads it is selected (``fixture`` makes the
+module fixture that calls it); ``result`` waits for it (bounded), kills the
+group if it overruns, and returns the ``result.json`` it wrote, failing with
+the end of its log otherwise.
 """
 
 from __future__ import annotations
@@ -53,6 +54,20 @@ def start(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def fixture(name: str, script: str, test: str) -> Any:
+    """The module-scoped autouse fixture ``name`` that runs :func:`start` for
+    ``script`` when its module starts; a test module binds it to that name:
+    ``fault_job = background_job.fixture("fault_job", "spark_fault_job.py", FAULT_TEST)``."""
+
+    @pytest.fixture(scope="module", autouse=True, name=name)
+    def job(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[dict[str, Any] | None]:
+        yield from start(request, tmp_path_factory, script, test)
+
+    return job
 
 
 def result(job: dict[str, Any] | None, timeout: float) -> dict[str, Any]:

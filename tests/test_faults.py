@@ -20,10 +20,8 @@ FAULT_TEST = "test_faults_in_a_two_host_cluster"
 TIMEOUT = 600.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fault_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """Start spark_fault_job.py when the module starts (if its test is selected)."""
-    yield from background_job.start(request, tmp_path_factory, "spark_fault_job.py", FAULT_TEST)
+# Started when this module starts (if its test is selected), so that it overlaps the tests.
+fault_job = background_job.fixture("fault_job", "spark_fault_job.py", FAULT_TEST)
 
 
 def exactly_once(check: dict, rows: int) -> None:

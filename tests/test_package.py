@@ -25,6 +25,7 @@ def test_public_api_is_small_and_documented():
         "ModelError",
         "NullValueError",
         "Report",
+        "ResumeError",
         "TorchSparkError",
         "UnsupportedTypeError",
         "__version__",
@@ -36,6 +37,7 @@ def test_public_api_is_small_and_documented():
         "last_report",
         "pad",
         "predict",
+        "predict_to",
         "to_batch",
         "to_tensor",
         "to_tensors",
@@ -54,6 +56,7 @@ def test_error_hierarchy():
     assert issubclass(torchspark.ModelError, RuntimeError)
     assert issubclass(torchspark.EngineClosedError, RuntimeError)
     assert issubclass(torchspark.ExportError, RuntimeError)
+    assert issubclass(torchspark.ResumeError, ValueError)
     for cls in (
         torchspark.UnsupportedTypeError,
         torchspark.InvalidArrowError,
@@ -61,6 +64,7 @@ def test_error_hierarchy():
         torchspark.ModelError,
         torchspark.EngineClosedError,
         torchspark.ExportError,
+        torchspark.ResumeError,
     ):
         assert issubclass(cls, torchspark.TorchSparkError)
 

@@ -130,11 +130,8 @@ class SparkModels(ModelFiles):
 # Fixtures and helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cluster_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """Start spark_cluster_job.py in the background when the module starts (if
-    its test is selected): its JVMs start while the local tests run."""
-    yield from background_job.start(request, tmp_path_factory, "spark_cluster_job.py", CLUSTER_TEST)
+# Started when this module starts (if its test is selected), so that it overlaps the tests.
+cluster_job = background_job.fixture("cluster_job", "spark_cluster_job.py", CLUSTER_TEST)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from .errors import (  # noqa: E402
     InvalidArrowError,
     ModelError,
     NullValueError,
+    ResumeError,
     TorchSparkError,
     UnsupportedTypeError,
 )
@@ -44,6 +45,7 @@ from .spark import (  # noqa: E402
     doctor,
     last_report,
     predict,
+    predict_to,
     torch_udf,
 )
 
@@ -66,6 +68,7 @@ __all__ = [
     "ModelError",
     "NullValueError",
     "Report",
+    "ResumeError",
     "TorchSparkError",
     "UnsupportedTypeError",
     "__version__",
@@ -77,6 +80,7 @@ __all__ = [
     "last_report",
     "pad",
     "predict",
+    "predict_to",
     "to_batch",
     "to_tensor",
     "to_tensors",

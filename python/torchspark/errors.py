@@ -14,6 +14,7 @@ __all__ = [
     "InvalidArrowError",
     "ModelError",
     "NullValueError",
+    "ResumeError",
     "TorchSparkError",
     "UnsupportedTypeError",
 ]
@@ -60,3 +61,10 @@ class BadRowsError(TorchSparkError, RuntimeError):
     """More bad rows than ``max_bad_rows`` allows (or, without it, every row
     failing), with ``on_error="null"`` or ``"quarantine"``. The message gives
     the count, the errors by reason and the first bad rows."""
+
+
+class ResumeError(TorchSparkError, ValueError):
+    """A resumable write (``predict_to``) that cannot go on from what its output
+    path holds: the model, the input or the options differ from those of the
+    committed chunks (the message says which, what they were and are, and how
+    to start over), or the path holds something else than such a job's output."""

@@ -18,7 +18,10 @@ type table), :mod:`.report` (per-task records, ``Report``, ``last_report``),
 :mod:`.batch_observer` (what a task notes per output batch), :mod:`.sketch`
 (the quantile sketch), :mod:`.drift` (column statistics, ``Report.compare``),
 :mod:`.report_html` (``Report.save``), :mod:`.doctor` (``doctor``: settings
-recommended from measurements, with :mod:`.cluster_conf` and :mod:`.recommend`).
+recommended from measurements, with :mod:`.cluster_conf` and :mod:`.recommend`);
+resumable writes: :mod:`.resume` (``predict_to``), :mod:`.job_identity` (what a
+re-run must match), :mod:`.chunk_writer` (the task side), :mod:`.chunk_store`
+(the output folder and its commits).
 
 Errors that can be found before the job starts are raised on the driver:
 missing columns, column types the model cannot take, a model that does not
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 from .doctor import doctor
 from .report import Report, last_report
+from .resume import WriteResult, predict_to
 from .score import arrow_predictor, predict
 from .udf import torch_udf
 from .worker import ArrowPredictor
@@ -52,9 +56,11 @@ from .worker import ArrowPredictor
 __all__ = [
     "ArrowPredictor",
     "Report",
+    "WriteResult",
     "arrow_predictor",
     "doctor",
     "last_report",
     "predict",
+    "predict_to",
     "torch_udf",
 ]

@@ -218,17 +218,40 @@ def predict(
     >>> torchspark.last_report().rows
     2
     """
-    batch_size = batch_size or arrow_batch_rows(df)
-    options = check_engine_options(batch_size, precision, engine_options)
-    policy = bad_row_policy(on_error, max_bad_rows, check_finite, quarantine, error_column)
+    arguments = dict(locals())  # every argument by name, nothing else yet
+    arguments.update(arguments.pop("engine_options"))
+    return score(arguments)[0]
+
+
+def score(arguments: Mapping[str, Any], sink: Any = None) -> tuple[Any, Plan]:
+    """:func:`predict` from all its arguments by name (engine options among
+    them; bind them with ``inspect.signature(predict)``): its DataFrame and the
+    plan behind it (the shipped model and its digest, the output schema), which
+    :func:`.resume.predict_to` records.
+
+    With a ``sink`` (a :class:`.chunk_writer.ChunkWriter`), the scored batches
+    go to ``sink.around(predictor, schema)`` in the same Python worker, through
+    ``mapInArrow``, and the DataFrame is what it yields."""
+    named = dict(arguments)
+    df, model, inputs, keep = (named.pop(k) for k in ("df", "model", "inputs", "keep"))
+    output, device, sha256, schema = (
+        named.pop(k) for k in ("output", "device", "sha256", "schema")
+    )
+    input_stats, progress, precision = (
+        named.pop(k) for k in ("input_stats", "progress", "precision")
+    )
+    batch_size = named.pop("batch_size") or arrow_batch_rows(df)
+    policy = bad_row_policy(*(named.pop(k) for k in _POLICY_ARGUMENTS))
+    options = check_engine_options(batch_size, precision, named)  # the rest: engine options
     check_executor_python(df.sparkSession)
     original = list(df.columns)
     # Rows set aside leave the output: only mapInArrow can drop rows.
     as_columns = keep is None and _has_arrow_udf() and policy.on_error != "quarantine"
+    as_columns = as_columns and sink is None  # a sink takes every column in Python
     df, inputs, keep = packed(df, inputs, original if keep is None else keep)
     planned = plan(df, model, inputs, output, keep, device, options, sha256, schema, policy)
     if as_columns:
-        return _with_outputs(df, planned, original, input_stats, progress)
+        return _with_outputs(df, planned, original, input_stats, progress), planned
     used = [c for spec in planned.specs for c in spec.column_list]
     shipped = list(dict.fromkeys(planned.keep + used))  # only the columns needed cross to Python
     # mapInArrow resolves its input columns by parsing their names, so a name
@@ -238,8 +261,15 @@ def predict(
     alias = {c: f"_torchspark_{i}" for i, c in enumerate(shipped)} if rename else {}
     predictor = _predictor(df, planned, alias, input_stats, progress)
     selected = df.selectExpr(*[f"{quote(c)} AS {quote(alias.get(c, c))}" for c in shipped])
+    if sink is not None:
+        function = sink.around(predictor, planned.schema)
+        return selected.mapInArrow(function, function.output_schema), planned
     scored = selected.mapInArrow(predictor, predictor.schema)
-    return scored.toDF(*planned.schema.fieldNames()) if rename else scored
+    return (scored.toDF(*planned.schema.fieldNames()) if rename else scored), planned
+
+
+# bad_row_policy's arguments, in order.
+_POLICY_ARGUMENTS = ("on_error", "max_bad_rows", "check_finite", "quarantine", "error_column")
 
 
 def _has_arrow_udf() -> bool:
