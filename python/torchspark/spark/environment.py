@@ -129,10 +129,11 @@ def _configured_python(spark: Any) -> str:
     try:
         return str(spark.sparkContext.pythonExec)
     except Exception:  # Spark Connect: the server's setting, if it shows it
+        unknown = "the Spark Connect server's PYSPARK_PYTHON, else python3"
         try:
-            return str(spark.conf.get("spark.pyspark.python", "python3"))
+            return str(spark.conf.get("spark.pyspark.python", None) or unknown)
         except Exception:
-            return "python3"
+            return unknown
 
 
 def _driver_torchspark_version() -> str:
