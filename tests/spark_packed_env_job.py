@@ -6,7 +6,7 @@
    WHEEL and its runtime dependencies only, with the Docker image's install
    step (deploy/docker/install.sh), as a user's environment would be (the test
    suite's own is 2.7 GB: packing it takes minutes, see benchmarks/RESULTS.md);
-2. runs that environment's ``python -m torchspark pack-env`` (gzip level 1)
+2. runs that environment's ``python -m torchspark pack-env``
    and reads the ``spark-submit`` flags it prints;
 3. moves the virtualenv away, so that nothing but the archive can serve the
    executors;
@@ -53,7 +53,7 @@ def main(workdir: str, wheel: str) -> dict:
 
     archive = os.path.join(workdir, "env.tar.gz")
     packed = subprocess.run(
-        [python, "-m", "torchspark", "pack-env", "-o", archive, "--compress-level", "1"],
+        [python, "-m", "torchspark", "pack-env", "-o", archive],
         cwd=workdir,
         capture_output=True,
         text=True,

@@ -82,8 +82,8 @@ def pack_env(
 
     ``python_prefix``: where the base Python lives on the cluster's nodes if
     not where it lives here (venv-pack rewrites the link). ``compress_level``:
-    gzip's 0-9 (1 packs a 1 GB environment about 3x faster than 4, for a
-    slightly larger file; see README). Raises ``RuntimeError`` naming the
+    gzip's 0-9 (levels 1, 4 and 6 of a 1.1 GB environment: 365, 333 and 320
+    MB; see benchmarks/RESULTS.md for their times). Raises ``RuntimeError`` naming the
     environment when it is not a virtualenv, its Python cannot import
     torchspark, or venv-pack is missing.
     """
