@@ -89,6 +89,7 @@ def test_manifest_settings_fit_together(name):
     # The image's job file, and arguments that the job accepts.
     with open(os.path.join(ROOT, "deploy", "docker", "Dockerfile")) as f:
         dockerfile = f.read()
+    assert spec["sparkVersion"] == re.search(r"apache/spark:([0-9.]+)-", dockerfile).group(1)
     assert spec["mainApplicationFile"] == "local:///opt/torchspark/score_job.py"
     assert "COPY deploy/k8s/score_job.py /opt/torchspark/score_job.py" in dockerfile
     args = score_job.parse_args(spec["arguments"])

@@ -71,6 +71,7 @@ def _venv(path) -> tuple[str, str]:
     return python, site
 
 
+@pytest.mark.spark
 def test_executors_with_another_python_fail_before_the_job(tmp_path):
     """PYSPARK_PYTHON names (1) a bare virtualenv, (2) one whose torch and
     torchspark are other releases: predict raises on the driver after the
