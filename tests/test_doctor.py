@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import torchspark
+from torchspark.__main__ import main as torchspark_command
 from torchspark.model_profile import BatchTiming, ModelProfile, parse_input, profile_model
 from torchspark.spark.cluster_conf import ClusterConf
 from torchspark.spark.doctor import main
@@ -384,8 +385,10 @@ def test_doctor_with_a_session_and_a_module(spark):
 def test_command_line(wide_path, capsys, tmp_path):
     defaults = tmp_path / "spark-defaults.conf"
     defaults.write_text("# a comment\nspark.executor.memory 8g\nspark.executor.cores=4\n")
-    code = main(
+    # Through the command table, as ``python -m torchspark doctor ...`` runs it.
+    code = torchspark_command(
         [
+            "doctor",
             "--model",
             wide_path,
             "--input",

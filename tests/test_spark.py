@@ -14,13 +14,9 @@ this module starts so that it overlaps the local tests.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import shutil
-import subprocess
-import sys
 from typing import Any
 
 import background_job
@@ -38,7 +34,6 @@ pytestmark = pytest.mark.spark
 
 ROWS = 2000
 PARTITIONS = 4
-HERE = os.path.dirname(os.path.abspath(__file__))
 CLUSTER_TEST = "test_local_cluster_ships_the_model_to_each_executor"
 CLUSTER_TIMEOUT = 480.0
 
@@ -775,32 +770,6 @@ def test_null_token_rows_filled_as_empty(df, source, models):
 
 # ---------------------------------------------------------------------------
 # Errors raised on the driver, before any task
-
-
-def test_executors_without_torchspark_fail_before_the_job(tmp_path):
-    """PYSPARK_PYTHON names a bare virtualenv (no torchspark): predict raises on
-    the driver after one single-task check job, naming that Python and how to
-    point Spark at the right one."""
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        pytest.skip("no Java runtime for Spark")
-    bare = tmp_path / "bare"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
-    python = str(bare / "bin" / "python")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYTHONPATH")}
-    job = subprocess.run(
-        [sys.executable, os.path.join(HERE, "spark_bare_python_job.py"), python, str(tmp_path)],
-        env=env,
-        capture_output=True,
-        timeout=240,
-    )
-    assert job.returncode == 0, job.stderr.decode(errors="replace")[-4000:]
-    r = json.loads((tmp_path / "result.json").read_text())
-    error = r["error"]
-    assert error is not None and error.startswith("RuntimeError: torchspark: the executors' Python")
-    assert f"({python}) cannot import torchspark: ModuleNotFoundError" in error, error
-    assert "No module named 'torchspark'" in error
-    assert "spark.pyspark.python" in error and "PYSPARK_PYTHON" in error
-    assert r["tasks"] == 1  # the check's task: no probe batch, no scoring job
 
 
 def test_missing_column(df, models):

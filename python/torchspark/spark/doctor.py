@@ -7,7 +7,7 @@ engine's batch latency at several batch sizes, its thread scaling: see
 :mod:`torchspark.spark.recommend`: every recommendation says the value, why,
 and the numbers it rests on, and warns where a current setting will hurt.
 
-``main(argv)`` is the command line (``torchspark doctor``): it reads
+``main(argv)`` is the command line (``python -m torchspark doctor``): it reads
 ``spark-defaults.conf`` (``$SPARK_CONF_DIR``, else ``$SPARK_HOME/conf``, or
 ``--properties-file``), then ``--master`` and ``--conf`` as spark-submit does,
 without starting Spark (a cluster's master need not be reachable).
@@ -135,7 +135,7 @@ def _model_file(model: Any, inputs: Any) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="torchspark doctor",
+        prog="python -m torchspark doctor",
         description=(
             "Measure a model and recommend the Spark settings to score with it (task cpus, "
             "intra-op threads, Arrow batch size, GPU amount per task, executor memory "
@@ -210,10 +210,10 @@ def settings_of(args: argparse.Namespace) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``torchspark doctor``: print the diagnosis (``--json``: as JSON); returns 0
+    """``python -m torchspark doctor``: print the diagnosis (``--json``: as JSON); returns 0
     (bad arguments exit with argparse's status 2). For example::
 
-        torchspark doctor --model model.pt --input x:float32[16] --master yarn \\
+        python -m torchspark doctor --model model.pt --input x:float32[16] --master yarn \\
             --conf spark.executor.cores=8 --conf spark.executor.memory=16g
     """
     parser = _parser()
