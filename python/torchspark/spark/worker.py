@@ -15,7 +15,6 @@ import os
 import re
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -40,13 +39,15 @@ from .bad_rows import (
     split_nonfinite,
 )
 from .batch_observer import BatchObserver
+from .engine_cache import EngineCache
 from .metrics import TaskMetrics
 from .monitor import Settings
 from .report import function_name, sample
+from .shared.attach import executor_engine
+from .shared.client import SharedEngine
+from .shared.mode import Sharing
 
-_engines: collections.OrderedDict[tuple[Any, ...], Engine] = collections.OrderedDict()
-_engines_lock = threading.Lock()
-_MAX_CACHED = 4
+_engines = EngineCache(4)  # per model, device, inputs and options: a few at most
 
 
 def _task_device(device: str) -> torch.device:
@@ -69,19 +70,7 @@ def _cached_engine(
     ref: ModelRef, device: torch.device, specs: Inputs, options: Mapping[str, Any]
 ) -> Engine:
     key = (ref, str(device), repr(specs), repr(sorted(options.items())))
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is not None and not engine.closed:
-            _engines.move_to_end(key)
-            return engine
-    path = fetch(ref)
-    engine = Engine(path, device=device, inputs=specs, **options)
-    with _engines_lock:
-        _engines[key] = engine
-        while len(_engines) > _MAX_CACHED:
-            _, old = _engines.popitem(last=False)
-            old.close()
-    return engine
+    return _engines.get(key, lambda: Engine(fetch(ref), device=device, inputs=specs, **options))
 
 
 logger = logging.getLogger("torchspark")
@@ -164,8 +153,10 @@ class ArrowPredictor:
         output_types: list[Any] | None = None,
         input_stats: bool = False,
         monitor: Settings | None = None,
+        share: Sharing | None = None,
     ) -> None:
         self.ref = ref
+        self.share = share  # where the engine lives (see .shared.mode); None: in the task
         self.specs = specs
         self.keep = keep
         self.outputs = outputs
@@ -190,10 +181,14 @@ class ArrowPredictor:
         task = TaskContext.get()
         device = _task_device(self.device)
         cpus = task.cpus() if task is not None else None
-        if device.type == "cpu":
-            # spark.task.cpus cores per task, one Python worker per task.
-            size_intra_op_threads(1, self.options.get("intra_op_threads") or cpus)
-        engine = _cached_engine(self.ref, device, self.specs, self.options)
+        shared = self.share is not None and self.share.shared(device)
+        if shared:
+            engine: Any = executor_engine(self.ref, device, self.specs, self.options, self.share)
+        else:
+            if device.type == "cpu":
+                # spark.task.cpus cores per task, one Python worker per task.
+                size_intra_op_threads(1, self.options.get("intra_op_threads") or cpus)
+            engine = _cached_engine(self.ref, device, self.specs, self.options)
         where = (
             f"stage {task.stageId()} partition {task.partitionId()} attempt {task.attemptNumber()}"
             if task is not None
@@ -242,6 +237,8 @@ class ArrowPredictor:
                     "stage": task.stageId() if task is not None else -1,
                     "partition": task.partitionId() if task is not None else -1,
                     "attempt": task.attemptNumber() if task is not None else 0,
+                    "share": "executor" if shared else "task",
+                    "engine_pid": engine.pid if shared else os.getpid(),
                 }
                 record = task_record(fields, self.ref, engine, device, where, stats)
                 if self._records is not None:
@@ -289,7 +286,7 @@ def new_stats() -> dict[str, Any]:
 
 
 def score(
-    engine: Engine,
+    engine: Engine | SharedEngine,
     batches: Iterable[Any],
     keep: list[str],
     output: str | Sequence[str],
@@ -324,7 +321,7 @@ def score(
     pending: collections.deque[tuple[Any, int, float]] = collections.deque()
     taken = [True]  # whether the engine took the last batch fed (its submit returned)
     current: list[tuple[Any, int] | None] = [None]  # the batch being finished, if any
-    sibling: list[Engine] = []  # isolates bad rows; made at the first failure
+    sibling: list[Engine | SharedEngine] = []  # isolates bad rows; made at the first failure
 
     def feed() -> Iterator[Any]:
         for index, batch in enumerate(batches):
@@ -427,7 +424,7 @@ def score(
             after = engine.stats()
             stats["model_calls"] = after["batches"] - before["batches"]
             stats["rows_truncated"] = after["rows_truncated"] - before["rows_truncated"]
-            padded = engine._feed is not None and engine._feed.padded
+            padded = engine.padded
             stats["token_budget"] = after["token_budget"] if padded else 0
         except Exception as bookkeeping:  # never in place of the task's own outcome
             logger.warning("%s: the engine's counts were lost: %s", where, bookkeeping)
@@ -458,7 +455,7 @@ def _arrow_types(spark_types: list[Any] | None, count: int) -> list[Any]:
 def task_record(
     fields: Mapping[str, Any],
     ref: ModelRef,
-    engine: Engine,
+    engine: Engine | SharedEngine,
     device: torch.device,
     where: str,
     stats: dict[str, Any],

@@ -1,0 +1,332 @@
+"""The shared engine process (``share="executor"``) on its own and in Spark.
+
+On its own (this process as the task): predictions against eager PyTorch,
+concurrent first connections start one engine, errors come back with the
+in-process engine's type and text, the application's secret and uid are
+checked, applications never share an engine, a client that leaves mid-batch
+does not stall it, a killed engine fails its requests clearly and the next
+connection starts a fresh one over its stale socket, idleness ends it.
+
+In Spark: ``spark_shared_job.py`` on ``local-cluster[2,2,2048]``, in the
+background (see background_job.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import threading
+import time
+
+import background_job
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+import torchspark
+from torchspark.distribute import ModelRef
+from torchspark.spark.shared import attach, protocol, rendezvous
+from torchspark.spark.shared.attach import executor_engine
+from torchspark.spark.shared.client import open_engine
+from torchspark.spark.shared.mode import Sharing
+
+JOB_TEST = "test_one_engine_per_executor_in_a_local_cluster"
+JOB_TIMEOUT = 300.0
+CPU = torch.device("cpu")
+SPECS = [torchspark.Input("x")]
+
+
+class Raises(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0] > 1e5).any()):
+            raise ValueError("x0 above the limit")
+        return torch.tanh(x) * 2
+
+
+@pytest.fixture(scope="module")
+def shared_job(request, tmp_path_factory):
+    yield from background_job.start(request, tmp_path_factory, "spark_shared_job.py", JOB_TEST)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("shared_model") / "raises.pt")
+    torch.jit.save(torch.jit.script(Raises()), path)
+    return path
+
+
+@pytest.fixture
+def shared_dir(tmp_path, monkeypatch):
+    """A private base directory; every engine started in it is ended after the test."""
+    monkeypatch.setenv("TORCHSPARK_SHARED_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCHSPARK_SHARED_IDLE_S", "30")
+    yield tmp_path
+    attach._connections.clear()
+    for pid in engine_pids(tmp_path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def engine_pids(base) -> list[int]:
+    pids = []
+    for root, _, files in os.walk(base):
+        if "loads.jsonl" in files:
+            with open(os.path.join(root, "loads.jsonl")) as f:
+                pids += [json.loads(line)["pid"] for line in f]
+    return pids
+
+
+def app_dir(base, application: str) -> str:
+    return os.path.join(base, f"torchspark-{os.getuid()}", application)
+
+
+def features(rows: int, start: int = 0) -> pa.RecordBatch:
+    x = (np.arange(start * 4, (start + rows) * 4, dtype=np.float32) % 7 - 3).reshape(rows, 4)
+    offsets = pa.array(np.arange(0, rows * 4 + 1, 4, dtype=np.int32))
+    column = pa.ListArray.from_arrays(offsets, pa.array(x.ravel()))
+    return pa.record_batch([pa.array(np.arange(start, start + rows)), column], names=["id", "x"])
+
+
+def eager(batch: pa.RecordBatch) -> torch.Tensor:
+    x = torch.tensor(batch.column("x").to_pylist(), dtype=torch.float32)
+    return Raises()(x)
+
+
+def connect(model_path: str, application: str = "app-test", **options):
+    options = {"batch_size": 64, **options}
+    return executor_engine(
+        ModelRef("path", model_path), CPU, SPECS, options, Sharing("executor", application)
+    )
+
+
+def test_predictions_match_eager_and_batches_mix_connections(shared_dir, model_path):
+    engine = connect(model_path, max_delay_ms=30.0)
+    batches = [features(10, start) for start in range(0, 400, 10)]
+    got = torch.cat(list(engine.map(batches)))
+    assert torch.equal(got, torch.cat([eager(b) for b in batches]))
+    # Two connections, each with one 10-row batch at a time: the engine's
+    # calls hold more rows than one connection ever has in flight.
+    place_dir = app_dir(shared_dir, "app-test")
+    before = engine.stats()["batches"]
+    with engine.sibling(max_delay_ms=0.0) as alone:  # its own queue, the same loaded model
+        assert torch.equal(alone.run(features(3)), eager(features(3)))
+    second = open_engine(*_place_and_config(place_dir), "second")
+
+    def feed(client, offset):
+        for start in range(offset, offset + 200, 10):
+            assert torch.equal(client.run(features(10, start)), eager(features(10, start)))
+
+    threads = [threading.Thread(target=feed, args=(c, o)) for c, o in ((engine, 0), (second, 1000))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = engine.stats()
+    assert stats["rows"] >= 400 + 400
+    calls = stats["batches"] - before
+    assert calls < 40, f"{calls} model calls for 40 requests of 10 rows: no batching across"
+    assert len(engine_pids(shared_dir)) == 1
+    second.close()
+
+
+def _place_and_config(directory: str):
+    """The one engine's place in ``directory`` (and no config: it runs already)."""
+    key = next(f[: -len(".sock")] for f in os.listdir(directory) if f.endswith(".sock"))
+    return rendezvous.Place(directory, key), b""
+
+
+def test_concurrent_first_connections_start_one_engine(shared_dir, model_path):
+    from pyspark import cloudpickle
+
+    directory = rendezvous.application_directory("app-race")
+    place = rendezvous.Place(directory, "race")
+    config = cloudpickle.dumps(
+        {
+            "directory": directory,
+            "key": "race",
+            "path": model_path,
+            "device": "cpu",
+            "specs": SPECS,
+            "options": {"batch_size": 64},
+            "cores": 1,
+            "executor": "test",
+            "jvm": os.getpid(),
+            "label": "model 'raises.pt'",
+            "idle_s": 30.0,
+        }
+    )
+    clients = []
+
+    def start():
+        clients.append(open_engine(place, config, "race"))
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(clients) == 4
+    assert len({c.pid for c in clients}) == 1
+    assert len(engine_pids(shared_dir)) == 1
+    for c in clients:
+        assert torch.equal(c.run(features(5)), eager(features(5)))
+        c.close()
+
+
+def test_errors_come_back_with_the_in_process_type_and_text(shared_dir, model_path):
+    bad = features(20)
+    x = bad.column("x").to_pylist()
+    x[7][0] = 1e6
+    column = pa.array(x, type=pa.list_(pa.float32()))
+    bad = pa.record_batch([bad.column("id"), column], names=["id", "x"])
+    engine = connect(model_path, max_delay_ms=0.0)
+    local = torchspark.Engine(model_path, device="cpu", inputs=SPECS, batch_size=64)
+    with local, pytest.raises(torchspark.ModelError) as expected:
+        local.run(bad)
+    with pytest.raises(torchspark.ModelError) as got:
+        engine.run(bad)
+    ids = re.compile(r"request \d+")
+    assert ids.sub("request N", str(got.value)) == ids.sub("request N", str(expected.value))
+    assert "x0 above the limit" in str(got.value)
+    results = list(engine.map([features(5), bad, features(5, 5)], return_exceptions=True))
+    assert isinstance(results[1], torchspark.ModelError)
+    assert torch.equal(results[2], eager(features(5, 5)))
+
+
+def test_a_wrong_secret_or_another_application_is_refused(shared_dir, model_path):
+    engine = connect(model_path)
+    directory = app_dir(shared_dir, "app-test")
+    place, _ = _place_and_config(directory)
+    sock = rendezvous.connect(place)
+    protocol.send(sock, protocol.HELLO, meta={"secret": "00" * 32, "sibling": None})
+    answer = protocol.receive(sock)
+    assert answer.kind == protocol.REFUSED and "wrong application secret" in answer.meta["error"]
+    assert protocol.receive(sock) is None  # closed
+    sock.close()
+    sock = rendezvous.connect(place)
+    protocol.send(sock, protocol.STATS, 1)
+    answer = protocol.receive(sock)
+    assert (
+        answer.kind == protocol.REFUSED
+        and "expected HELLO first, got STATS" in (answer.meta["error"])
+    )
+    sock.close()
+    # Another application: its own directory, secret and engine.
+    other = connect(model_path, application="app-other")
+    assert other.pid != engine.pid
+    assert rendezvous.application_secret(app_dir(shared_dir, "app-other")) != (
+        rendezvous.application_secret(directory)
+    )
+    mode = os.stat(directory).st_mode & 0o777
+    assert mode == 0o700 and os.stat(place.socket_path).st_mode & 0o077 == 0
+    assert os.stat(os.path.join(directory, "secret")).st_mode & 0o777 == 0o600
+    assert torch.equal(engine.run(features(3)), eager(features(3)))  # unaffected
+
+
+def test_a_client_that_leaves_mid_batch_does_not_stall_the_engine(shared_dir, model_path):
+    engine = connect(model_path)
+    leaver = open_engine(*_place_and_config(app_dir(shared_dir, "app-test")), "leaver")
+    for start in range(0, 2000, 100):
+        leaver.submit(features(100, start))
+    leaver._sock.close()  # gone with its requests in flight, answers unread
+    for start in range(0, 500, 50):
+        assert torch.equal(engine.run(features(50, start)), eager(features(50, start)))
+    assert not engine.closed
+
+
+def test_a_killed_engine_fails_in_flight_requests_and_the_next_starts_fresh(shared_dir, model_path):
+    engine = connect(model_path, max_delay_ms=200.0, batch_size=100000)
+    pending = [engine.submit(features(100, s)) for s in range(0, 1000, 100)]
+    os.kill(engine.pid, signal.SIGKILL)
+    with pytest.raises(torchspark.EngineClosedError, match=r"went away with requests in flight"):
+        for answer in pending:
+            answer.result(timeout=30)
+    assert engine.closed
+    directory = app_dir(shared_dir, "app-test")
+    assert any(f.endswith(".sock") for f in os.listdir(directory))  # left by SIGKILL
+    fresh = connect(model_path, max_delay_ms=200.0, batch_size=100000)
+    assert fresh.pid != engine.pid
+    assert torch.equal(fresh.run(features(7)), eager(features(7)))
+    assert len(engine_pids(shared_dir)) == 2
+
+
+def test_an_idle_engine_exits_and_removes_its_socket(shared_dir, model_path, monkeypatch):
+    monkeypatch.setenv("TORCHSPARK_SHARED_IDLE_S", "1")
+    engine = connect(model_path, application="app-idle")
+    assert torch.equal(engine.run(features(4)), eager(features(4)))
+    engine.close()
+    directory = app_dir(shared_dir, "app-idle")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(f.endswith(".sock") for f in os.listdir(directory)):
+        time.sleep(0.2)
+    assert not [f for f in os.listdir(directory) if f.endswith(".sock")]
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(engine.pid, 0)
+            time.sleep(0.1)
+
+
+def test_share_is_checked_and_warns_about_a_copy_per_task_on_a_gpu():
+    from torchspark.spark.shared.mode import sharing
+
+    class Conf(dict):
+        def get(self, key, default=None):
+            return super().get(key, default)
+
+    class Context:
+        applicationId = "app-x"
+
+        def __init__(self, conf):
+            self.conf = conf
+
+        def getConf(self):
+            return self.conf
+
+    class Session:
+        def __init__(self, conf):
+            self.sparkContext = Context(Conf(conf))
+
+    with pytest.raises(ValueError, match=r"share must be one of \['executor', 'task', 'auto'\]"):
+        sharing(Session({}), "worker")
+    fractional = Session({"spark.task.resource.gpu.amount": "0.25", "spark.executor.cores": "4"})
+    with pytest.warns(UserWarning, match="4 tasks per GPU"):
+        result = sharing(fractional, "task")
+    assert result == Sharing("task", "app-x", 4)
+    assert sharing(fractional, "auto").shared(torch.device("cuda", 0))
+    assert not sharing(fractional, "auto").shared(CPU)
+    assert sharing(Session({}), "executor").shared(CPU)
+
+
+@pytest.mark.spark
+def test_one_engine_per_executor_in_a_local_cluster(shared_job):
+    r = background_job.result(shared_job, JOB_TIMEOUT)
+    assert r["executors"] == 2
+    main = r["main"]
+    assert main["count"] == main["rows"] == main["distinct"]
+    assert main["missing"] == main["extra"] == 0
+    assert main["max_abs_diff"] <= 1e-5
+    # One model load per executor for the whole job, and every task used it.
+    loads = r["loads"]
+    assert sorted(load["executor"] for load in loads) == ["0", "1"], loads
+    assert set(main["engine_pids"]) == {load["pid"] for load in loads}
+    assert main["shares"] == ["executor"]
+    assert main["tasks"] == r["partitions"]
+    # Batches mixed rows of different tasks: rows of one model call came from
+    # several partitions (the model's second output is its batch's tag range).
+    assert main["mixed_rows"] > 0
+    # Killed engine / killed Python worker: retried, every id once, same predictions.
+    for case in ("engine_killed", "worker_killed"):
+        c = r[case]
+        assert c["count"] == c["distinct"] == main["rows"], (case, c)
+        assert c["missing"] == c["extra"] == 0, (case, c)
+        assert c["max_abs_diff"] <= 1e-5, (case, c)
+        assert c["killed"], (case, c)
+    assert r["engine_killed"]["attempts"] > 0  # some tasks were retried
+    assert len(r["loads_after"]) > len(loads)  # a fresh engine after the kill
+    # Nothing left: sockets gone after the executors stopped, nothing new in /dev/shm.
+    assert r["sockets_left"] == []
+    assert r["shm_new"] == []
