@@ -189,12 +189,64 @@ def test_errors_come_back_with_the_in_process_type_and_text(shared_dir, model_pa
         local.run(bad)
     with pytest.raises(torchspark.ModelError) as got:
         engine.run(bad)
-    ids = re.compile(r"request \d+")
-    assert ids.sub("request N", str(got.value)) == ids.sub("request N", str(expected.value))
+    ids = re.compile(r"(request|batch) \d+")
+    assert ids.sub(r"\1 N", str(got.value)) == ids.sub(r"\1 N", str(expected.value))
     assert "x0 above the limit" in str(got.value)
     results = list(engine.map([features(5), bad, features(5, 5)], return_exceptions=True))
     assert isinstance(results[1], torchspark.ModelError)
     assert torch.equal(results[2], eager(features(5, 5)))
+
+
+def with_bad_rows(rows: int, bad: list[int]) -> pa.Table:
+    good = features(rows)
+    x = good.column("x").to_pylist()
+    for row in bad:
+        x[row][0] = 1e6
+    return pa.table([good.column("id"), pa.array(x, type=pa.list_(pa.float32()))], ["id", "x"])
+
+
+def scored(engine, table: pa.Table, policy) -> tuple[list[pa.RecordBatch], dict]:
+    from pyspark.sql import types as T
+
+    from torchspark.spark import worker
+
+    stats = worker.new_stats()
+    batches = table.to_batches(max_chunksize=25)
+    types = [T.ArrayType(T.FloatType())]
+    outs = worker.score(engine, batches, ["id"], "p", "test", "id", stats, None, policy, types)
+    return list(outs), stats
+
+
+def test_a_task_scores_the_same_on_the_shared_engine(shared_dir, model_path):
+    """worker.score (what each task runs) on the shared engine and on an
+    in-process one: same outputs, same bad rows (isolated on a sibling), same
+    error text when the policy raises."""
+    from torchspark.spark.bad_rows import bad_row_policy
+
+    table = with_bad_rows(200, [3, 77, 78, 150])
+    shared = connect(model_path, max_delay_ms=0.0)
+    local = torchspark.Engine(model_path, device="cpu", inputs=SPECS, batch_size=64)
+    with local:
+        for policy in (bad_row_policy("null"), bad_row_policy("quarantine")):
+            (got, got_stats), (want, want_stats) = (
+                scored(e, table, policy) for e in (shared, local)
+            )
+            assert pa.Table.from_batches(got).equals(pa.Table.from_batches(want))
+            assert got_stats["bad_rows"] == want_stats["bad_rows"] == 4
+            assert got_stats["bad_row_reasons"] == want_stats["bad_row_reasons"]
+            assert got_stats["rows"] == want_stats["rows"] == 200
+        errors = []
+        for e in (shared, local):
+            with pytest.raises(torchspark.ModelError) as info:
+                scored(e, table, bad_row_policy("raise"))
+            errors.append(re.sub(r"(request|batch) \d+", r"\1 N", str(info.value)))
+    same_batching = re.compile(r"batch N \(\d+ rows: .*?\) failed")  # coalesced differently
+    assert same_batching.sub("", errors[0]) == same_batching.sub("", errors[1])
+    assert "x0 above the limit" in errors[0] and "[at test, Arrow batch N (25 rows)" in errors[0]
+    assert errors[0].endswith("(first: id=0)]")  # the first bad Arrow batch, rows of its own
+    good = pa.Table.from_batches(scored(shared, table.slice(4, 70), bad_row_policy("raise"))[0])
+    expected = eager(table.slice(4, 70).combine_chunks().to_batches()[0])
+    assert torch.equal(torch.tensor(good.column("p").to_pylist()), expected)
 
 
 def test_a_wrong_secret_or_another_application_is_refused(shared_dir, model_path):

@@ -198,6 +198,25 @@ def predict(
             columns (as they do of every output column), for
             :meth:`Report.compare` (input drift). Off by default: it reads
             every input value once more.
+        share: where the engine runs. ``"task"``: in each task's Python
+            worker (one model copy per task slot, torch's intra-op threads
+            from ``spark.task.cpus``). ``"executor"``: one engine process per
+            executor, device, model and set of options, started by the first
+            task that needs it and fed by every task of the executor through
+            shared memory: the model loads once per executor and device, and
+            rows of different tasks share model calls. There ``batch_size``,
+            ``max_delay_ms``, ``precision``, ``threads``, ``inflight``,
+            ``max_tokens`` and ``sort_window`` are the engine's (tasks with
+            other values get another engine), each task keeps ``inflight *
+            batch_size`` rows in it, and its intra-op threads are
+            ``intra_op_threads``, else ``spark.executor.cores``, else the
+            cores it may run on (not ``spark.task.cpus``). ``"auto"``
+            (default): ``"executor"`` on an accelerator (the task's GPU), else
+            ``"task"``. With ``"executor"`` on GPUs, set
+            ``spark.task.resource.gpu.amount`` to a fraction (``1 / task
+            slots per GPU``) so that several tasks feed one GPU's engine; a
+            fraction with ``share="task"`` loads one model copy per task on
+            the GPU and warns on the driver.
         progress: while the job runs, the driver shows rows scored, rows/s,
             bad rows and, when Spark knows the input's row count, an ETA: one
             line rewritten in a terminal, else a ``torchspark`` log line

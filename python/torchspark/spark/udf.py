@@ -243,6 +243,8 @@ def torch_udf(
     counted in :func:`last_report`; a column has no room for them), with
     ``max_bad_rows`` and ``check_finite`` as in :func:`predict`; a column
     function cannot leave rows out, so ``"quarantine"`` needs :func:`predict`.
+    ``share`` (``"executor"``, ``"task"``, ``"auto"``) places the engine as in
+    :func:`predict`.
 
     >>> score = torchspark.torch_udf(path, return_type="float")
     >>> df.withColumn("score", score("x")).columns

@@ -350,10 +350,14 @@ def score(
         return refined
 
     try:
-        for result in engine.map(feed(), return_exceptions=policy.isolates):
+        # Every outcome in order, failures included, so that an error is
+        # pinned to its own Arrow batch (not to the newest one fed).
+        for result in engine.map(feed(), return_exceptions=True):
             batch, index, submitted = pending.popleft()
             current[0] = (batch, index)
             if isinstance(result, Exception):
+                if not policy.isolates:
+                    raise result
                 segments = isolated(batch, index, result)
                 names = next((s.outputs[0] for s in segments if s.outputs), None)
             else:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import itertools
-import os
 import socket
 import threading
 from collections.abc import Iterable, Iterator
@@ -51,10 +50,11 @@ class RemoteModel:
 class _Answer:
     """One request's answer, once the reader thread has it."""
 
-    __slots__ = ("_done", "_error", "_value", "rows")
+    __slots__ = ("_done", "_error", "_value", "rows", "segment")
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self, rows: int, segment: segment.Segment | None = None) -> None:
         self.rows = rows
+        self.segment = segment  # the request's input, reused once answered
         self._done = threading.Event()
         self._value: Any = None
         self._error: BaseException | None = None
@@ -96,6 +96,7 @@ class SharedEngine:
         self.padded = bool(welcome["padded"])
         self.device = welcome["device"]
         self._ids = itertools.count(1)
+        self._segments = segment.SegmentPool()
         self._send_lock = threading.Lock()
         self._answers: dict[int, _Answer] = {}
         self._answers_lock = threading.Lock()
@@ -107,12 +108,8 @@ class SharedEngine:
 
     def submit(self, batch: Any) -> _Answer:
         """Queue one Arrow record batch in the shared engine; its answer (``result()``)."""
-        rows = batch.num_rows
-        fd, length = segment.write_batch(batch)
-        try:
-            return self._request(protocol.SUBMIT, rows, fd, length)
-        finally:
-            os.close(fd)
+        written, length = self._segments.write_batch(batch)
+        return self._request(protocol.SUBMIT, batch.num_rows, written, length)
 
     def run(self, batch: Any) -> Any:
         """Submit and wait: the outputs of ``batch``."""
@@ -121,17 +118,10 @@ class SharedEngine:
     def map(self, iterable: Iterable[Any], *, return_exceptions: bool = False) -> Iterator[Any]:
         """As :meth:`torchspark.Engine.map`: about ``inflight * batch_size``
         rows of this task in the engine at once, outputs in order. Closed
-        early with requests in flight, the connection closes (the engine
-        drops their rows) and the next task opens a new one."""
-        finished = False
-        try:
-            yield from windowed(
-                self.submit, iterable, self.inflight * self.batch_size, return_exceptions
-            )
-            finished = True
-        finally:
-            if not finished and self._in_flight():
-                self.close()
+        early, the requests in flight finish in the engine and their answers
+        are dropped as they arrive; the connection stays usable."""
+        window = self.inflight * self.batch_size
+        yield from windowed(self.submit, iterable, window, return_exceptions)
 
     def sibling(self, **overrides: Any) -> SharedEngine:
         """A connection to an engine of its own over the same loaded model
@@ -162,6 +152,7 @@ class SharedEngine:
         if threading.current_thread() is not self._reader:
             self._reader.join()
         self._sock.close()
+        self._segments.close()
 
     def __enter__(self) -> SharedEngine:
         return self
@@ -174,20 +165,19 @@ class SharedEngine:
 
     # -- the connection --
 
-    def _in_flight(self) -> bool:
-        with self._answers_lock:
-            return bool(self._answers)
-
     def _info(self) -> dict[str, Any]:
         return self._request(protocol.STATS, 0).result()
 
-    def _request(self, kind: int, rows: int, fd: int | None = None, length: int = 0) -> _Answer:
-        answer = _Answer(rows)
+    def _request(
+        self, kind: int, rows: int, written: segment.Segment | None = None, length: int = 0
+    ) -> _Answer:
+        answer = _Answer(rows, written)
         request = next(self._ids)
         with self._answers_lock:
             if self._gone is not None:
                 raise self._gone
             self._answers[request] = answer
+        fd = written.fd if written is not None else None
         try:
             with self._send_lock:
                 protocol.send(self._sock, kind, request, fd=fd, length=length)
@@ -210,6 +200,9 @@ class SharedEngine:
     def _route(self, message: protocol.Message) -> None:
         with self._answers_lock:
             answer = self._answers.pop(message.id, None)
+        if answer is not None and answer.segment is not None:
+            self._segments.give_back(answer.segment)  # answered: the engine is done with it
+            answer.segment = None
         if message.kind == protocol.RESULT:
             assert message.fd is not None  # checked by protocol.parse
             what = f"{self._label}: outputs of request {message.id}"
