@@ -16,6 +16,10 @@ A client that goes away (task cancelled or killed) is dropped: its requests
 still run (the engine cannot take rows back out of a batch) and their
 outputs are discarded; the other connections are unaffected.
 
+Custom torch ops that the model calls (a task's Python worker would import
+or load them) are loaded first from ``$TORCHSPARK_OP_LIBRARIES`` (shared
+libraries separated by ``os.pathsep``).
+
 It exits, removing its socket, when the executor's JVM exits (watched with a
 pidfd), on SIGTERM, or after ``idle_s`` seconds without a connection. If it
 is killed, its socket stays until the next task that needs an engine finds
@@ -256,6 +260,10 @@ def main() -> int:
     if live is None:
         logger.error("another engine holds %s", place.path(".live"))
         return 1
+    for library in filter(None, os.environ.get("TORCHSPARK_OP_LIBRARIES", "").split(os.pathsep)):
+        import torch
+
+        torch.ops.load_library(library)  # custom ops the model calls (a task would import them)
     server = Server(config)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: server.stopping.set())
