@@ -340,9 +340,18 @@ def main() -> None:
     p.add_argument("--prep-ms", type=float, default=4.0)
     p.add_argument("--model-mb", type=int, default=1024)
     p.add_argument("--memory-tasks", type=int, default=4)
+    p.add_argument(
+        "--wait-load",
+        type=float,
+        default=0.0,
+        help="before starting, wait (up to 15 min) until the 1-minute load is below this",
+    )
     args = _bench.finish_args(p.parse_args())
     if args.quick:
         args.batches, args.tasks, args.model_mb = 20, [1, 4], 256
+    from spark_bench import wait_for_load
+
+    wait_for_load(args.wait_load)
     _bench.header("shared engine vs one engine per task", args)
     only = set(args.only.split(","))
     with tempfile.TemporaryDirectory() as workdir:

@@ -7,10 +7,12 @@ Two executors with two task slots each, many partitions:
    to eager PyTorch, and model calls mixed rows of different tasks: the model's
    second output is its batch's spread of the partition tag (max - min), > 0
    only in a batch holding rows of two partitions.
-2. A task kills its executor's engine (SIGKILL) after its first output batch:
+2. A job cancelled mid-way (``sc.cancelAllJobs()``): the next job runs on
+   the same engines (no crash, no new load), every id once, same predictions.
+3. A task kills its executor's engine (SIGKILL) after its first output batch:
    the tasks in flight there fail and are retried on a fresh engine; the job
    ends with every id once and the same predictions.
-3. A task kills its own Python worker (SIGKILL) while it waits on the engine:
+4. A task kills its own Python worker (SIGKILL) while it waits on the engine:
    retried, same checks.
 
 After ``spark.stop()`` the executors' JVMs exit, their engines with them:
@@ -173,7 +175,35 @@ def main(workdir: str) -> dict:
     result["loads"] = loads(shared)
     result["timings"]["main"] = round(time.time() - started, 2)
 
-    # 2. and 3. An engine killed, a Python worker killed: retried.
+    # 2. A job cancelled mid-way (sc.cancelAllJobs()): its tasks leave the
+    # engines with rows in flight; the engines go on serving the next job.
+    cancelled: dict = {}
+
+    def doomed() -> None:
+        try:
+            torchspark.predict(
+                df, model_path, inputs=inputs, keep=["id"], share="executor", **options
+            ).write.format("noop").mode("overwrite").save()
+            cancelled["finished"] = True
+        except Exception as e:
+            cancelled["error"] = type(e).__name__
+
+    job = threading.Thread(target=doomed)
+    job.start()
+    time.sleep(2.0)
+    sc.cancelAllJobs()
+    job.join(timeout=120)
+    again = torchspark.predict(
+        df, model_path, inputs=inputs, keep=["id"], share="executor", **options
+    )
+    cancelled.update(checked(spark, again, df, source, reference))
+    report = torchspark.last_report()
+    cancelled["engine_pids"] = sorted({r["engine_pid"] for r in report.task_records})
+    cancelled["loads"] = len(loads(shared))
+    result["cancelled"] = cancelled
+    result["timings"]["cancelled"] = round(time.time() - started, 2)
+
+    # 3. and 4. An engine killed, a Python worker killed: retried.
     for case, what, partition in (("engine_killed", "engine", 5), ("worker_killed", "worker", 9)):
         fn = torchspark.arrow_predictor(
             df, model_path, inputs=inputs, keep=["id"], share="executor", **options

@@ -47,8 +47,10 @@ class Raises(torch.nn.Module):
         return torch.tanh(x) * 2
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def shared_job(request, tmp_path_factory):
+    """spark_shared_job.py, started in the background when the module starts
+    (if its test is selected): its JVMs start while the tests above run."""
     yield from background_job.start(request, tmp_path_factory, "spark_shared_job.py", JOB_TEST)
 
 
@@ -322,6 +324,18 @@ def test_an_idle_engine_exits_and_removes_its_socket(shared_dir, model_path, mon
             time.sleep(0.1)
 
 
+def test_an_engine_that_cannot_load_its_model_fails_with_its_log(shared_dir, tmp_path):
+    path = tmp_path / "not_a_model.pt"
+    path.write_bytes(b"these bytes are no model")
+    with pytest.raises(RuntimeError) as info:
+        connect(str(path), application="app-broken")
+    text = str(info.value)
+    assert "shared engine for model 'not_a_model.pt' on cpu: the engine process exited" in text
+    assert "not_a_model.pt" in text.split("the end of its log", 1)[1]  # the load's own error
+    directory = app_dir(shared_dir, "app-broken")
+    assert not [f for f in os.listdir(directory) if f.endswith(".sock")]
+
+
 def test_share_is_checked_and_warns_about_a_copy_per_task_on_a_gpu():
     from torchspark.spark.shared.mode import sharing
 
@@ -370,6 +384,12 @@ def test_one_engine_per_executor_in_a_local_cluster(shared_job):
     # Batches mixed rows of different tasks: rows of one model call came from
     # several partitions (the model's second output is its batch's tag range).
     assert main["mixed_rows"] > 0
+    # A cancelled job: the engines survive and serve the next job, which is exact.
+    c = r["cancelled"]
+    assert c.get("error") or c.get("finished"), c
+    assert c["count"] == c["distinct"] == main["rows"] and c["missing"] == c["extra"] == 0, c
+    assert c["max_abs_diff"] <= 1e-5, c
+    assert c["engine_pids"] == main["engine_pids"] and c["loads"] == len(loads), c
     # Killed engine / killed Python worker: retried, every id once, same predictions.
     for case in ("engine_killed", "worker_killed"):
         c = r[case]
