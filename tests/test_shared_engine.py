@@ -251,6 +251,27 @@ def test_a_task_scores_the_same_on_the_shared_engine(shared_dir, model_path):
     assert torch.equal(torch.tensor(good.column("p").to_pylist()), expected)
 
 
+def test_text_inputs_are_tokenized_in_the_engine_process(shared_dir, tmp_path):
+    """A shipped tokenizer (a ModelRef, as on executors) is fetched by the task
+    and tokenized in the engine: rows equal the tokenizer + module row by row."""
+    pytest.importorskip("tokenizers")
+    from test_text import Encoder, reference, sentences, train_tokenizer
+
+    tokenizer = train_tokenizer(str(tmp_path / "tokenizer.json"))
+    path = str(tmp_path / "encoder.pt")
+    torch.jit.script(Encoder().eval()).save(path)
+    spec = torchspark.Input("text", kind="text", tokenizer=ModelRef("path", tokenizer), max_len=24)
+    texts = sentences(np.random.default_rng(5), 300)
+    batch = pa.record_batch({"id": np.arange(len(texts)), "text": pa.array(texts)})
+    engine = executor_engine(
+        ModelRef("path", path), CPU, [spec], {"batch_size": 128}, Sharing("executor", "app-text")
+    )
+    got = torch.cat(list(engine.map([batch.slice(i, 50) for i in range(0, 300, 50)])))
+    expected = reference(tokenizer, texts, 24, Encoder().eval())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert engine.padded and engine.stats()["rows_truncated"] > 0
+
+
 def test_a_wrong_secret_or_another_application_is_refused(shared_dir, model_path):
     engine = connect(model_path)
     directory = app_dir(shared_dir, "app-test")

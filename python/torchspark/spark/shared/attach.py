@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -57,7 +58,7 @@ def executor_engine(
                 "key": place.key,
                 "path": path,
                 "device": str(device),
-                "specs": specs,
+                "specs": _local(specs),
                 "options": dict(options),
                 "cores": sharing.cores,
                 "executor": executor.id,
@@ -69,3 +70,21 @@ def executor_engine(
         return open_engine(place, config, f"model '{ref.name}' on {device}")
 
     return _connections.get(key, connect)
+
+
+def _local(specs: Inputs) -> Inputs:
+    """``specs`` with shipped tokenizers (``SparkFiles`` names, URIs) fetched
+    to local paths here: the engine process is no Spark worker and cannot
+    resolve a ``SparkFiles`` name."""
+
+    def local(spec: Any) -> Any:
+        tokenizer = getattr(spec, "tokenizer", None)
+        if isinstance(tokenizer, ModelRef):
+            return dataclasses.replace(spec, tokenizer=fetch(tokenizer))
+        return spec
+
+    if isinstance(specs, Mapping):
+        return {name: local(spec) for name, spec in specs.items()}
+    if isinstance(specs, (list, tuple)):
+        return [local(spec) for spec in specs]
+    return local(specs)
