@@ -302,6 +302,28 @@ def test_a_wrong_secret_or_another_application_is_refused(shared_dir, model_path
     assert torch.equal(engine.run(features(3)), eager(features(3)))  # unaffected
 
 
+def test_a_lying_message_drops_only_its_own_connection(shared_dir, model_path):
+    engine = connect(model_path)
+    directory = app_dir(shared_dir, "app-test")
+    place, _ = _place_and_config(directory)
+    secret = rendezvous.application_secret(directory)
+    for payload, length in ((b"not arrow at all" * 8, 128), (b"\xff" * 64, 64)):
+        sock = rendezvous.connect(place)
+        protocol.send(sock, protocol.HELLO, meta={"secret": secret.hex(), "sibling": None})
+        assert protocol.receive(sock).kind == protocol.WELCOME
+        fd = os.memfd_create("lie")
+        os.write(fd, payload)
+        protocol.send(sock, protocol.SUBMIT, 1, fd=fd, length=length)
+        os.close(fd)
+        sock.settimeout(30)
+        assert protocol.receive(sock) is None  # dropped, not answered, not hung
+        sock.close()
+    with open(place.path(".log")) as f:
+        log = f.read()
+    assert "connection dropped: ProtocolError: request 1: not a valid Arrow IPC stream" in log
+    assert torch.equal(engine.run(features(9)), eager(features(9)))  # the others go on
+
+
 def test_a_client_that_leaves_mid_batch_does_not_stall_the_engine(shared_dir, model_path):
     engine = connect(model_path)
     leaver = open_engine(*_place_and_config(app_dir(shared_dir, "app-test")), "leaver")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,11 @@ def executor_engine(
     """This Python worker's connection to the engine of its executor, device,
     model and input layout (started if none runs), reused across tasks; a
     new one after the engine went away."""
+    if sys.platform != "linux":
+        raise RuntimeError(
+            f"share='executor' needs Linux executors (memfd_create, SO_PEERCRED, pidfd); this "
+            f"one runs {sys.platform}: use share='task'"
+        )
     key = (ref, str(device), repr(specs), repr(sorted(options.items())), sharing)
 
     def connect() -> SharedEngine:

@@ -193,7 +193,7 @@ class SharedEngine:
                 if message is None:
                     break
                 self._route(message)
-        except (OSError, protocol.ProtocolError) as e:
+        except Exception as e:  # a broken message or connection: every request fails
             why = e
         self._fail(self._crashed(why))
 

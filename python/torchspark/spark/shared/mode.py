@@ -11,6 +11,7 @@ benchmarks/RESULTS.md, "shared engine").
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,11 @@ class Sharing:
     cores: int | None = None  # spark.executor.cores: the engine's threads on the CPU
 
     def shared(self, device: Any) -> bool:
-        """Whether a task on ``device`` uses its executor's engine."""
-        return self.mode == "executor" or (self.mode == "auto" and device.type != "cpu")
+        """Whether a task on ``device`` uses its executor's engine (``"auto"``:
+        on an accelerator of a Linux executor, where the transport exists)."""
+        if self.mode == "auto":
+            return device.type != "cpu" and sys.platform == "linux"
+        return self.mode == "executor"
 
 
 def sharing(spark: Any, share: str, device: str = "auto") -> Sharing:

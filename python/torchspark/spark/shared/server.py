@@ -136,8 +136,8 @@ class Server:
             writer = threading.Thread(target=self.write, args=(conn, answers), daemon=True)
             writer.start()
             self.read(conn, engine, answers)
-        except (OSError, protocol.ProtocolError) as e:
-            logger.warning("torchspark shared engine: connection dropped: %s", e)
+        except Exception as e:  # this connection only: the others go on
+            logger.warning("connection dropped: %s: %s", type(e).__name__, e)
         finally:
             answers.put(None)
             if writer is not None:
@@ -167,7 +167,7 @@ class Server:
         ):
             why = "wrong application secret"
         if why is not None:
-            logger.warning("torchspark shared engine: connection refused: %s", why)
+            logger.warning("connection refused: %s", why)
             with contextlib.suppress(OSError):
                 protocol.send(conn, protocol.REFUSED, meta={"error": f"refused: {why}"})
             return None
@@ -198,41 +198,50 @@ class Server:
                 answers.put((message.id, e, batch))
 
     def write(self, conn: socket.socket, answers: queue.SimpleQueue[Any]) -> None:
-        """Send each answer in order; after the client goes, finish and drop the rest."""
-        from ..outputs import flatten
-
+        """Send each answer in order; after the client goes (or a send fails:
+        the connection is shut so the client sees it), finish and drop the rest."""
         alive = True
         while True:
             item = answers.get()
             if item is None:
                 return
-            request, what, batch = item
-            fd = None
+            request, what, held = item  # held: the batch until answered, or the engine
+            kind, meta, fd, length = _answer(what, held)
             try:
-                if what == "stats":
-                    meta = {"stats": batch.stats(), "histograms": batch.histograms()}
-                    kind, length = protocol.INFO, 0
-                elif isinstance(what, Exception):
-                    kind, meta, length = protocol.FAILED, _failure(what), 0
-                else:
-                    try:
-                        names, tensors = flatten(what.result())
-                        fd, length, layout = segment.write_tensors(tensors)
-                        kind, meta = protocol.RESULT, {"names": names, "tensors": layout}
-                    except Exception as e:
-                        kind, meta, length = protocol.FAILED, _failure(e), 0
                 if alive:
                     protocol.send(conn, kind, request, meta, fd, length)
             except OSError:
-                alive = False  # the client went: its remaining rows are dropped
+                alive = False  # its remaining rows are dropped
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
             finally:
                 if fd is not None:
                     os.close(fd)
-                del batch, what
+                del held, what
+
+
+def _answer(what: Any, held: Any) -> tuple[int, dict[str, Any], int | None, int]:
+    """(kind, meta, descriptor, length) answering one request: the engine's
+    statistics, the outputs of a future (in a new segment), or an error."""
+    from ..outputs import flatten
+
+    try:
+        if isinstance(what, Exception):
+            raise what
+        if isinstance(what, str):  # "stats"
+            return protocol.INFO, {"stats": held.stats(), "histograms": held.histograms()}, None, 0
+        names, tensors = flatten(what.result())
+        fd, length, layout = segment.write_tensors(tensors)
+        return protocol.RESULT, {"names": names, "tensors": layout}, fd, length
+    except Exception as e:
+        return protocol.FAILED, _failure(e), None, 0
 
 
 def _failure(error: Exception) -> dict[str, str]:
-    return {"type": type(error).__name__, "message": str(error)}
+    text = str(error)
+    if len(text) > protocol.MAX_META // 2:  # a message must fit in one record
+        text = text[: protocol.MAX_META // 4] + " ... (cut)"
+    return {"type": type(error).__name__, "message": text}
 
 
 def _pidfd(pid: int | None) -> int | None:
