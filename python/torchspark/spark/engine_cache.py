@@ -24,6 +24,9 @@ class EngineCache:
             if engine is not None and not engine.closed:
                 self._engines.move_to_end(key)
                 return engine
+            stale = self._engines.pop(key, None)
+        if stale is not None:
+            stale.close()  # what it still holds (a gone shared engine's segments)
         engine = make()
         with self._lock:
             self._engines[key] = engine

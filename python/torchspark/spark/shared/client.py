@@ -174,9 +174,13 @@ class SharedEngine:
         answer = _Answer(rows, written)
         request = next(self._ids)
         with self._answers_lock:
-            if self._gone is not None:
-                raise self._gone
-            self._answers[request] = answer
+            gone = self._gone
+            if gone is None:
+                self._answers[request] = answer
+        if gone is not None:
+            if written is not None:
+                self._segments.give_back(written)
+            raise gone
         fd = written.fd if written is not None else None
         try:
             with self._send_lock:
@@ -234,6 +238,9 @@ class SharedEngine:
                 self._gone = error
             pending, self._answers = self._answers, {}
         for answer in pending.values():
+            if answer.segment is not None:
+                self._segments.give_back(answer.segment)  # closed with the pool
+                answer.segment = None
             answer.set(error=error)
 
 
