@@ -4,7 +4,10 @@ Runs in Spark's Python workers. Each worker keeps its engines (one per model,
 device, inputs and options; a few at most) across the tasks it runs; each task
 binds to its GPU (``TaskContext.resources()["gpu"]``) or the CPU, sizes torch's
 intra-op threads from ``spark.task.cpus``, streams its Arrow batches through
-the engine and sends one record to the driver (see :mod:`.report`).
+the engine and sends one record to the driver (see :mod:`.report`). Where
+the task shares its executor's engine (``share``, :mod:`.shared`), the engine
+is a connection to that process (:class:`.shared.client.SharedEngine`) and
+the rest of the task runs the same way.
 """
 
 from __future__ import annotations
