@@ -379,6 +379,32 @@ def test_an_engine_that_cannot_load_its_model_fails_with_its_log(shared_dir, tmp
     assert not [f for f in os.listdir(directory) if f.endswith(".sock")]
 
 
+def test_the_simulated_device_runs_one_call_at_a_time(test_ops, tmp_path):
+    """The test double behind benchmarks/shared_bench.py: calls holding the same
+    lock run one at a time, and each returns
+    the first value of its rows."""
+    lock = str(tmp_path / "device.lock")
+    spans = []
+
+    def call(i: int) -> None:
+        x = torch.arange(12.0).reshape(4, 3) + i
+        start = time.monotonic()
+        out = torch.ops.torchspark_test.simulated_device(x, 30.0, 1000.0, lock)  # 34 ms
+        spans.append((start, time.monotonic()))
+        assert torch.equal(out, x[:, :1])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # One at a time: the three 34 ms calls span at least 102 ms (together: ~34).
+    first, last = min(start for start, _ in spans), max(end for _, end in spans)
+    assert last - first >= 0.102, spans
+    with pytest.raises(ValueError, match="fixed_ms and row_us must be >= 0"):
+        torch.ops.torchspark_test.simulated_device(torch.ones(2, 2), -1.0, 0.0, lock)
+
+
 def test_share_is_checked_and_warns_about_a_copy_per_task_on_a_gpu():
     from torchspark.spark.shared.mode import sharing
 
