@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import signal
 import threading
@@ -142,11 +143,9 @@ def _place_and_config(directory: str):
 
 
 def test_concurrent_first_connections_start_one_engine(shared_dir, model_path):
-    from pyspark import cloudpickle
-
     directory = rendezvous.application_directory("app-race")
     place = rendezvous.Place(directory, "race")
-    config = cloudpickle.dumps(
+    config = pickle.dumps(
         {
             "directory": directory,
             "key": "race",
@@ -208,8 +207,7 @@ def with_bad_rows(rows: int, bad: list[int]) -> pa.Table:
 
 
 def scored(engine, table: pa.Table, policy) -> tuple[list[pa.RecordBatch], dict]:
-    from pyspark.sql import types as T
-
+    T = pytest.importorskip("pyspark.sql.types")
     from torchspark.spark import worker
 
     stats = worker.new_stats()
@@ -438,6 +436,7 @@ def test_share_is_checked_and_warns_about_a_copy_per_task_on_a_gpu():
 
 @pytest.mark.spark
 def test_one_engine_per_executor_in_a_local_cluster(shared_job):
+    pytest.importorskip("pyspark")
     r = background_job.result(shared_job, JOB_TIMEOUT)
     assert r["executors"] == 2
     main = r["main"]

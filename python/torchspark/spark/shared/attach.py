@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -56,9 +57,7 @@ def executor_engine(
                 repr(sorted(options.items())),
             ),
         )
-        from pyspark import cloudpickle
-
-        config = cloudpickle.dumps(
+        config = pickle.dumps(
             {
                 "directory": place.directory,
                 "key": place.key,
