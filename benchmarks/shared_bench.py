@@ -26,8 +26,10 @@ Workloads (ratios against the per-task baseline measured in the same run):
 * memory: ``K`` task processes with a model of about 1 GB of weights
   (``--model-mb``), each scoring a few batches and then holding: the sum
   of the resident set sizes of the task processes (and of the engine
-  process when shared), against K copies per task. Processes stand in for
-  Spark's Python workers (no JVM here).
+  process when shared), against K copies per task, also less what as many
+  bare processes (torch and torchspark imported, no model) hold: that is
+  what the model copies cost. Processes stand in for Spark's Python workers
+  (no JVM here).
 
 Usage: ``python benchmarks/shared_bench.py [--quick] [--only handoff,device,memory]``.
 """
@@ -282,6 +284,10 @@ def rss_mb(pid: int) -> float:
 
 def _holder(mode: str, path: str, ready: Any, release: Any) -> None:
     torch.set_num_threads(1)
+    if mode == "bare":  # what a process holds before any model: the baseline
+        ready.put((os.getpid(), None))
+        release.wait()
+        return
     if mode == "task":
         engine = torchspark.Engine(path, device="cpu", inputs=SPECS, batch_size=64)
     else:
@@ -301,7 +307,8 @@ def memory(args: Any, workdir: str) -> None:
     print(f"\n## memory: {args.memory_tasks} tasks, a model of {weights:,.0f} MB of weights\n")
     context = multiprocessing.get_context("spawn")
     lines = []
-    for mode in ("task", "executor"):
+    bare = 0.0
+    for mode in ("bare", "task", "executor"):
         ready, release = context.Queue(), context.Event()
         procs = [
             context.Process(target=_holder, args=(mode, path, ready, release))
@@ -313,21 +320,28 @@ def memory(args: Any, workdir: str) -> None:
         tasks = sum(rss_mb(pid) for pid, _ in pids)
         engines = {e for _, e in pids if e is not None}
         engine = sum(rss_mb(pid) for pid in engines)
-        lines.append(
-            [
-                mode,
-                f"{tasks:,.0f} MB",
-                f"{engine:,.0f} MB",
-                f"{tasks + engine:,.0f} MB",
-                f"{(tasks + engine) / weights:.2f}x",
-            ]
-        )
+        if mode == "bare":
+            bare = tasks / len(pids)  # one process with torch and torchspark imported
+        else:
+            above = tasks + engine - bare * (len(pids) + len(engines))
+            lines.append(
+                [
+                    mode,
+                    f"{tasks:,.0f} MB",
+                    f"{engine:,.0f} MB",
+                    f"{tasks + engine:,.0f} MB",
+                    f"{above:,.0f} MB",
+                    f"{above / weights:.2f}x",
+                ]
+            )
         release.set()
         for p in procs:
             p.join()
         for pid in engines:
             os.kill(pid, signal.SIGTERM)
-    print(_bench.table(["share", "tasks' RSS", "engine RSS", "total", "total / weights"], lines))
+    print(f"a bare process (torch, pyarrow, torchspark imported): {bare:,.0f} MB\n")
+    headers = ["share", "tasks' RSS", "engine RSS", "total", "above bare processes", "/ weights"]
+    print(_bench.table(headers, lines))
 
 
 def main() -> None:
