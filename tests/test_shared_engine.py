@@ -435,6 +435,29 @@ def test_share_is_checked_and_warns_about_a_copy_per_task_on_a_gpu():
 
 
 @pytest.mark.spark
+def test_predict_and_torch_udf_share_the_engine_in_local_mode(spark, model_path, tmp_path):
+    """local[2,4]: the driver's JVM is the executor; both tasks slots feed one
+    engine, and predict, arrow_predictor and torch_udf give eager's values."""
+    df = spark.range(0, 3000, 1, 6).selectExpr(
+        "id", "transform(sequence(0, 3), i -> cast(pmod(id * 4 + i, 7) - 3 as float)) as x"
+    )
+    source = df.toArrow().sort_by("id")
+    expected = Raises()(torch.tensor(source.column("x").to_pylist())).numpy()
+    scored = torchspark.predict(df, model_path, inputs="x", keep=["id"], share="executor")
+    table = scored.toArrow().sort_by("id")
+    assert table.column("id").to_pylist() == source.column("id").to_pylist()
+    assert np.array_equal(np.array(table.column("prediction").to_pylist()), expected)
+    records = torchspark.last_report().task_records
+    assert {r["share"] for r in records} == {"executor"}
+    assert len({r["engine_pid"] for r in records}) == 1
+    udf = torchspark.torch_udf(model_path, return_type="array<float>", share="executor")
+    with_column = df.withColumn("p", udf("x")).toArrow().sort_by("id")
+    assert np.array_equal(np.array(with_column.column("p").to_pylist()), expected)
+    with pytest.raises(ValueError, match="share must be one of"):
+        torchspark.predict(df, model_path, inputs="x", share="executors")
+
+
+@pytest.mark.spark
 def test_one_engine_per_executor_in_a_local_cluster(shared_job):
     pytest.importorskip("pyspark")
     r = background_job.result(shared_job, JOB_TIMEOUT)
