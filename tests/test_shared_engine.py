@@ -193,6 +193,9 @@ def test_errors_come_back_with_the_in_process_type_and_text(shared_dir, model_pa
     ids = re.compile(r"(request|batch) \d+")
     assert ids.sub(r"\1 N", str(got.value)) == ids.sub(r"\1 N", str(expected.value))
     assert "x0 above the limit" in str(got.value)
+    # Each error says which of its batch's requests it is (worker._locate names its rows).
+    for e in (got.value, expected.value):
+        assert f"request {e.torchspark_request} rows [0, 20)" in str(e)
     results = list(engine.map([features(5), bad, features(5, 5)], return_exceptions=True))
     assert isinstance(results[1], torchspark.ModelError)
     assert torch.equal(results[2], eager(features(5, 5)))
@@ -268,6 +271,23 @@ def test_text_inputs_are_tokenized_in_the_engine_process(shared_dir, tmp_path):
     expected = reference(tokenizer, texts, 24, Encoder().eval())
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert engine.padded and engine.stats()["rows_truncated"] > 0
+
+
+def test_an_error_names_the_rows_of_its_own_request():
+    """A batch mixing requests (other Arrow batches, other tasks' on a shared
+    engine) fails them all with one text; each task's error names its own rows."""
+    from torchspark.spark.worker import _locate
+
+    batch = pa.record_batch([pa.array(range(100, 130))], names=["id"])
+    text = "batch 3 (55 rows: request 7 rows [0, 25), request 9 rows [5, 30)) failed: boom"
+    for request, expected in ((9, "rows [5, 30) (first: id=105)"), (None, "rows [0, 25)")):
+        error = torchspark.ModelError(text)
+        if request is not None:
+            error.torchspark_request = request
+        _locate(error, batch, 2, "stage 1 partition 4 attempt 0", "id")
+        assert f"[at stage 1 partition 4 attempt 0, Arrow batch 2 (30 rows), {expected}" in str(
+            error
+        )
 
 
 def test_a_wrong_secret_or_another_application_is_refused(shared_dir, model_path):

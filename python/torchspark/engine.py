@@ -84,6 +84,10 @@ class Future:
         if self._outputs is None:
             try:
                 self._outputs = self._request.result()
+            except Exception as e:
+                # Which of the batch's requests this is: its rows are named by it.
+                e.torchspark_request = self._request.id
+                raise
             finally:
                 self._engine._collect()
         return unpack(self._outputs)

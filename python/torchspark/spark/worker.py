@@ -106,6 +106,13 @@ _ROW = re.compile(r"\(first in row (\d+)\)|null values in row (\d+)")
 _ROWS = re.compile(r"request \d+ rows \[(\d+), (\d+)\)")
 
 
+def _request_rows(text: str, request: Any) -> re.Match[str] | None:
+    """The rows of request ``request`` in an engine error's ``text``."""
+    if not isinstance(request, int):
+        return None
+    return re.search(rf"request {request} rows \[(\d+), (\d+)\)", text)
+
+
 def _locate(error: BaseException, batch: Any, index: int, where: str, label: str | None) -> None:
     """Add to ``error``'s message where it happened: the task, the Arrow batch,
     the row and its ``label`` column's value (usually the id), so that a
@@ -114,7 +121,10 @@ def _locate(error: BaseException, batch: Any, index: int, where: str, label: str
     if len(error.args) != 1 or not isinstance(error.args[0], str):
         return
     text = error.args[0]
-    match = _ROW.search(text) or _ROWS.search(text)
+    # A batch's error lists each of its requests' rows: this request's (a
+    # batch may hold other Arrow batches, or other tasks' on a shared engine).
+    request = getattr(error, "torchspark_request", None)
+    match = _ROW.search(text) or _request_rows(text, request) or _ROWS.search(text)
     rows = batch.num_rows
     at = f"{where}, Arrow batch {index} ({rows} rows)"
     if match is not None:

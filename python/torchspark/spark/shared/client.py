@@ -250,7 +250,10 @@ def _rebuilt(meta: dict[str, Any]) -> Exception:
     text = str(meta.get("message", ""))
     if kind is RuntimeError and meta.get("type") != "RuntimeError":
         text = f"{meta.get('type')}: {text}"
-    return kind(text)
+    error = kind(text)
+    if isinstance(meta.get("request"), int):
+        error.torchspark_request = meta["request"]  # see worker._locate
+    return error
 
 
 def open_engine(place: rendezvous.Place, config: bytes, label: str) -> SharedEngine:

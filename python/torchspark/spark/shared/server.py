@@ -237,11 +237,12 @@ def _answer(what: Any, held: Any) -> tuple[int, dict[str, Any], int | None, int]
         return protocol.FAILED, _failure(e), None, 0
 
 
-def _failure(error: Exception) -> dict[str, str]:
+def _failure(error: Exception) -> dict[str, Any]:
     text = str(error)
     if len(text) > protocol.MAX_META // 2:  # a message must fit in one record
         text = text[: protocol.MAX_META // 4] + " ... (cut)"
-    return {"type": type(error).__name__, "message": text}
+    request = getattr(error, "torchspark_request", None)  # the engine's id of the request
+    return {"type": type(error).__name__, "message": text, "request": request}
 
 
 def _pidfd(pid: int | None) -> int | None:
