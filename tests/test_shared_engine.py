@@ -187,7 +187,7 @@ def test_errors_come_back_with_the_in_process_type_and_text(shared_dir, model_pa
     engine = connect(model_path, max_delay_ms=0.0)
     local = torchspark.Engine(model_path, device="cpu", inputs=SPECS, batch_size=64)
     with local, pytest.raises(torchspark.ModelError) as expected:
-        local.run(bad)
+        local.submit(bad).result()  # through the batcher, as worker.score submits
     with pytest.raises(torchspark.ModelError) as got:
         engine.run(bad)
     ids = re.compile(r"(request|batch) \d+")
