@@ -37,6 +37,11 @@ produces ``id long, prediction float``):
   (``spark.torchspark.metrics.enabled=true``: every task writes its executor's
   metrics and sends the driver its figures once a second), and with nothing
   live (``progress=False``, metrics off). Their ratio is what the metrics cost.
+* ``torchspark-shared`` (not in the default list): ``torchspark`` with
+  ``share="executor"``: the executor's tasks feed one engine process over
+  shared memory (its intra-op threads: the cores it may use) instead of an
+  engine each (``--torch-threads`` each). Its ratio to ``torchspark`` is
+  what ``share="auto"`` on the CPU is decided by (at least 0.95x to share).
 * ``torchspark``: ``torchspark.predict(..., keep=["id"])`` on a TorchScript
   file made by ``torchspark.export`` (see ``torchspark_predict``; skipped with
   a note where the API does not exist). ``predict`` itself runs a probe batch
@@ -128,7 +133,7 @@ KEEP_METHODS = ["keep-map", "keep-udf"]  # every column kept; run only when aske
 # Live metrics and progress, run only when asked for: torchspark-metrics with
 # spark.torchspark.metrics.enabled=true (and the progress line, the default),
 # torchspark-quiet with neither; torchspark itself has the progress line only.
-LIVE_METHODS = ["torchspark-metrics", "torchspark-quiet"]
+LIVE_METHODS = ["torchspark-metrics", "torchspark-quiet", "torchspark-shared"]
 OUT_SCHEMA = "id long, prediction float"
 
 
@@ -414,12 +419,14 @@ def torchspark_predict(
     args: argparse.Namespace,
     pack: bool = True,
     progress: bool = True,
+    share: str = "task",
 ):
     """The torchspark call, in one place. Scalar columns use the opt-in packed
     encoding (``Input(pack=True)``: one JVM-built array column crosses to
     Python) unless ``pack`` is false (the ``torchspark-unpacked`` method);
-    ``progress=False``: no progress line (``torchspark-quiet``)."""
-    extra: dict = {} if progress else {"progress": False}
+    ``progress=False``: no progress line (``torchspark-quiet``); ``share``:
+    where the engine runs (``"executor"``: ``torchspark-shared``)."""
+    extra: dict = {"share": share} if progress else {"progress": False, "share": share}
     if wl.kind == "dense":
         inputs: object = wl.cols[0]
     elif wl.kind == "columns":
@@ -501,6 +508,7 @@ def build_methods(df, wl: Workload, cfg: dict, ts_path: str, args: argparse.Name
             df, lambda: torchspark_predict(df, wl, ts_path, args)
         ),
         "torchspark-quiet": lambda: torchspark_predict(df, wl, ts_path, args, progress=False),
+        "torchspark-shared": lambda: torchspark_predict(df, wl, ts_path, args, share="executor"),
         "keep-map": lambda: keep_everything(df, wl, ts_path, args, "map"),
         "keep-udf": lambda: keep_everything(df, wl, ts_path, args, "udf"),
     }

@@ -1,7 +1,7 @@
 """The test op library (tests/csrc/test_ops.cpp): test doubles as torch ops.
 
-``load()`` makes ``torch.ops.torchspark_test.simulated_kernel`` and
-``torch.ops.torchspark_test.oom_above`` available in this process, loading
+``load()`` makes ``torch.ops.torchspark_test.simulated_kernel``,
+``.simulated_device`` and ``.oom_above`` available in this process, loading
 ``libtorchspark_test_ops.so`` with ``torch.ops.load_library`` from
 ``$TORCHSPARK_TEST_OPS`` (set by .ci/run), else from the C++ test build
 (``build/ctest``, made by ``bash .ci/ctest``). When neither exists it builds

@@ -119,7 +119,7 @@ def main(workdir: str) -> dict:
         for _ in batches:
             pass
         path = _os.path.abspath(SparkFiles.get(name))
-        cached = any(key[0].location == name for key in worker._engines)
+        cached = any(key[0].location == name for key in worker._engines.held())
         yield pa.RecordBatch.from_pylist(
             [{"pid": _os.getpid(), "path": path, "exists": _os.path.isfile(path), "cached": cached}]
         )

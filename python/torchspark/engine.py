@@ -12,7 +12,7 @@ import collections
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -84,9 +84,13 @@ class Future:
         if self._outputs is None:
             try:
                 self._outputs = self._request.result()
+            except Exception as e:
+                # Which of the batch's requests this is: its rows are named by it.
+                e.torchspark_request = self._request.id
+                raise
             finally:
                 self._engine._collect()
-        return _unpack(self._outputs)
+        return unpack(self._outputs)
 
 
 class _Failed:
@@ -112,7 +116,39 @@ def _outcome(done: Future | _Failed, return_exceptions: bool) -> Any:
         return e
 
 
-def _unpack(outputs: tuple[list[str], list[torch.Tensor]]) -> Any:
+def windowed(
+    submit: Callable[[Any], Any],
+    iterable: Iterable[Any],
+    window: int,
+    return_exceptions: bool,
+    flush: Callable[[], None] | None = None,
+) -> Iterator[Any]:
+    """What :meth:`Engine.map` does with any ``submit`` (item -> a future with
+    ``rows`` and ``result()``): keeps about ``window`` rows submitted ahead of
+    the caller, yields outcomes in order (see :func:`_outcome`), ``flush``
+    once the items run out."""
+    pending: collections.deque[Any] = collections.deque()
+    pending_rows = 0
+    for item in iterable:
+        try:
+            future = submit(item)
+        except Exception as e:
+            if not return_exceptions:
+                raise
+            future = _Failed(e)
+        pending.append(future)
+        pending_rows += future.rows
+        while pending and pending_rows - pending[0].rows >= window:
+            done = pending.popleft()
+            pending_rows -= done.rows
+            yield _outcome(done, return_exceptions)
+    if flush is not None:
+        flush()
+    while pending:
+        yield _outcome(pending.popleft(), return_exceptions)
+
+
+def unpack(outputs: tuple[list[str], list[torch.Tensor]]) -> Any:
     """The model's return shape: a tensor, a tuple of tensors or a dict of them."""
     names, tensors = outputs
     if any(names):
@@ -412,7 +448,7 @@ class Engine:
         """
         sent = self._send(inputs, try_inline=True)
         if isinstance(sent, tuple):
-            return _unpack(sent)
+            return unpack(sent)
         self._native.flush()
         return Future(sent, self).result()
 
@@ -426,26 +462,13 @@ class Engine:
         yields its exception (an ``Exception``) in its place and the map goes
         on; otherwise the first failure is raised.
         """
-        native = self._native
-        pending: collections.deque[Future | _Failed] = collections.deque()
-        pending_rows = 0
-        window = self.inflight * self.batch_size
-        for item in iterable:
-            try:
-                future: Future | _Failed = Future(self._send(item, try_inline=False), self)
-            except Exception as e:
-                if not return_exceptions:
-                    raise
-                future = _Failed(e)
-            pending.append(future)
-            pending_rows += future.rows
-            while pending and pending_rows - pending[0].rows >= window:
-                done = pending.popleft()
-                pending_rows -= done.rows
-                yield _outcome(done, return_exceptions)
-        native.flush()
-        while pending:
-            yield _outcome(pending.popleft(), return_exceptions)
+        yield from windowed(
+            self.submit,
+            iterable,
+            self.inflight * self.batch_size,
+            return_exceptions,
+            self._native.flush,
+        )
 
     def sibling(self, **overrides: Any) -> Engine:
         """Another engine over the same loaded model (no second load, no copy
@@ -527,6 +550,11 @@ class Engine:
     @property
     def closed(self) -> bool:
         return self._native.closed
+
+    @property
+    def padded(self) -> bool:
+        """Whether an input is padded (text, ``kind="pad"``): batches follow a token budget."""
+        return self._feed is not None and self._feed.padded
 
     def _collect(self) -> None:
         self._native.collect_garbage()

@@ -322,10 +322,10 @@ def _load(path: str, format: str) -> Any:
     if format == "onnx":
         # The engine's own backend: the export is checked where it will run.
         from . import _C
-        from .engine import _unpack
+        from .engine import unpack
 
         loaded = _C.load_model(path, torch.device("cpu"), 1)
-        return lambda *xs: _unpack(loaded.forward(list(xs)))
+        return lambda *xs: unpack(loaded.forward(list(xs)))
     return torch._inductor.aoti_load_package(path)
 
 

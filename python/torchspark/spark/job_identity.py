@@ -42,6 +42,7 @@ SPEED_ONLY = frozenset(
         "max_tokens",
         "progress",
         "sha256",  # a check of the model file; the digest itself is recorded
+        "share",  # where the engine runs: one per task or per executor
         "sort_window",
         "static_batch",
         "threads",

@@ -385,7 +385,7 @@ class TaskMetrics:
         memory = _device_memory(labels[4])
         if memory is not None:
             p.memory.labels(*labels).set(memory)
-        padded = getattr(getattr(self.engine, "_feed", None), "padded", False)
+        padded = self.engine.padded
         if padded and done:  # stats() sorts the latency windows: once per task
             p.padding.labels(*labels).set(self.engine.stats()["padding_ratio"])
 

@@ -20,6 +20,7 @@ from .monitor import settings
 from .packing import packed
 from .plan import Plan, arrow_batch_rows, check_engine_options, engine_inputs, plan, quote
 from .report import new_run
+from .shared.mode import sharing
 from .worker import ArrowPredictor
 
 
@@ -41,6 +42,7 @@ def arrow_predictor(
     quarantine: str | os.PathLike[str] | None = None,
     error_column: str = "_error",
     input_stats: bool = False,
+    share: str = "auto",
     **engine_options: Any,
 ) -> ArrowPredictor:
     """The function to hand to ``df.mapInArrow`` yourself; its ``.schema`` is the output schema.
@@ -62,7 +64,7 @@ def arrow_predictor(
     planned = plan(
         df_or_schema, model, inputs, output, keep, device, options, sha256, schema, policy
     )
-    return _predictor(df_or_schema, planned, input_stats=input_stats)
+    return _predictor(df_or_schema, planned, input_stats=input_stats, share=share)
 
 
 def _predictor(
@@ -71,6 +73,7 @@ def _predictor(
     alias: Mapping[str, str] | None = None,
     input_stats: bool = False,
     progress: bool = False,
+    share: str = "auto",
 ) -> ArrowPredictor:
     """The mapInArrow function of ``planned``, its columns renamed by ``alias``;
     with live metrics (:mod:`.monitor`) and ``progress`` where on."""
@@ -96,6 +99,7 @@ def _predictor(
         output_types=planned.output_types,
         input_stats=input_stats,
         monitor=monitor,
+        share=sharing(df.sparkSession, share, planned.device),
     )
 
 
@@ -125,6 +129,7 @@ def predict(
     error_column: str = "_error",
     input_stats: bool = False,
     progress: bool = True,
+    share: str = "auto",
     **engine_options: Any,
 ) -> Any:
     """Score ``df`` with a TorchScript or AOTInductor model; returns a new DataFrame.
@@ -194,6 +199,25 @@ def predict(
             columns (as they do of every output column), for
             :meth:`Report.compare` (input drift). Off by default: it reads
             every input value once more.
+        share: where the engine runs. ``"task"``: in each task's Python
+            worker (one model copy per task slot, torch's intra-op threads
+            from ``spark.task.cpus``). ``"executor"``: one engine process per
+            executor, device, model and set of options, started by the first
+            task that needs it and fed by every task of the executor through
+            shared memory: the model loads once per executor and device, and
+            rows of different tasks share model calls. There ``batch_size``,
+            ``max_delay_ms``, ``precision``, ``threads``, ``inflight``,
+            ``max_tokens`` and ``sort_window`` are the engine's (tasks with
+            other values get another engine), each task keeps ``inflight *
+            batch_size`` rows in it, and its intra-op threads are
+            ``intra_op_threads``, else ``spark.executor.cores``, else the
+            cores it may run on (not ``spark.task.cpus``). ``"auto"``
+            (default): ``"executor"`` on an accelerator (the task's GPU), else
+            ``"task"``. With ``"executor"`` on GPUs, set
+            ``spark.task.resource.gpu.amount`` to a fraction (``1 / task
+            slots per GPU``) so that several tasks feed one GPU's engine; a
+            fraction with ``share="task"`` loads one model copy per task on
+            the GPU and warns on the driver.
         progress: while the job runs, the driver shows rows scored, rows/s,
             bad rows and, when Spark knows the input's row count, an ETA: one
             line rewritten in a terminal, else a ``torchspark`` log line
@@ -237,8 +261,8 @@ def score(arguments: Mapping[str, Any], sink: Any = None) -> tuple[Any, Plan]:
     output, device, sha256, schema = (
         named.pop(k) for k in ("output", "device", "sha256", "schema")
     )
-    input_stats, progress, precision = (
-        named.pop(k) for k in ("input_stats", "progress", "precision")
+    input_stats, progress, precision, share = (
+        named.pop(k) for k in ("input_stats", "progress", "precision", "share")
     )
     batch_size = named.pop("batch_size") or arrow_batch_rows(df)
     policy = bad_row_policy(*(named.pop(k) for k in _POLICY_ARGUMENTS))
@@ -251,7 +275,7 @@ def score(arguments: Mapping[str, Any], sink: Any = None) -> tuple[Any, Plan]:
     df, inputs, keep = packed(df, inputs, original if keep is None else keep)
     planned = plan(df, model, inputs, output, keep, device, options, sha256, schema, policy)
     if as_columns:
-        return _with_outputs(df, planned, original, input_stats, progress), planned
+        return _with_outputs(df, planned, original, input_stats, progress, share), planned
     used = [c for spec in planned.specs for c in spec.column_list]
     shipped = list(dict.fromkeys(planned.keep + used))  # only the columns needed cross to Python
     # mapInArrow resolves its input columns by parsing their names, so a name
@@ -259,7 +283,7 @@ def score(arguments: Mapping[str, Any], sink: Any = None) -> tuple[Any, Plan]:
     # their names back afterwards.
     rename = any("." in c or "`" in c for c in shipped)
     alias = {c: f"_torchspark_{i}" for i, c in enumerate(shipped)} if rename else {}
-    predictor = _predictor(df, planned, alias, input_stats, progress)
+    predictor = _predictor(df, planned, alias, input_stats, progress, share)
     selected = df.selectExpr(*[f"{quote(c)} AS {quote(alias.get(c, c))}" for c in shipped])
     if sink is not None:
         function = sink.around(predictor, planned.schema)
@@ -279,7 +303,7 @@ def _has_arrow_udf() -> bool:
 
 
 def _with_outputs(
-    df: Any, planned: Plan, original: list[str], input_stats: bool, progress: bool
+    df: Any, planned: Plan, original: list[str], input_stats: bool, progress: bool, share: str
 ) -> Any:
     """``df``'s ``original`` columns and the model's outputs, added as columns
     of an ``arrow_udf`` (the ``withColumn`` of every output): the kept columns
@@ -296,7 +320,7 @@ def _with_outputs(
     # number (an id: a few bytes a row) and not an input already.
     first = original[0] if original else None
     label = first if first is not None and first not in used and _is_small(df, first) else None
-    column, _ = model_column(df, planned, label, input_stats, progress)
+    column, _ = model_column(df, planned, label, input_stats, progress, share)
     kept = [F.col(quote(c)) for c in original]
     columns = planned.columns
     if len(columns) == 1:

@@ -26,6 +26,7 @@ from .environment import check_executor_python
 from .monitor import Settings, settings
 from .plan import arrow_batch_rows, check_engine_options, engine_inputs
 from .report import function_name, new_run
+from .shared.mode import Sharing, sharing
 from .worker import ArrowPredictor
 
 
@@ -56,8 +57,10 @@ class _UdfFunction:
         outputs: list[str] | None = None,
         input_stats: bool = False,
         monitor: Settings | None = None,
+        share: Sharing | None = None,
     ) -> None:
         self.ref = ref
+        self.share = share
         self.kinds = kinds
         self.fields = fields  # struct field names, or None for one output
         self.device = device
@@ -121,6 +124,7 @@ class _UdfFunction:
             output_types=self.output_types,
             input_stats=self.input_stats,
             monitor=self.monitor,
+            share=self.share,
         )
         for batch in predictor(batches()):
             yield self.column(batch)
@@ -141,7 +145,12 @@ class _UdfFunction:
 
 
 def model_column(
-    df: Any, planned: Any, label: str | None, input_stats: bool = False, progress: bool = False
+    df: Any,
+    planned: Any,
+    label: str | None,
+    input_stats: bool = False,
+    progress: bool = False,
+    share: str = "auto",
 ) -> tuple[Any, Any]:
     """The outputs of ``planned`` as one column of ``df`` on an ``arrow_udf``
     (a struct for several outputs) and its type: only the input columns (and
@@ -191,6 +200,7 @@ def model_column(
         outputs=list(planned.outputs),
         input_stats=input_stats,
         monitor=monitor,
+        share=sharing(df.sparkSession, share, planned.device),
     )
 
     return _arrow_udf(body, run, return_type)(*arguments), return_type
@@ -215,6 +225,7 @@ def torch_udf(
     on_error: str = "raise",
     max_bad_rows: int | float | None = None,
     check_finite: bool = False,
+    share: str = "auto",
     **engine_options: Any,
 ) -> Any:
     """A column function running ``model``, built on Spark's ``arrow_udf`` (Spark 4.1+).
@@ -233,6 +244,8 @@ def torch_udf(
     counted in :func:`last_report`; a column has no room for them), with
     ``max_bad_rows`` and ``check_finite`` as in :func:`predict`; a column
     function cannot leave rows out, so ``"quarantine"`` needs :func:`predict`.
+    ``share`` (``"executor"``, ``"task"``, ``"auto"``) places the engine as in
+    :func:`predict`.
 
     >>> score = torchspark.torch_udf(path, return_type="float")
     >>> df.withColumn("score", score("x")).columns
@@ -303,6 +316,7 @@ def torch_udf(
         policy=policy,
         output_types=types,
         monitor=monitor,
+        share=sharing(spark, share, device),
     )
 
     return _arrow_udf(body, run, return_type)

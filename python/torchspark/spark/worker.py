@@ -4,7 +4,10 @@ Runs in Spark's Python workers. Each worker keeps its engines (one per model,
 device, inputs and options; a few at most) across the tasks it runs; each task
 binds to its GPU (``TaskContext.resources()["gpu"]``) or the CPU, sizes torch's
 intra-op threads from ``spark.task.cpus``, streams its Arrow batches through
-the engine and sends one record to the driver (see :mod:`.report`).
+the engine and sends one record to the driver (see :mod:`.report`). Where
+the task shares its executor's engine (``share``, :mod:`.shared`), the engine
+is a connection to that process (:class:`.shared.client.SharedEngine`) and
+the rest of the task runs the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import os
 import re
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -40,13 +42,15 @@ from .bad_rows import (
     split_nonfinite,
 )
 from .batch_observer import BatchObserver
+from .engine_cache import EngineCache
 from .metrics import TaskMetrics
 from .monitor import Settings
 from .report import function_name, sample
+from .shared.attach import executor_engine
+from .shared.client import SharedEngine
+from .shared.mode import Sharing
 
-_engines: collections.OrderedDict[tuple[Any, ...], Engine] = collections.OrderedDict()
-_engines_lock = threading.Lock()
-_MAX_CACHED = 4
+_engines = EngineCache(4)  # per model, device, inputs and options: a few at most
 
 
 def _task_device(device: str) -> torch.device:
@@ -69,19 +73,7 @@ def _cached_engine(
     ref: ModelRef, device: torch.device, specs: Inputs, options: Mapping[str, Any]
 ) -> Engine:
     key = (ref, str(device), repr(specs), repr(sorted(options.items())))
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is not None and not engine.closed:
-            _engines.move_to_end(key)
-            return engine
-    path = fetch(ref)
-    engine = Engine(path, device=device, inputs=specs, **options)
-    with _engines_lock:
-        _engines[key] = engine
-        while len(_engines) > _MAX_CACHED:
-            _, old = _engines.popitem(last=False)
-            old.close()
-    return engine
+    return _engines.get(key, lambda: Engine(fetch(ref), device=device, inputs=specs, **options))
 
 
 logger = logging.getLogger("torchspark")
@@ -114,6 +106,13 @@ _ROW = re.compile(r"\(first in row (\d+)\)|null values in row (\d+)")
 _ROWS = re.compile(r"request \d+ rows \[(\d+), (\d+)\)")
 
 
+def _request_rows(text: str, request: Any) -> re.Match[str] | None:
+    """The rows of request ``request`` in an engine error's ``text``."""
+    if not isinstance(request, int):
+        return None
+    return re.search(rf"request {request} rows \[(\d+), (\d+)\)", text)
+
+
 def _locate(error: BaseException, batch: Any, index: int, where: str, label: str | None) -> None:
     """Add to ``error``'s message where it happened: the task, the Arrow batch,
     the row and its ``label`` column's value (usually the id), so that a
@@ -122,7 +121,10 @@ def _locate(error: BaseException, batch: Any, index: int, where: str, label: str
     if len(error.args) != 1 or not isinstance(error.args[0], str):
         return
     text = error.args[0]
-    match = _ROW.search(text) or _ROWS.search(text)
+    # A batch's error lists each of its requests' rows: this request's (a
+    # batch may hold other Arrow batches, or other tasks' on a shared engine).
+    request = getattr(error, "torchspark_request", None)
+    match = _ROW.search(text) or _request_rows(text, request) or _ROWS.search(text)
     rows = batch.num_rows
     at = f"{where}, Arrow batch {index} ({rows} rows)"
     if match is not None:
@@ -164,8 +166,10 @@ class ArrowPredictor:
         output_types: list[Any] | None = None,
         input_stats: bool = False,
         monitor: Settings | None = None,
+        share: Sharing | None = None,
     ) -> None:
         self.ref = ref
+        self.share = share  # where the engine lives (see .shared.mode); None: in the task
         self.specs = specs
         self.keep = keep
         self.outputs = outputs
@@ -190,7 +194,8 @@ class ArrowPredictor:
         task = TaskContext.get()
         device = _task_device(self.device)
         cpus = task.cpus() if task is not None else None
-        if device.type == "cpu":
+        shared = self.share is not None and self.share.shared(device)
+        if not shared and device.type == "cpu":
             # spark.task.cpus cores per task, one Python worker per task.
             size_intra_op_threads(1, self.options.get("intra_op_threads") or cpus)
         where = (
@@ -199,11 +204,15 @@ class ArrowPredictor:
             else "driver"
         )
         stats = new_stats()
+        engine: Engine | SharedEngine
         try:
-            engine = _cached_engine(self.ref, device, self.specs, self.options)
+            if shared:
+                engine = executor_engine(self.ref, device, self.specs, self.options, self.share)
+            else:
+                engine = _cached_engine(self.ref, device, self.specs, self.options)
         except BaseException as e:  # the model did not load: the task's record says why
             stats["error"] = f"{type(e).__name__}: {e}"
-            self._send_record(task, None, device, where, stats)
+            self._send_record(task, None, device, where, stats, shared)
             raise
         output = self.outputs if self.outputs is not None else "_out"
         columns = [c for s in _input_list(self.specs) for c in s.column_list]
@@ -237,15 +246,16 @@ class ArrowPredictor:
         finally:
             if metrics is not None:
                 metrics.finish()
-            self._send_record(task, engine, device, where, stats)
+            self._send_record(task, engine, device, where, stats, shared)
 
     def _send_record(
         self,
         task: Any,
-        engine: Engine | None,
+        engine: Engine | SharedEngine | None,
         device: torch.device,
         where: str,
         stats: dict[str, Any],
+        shared: bool,
     ) -> None:
         """The task's record to the driver (see .report); never raises."""
         try:
@@ -256,6 +266,8 @@ class ArrowPredictor:
                 "stage": task.stageId() if task is not None else -1,
                 "partition": task.partitionId() if task is not None else -1,
                 "attempt": task.attemptNumber() if task is not None else 0,
+                "share": "executor" if shared else "task",
+                "engine_pid": getattr(engine, "pid", None) if shared else os.getpid(),
             }
             record = task_record(fields, self.ref, engine, device, where, stats)
             if self._records is not None:
@@ -303,7 +315,7 @@ def new_stats() -> dict[str, Any]:
 
 
 def score(
-    engine: Engine,
+    engine: Engine | SharedEngine,
     batches: Iterable[Any],
     keep: list[str],
     output: str | Sequence[str],
@@ -338,7 +350,7 @@ def score(
     pending: collections.deque[tuple[Any, int, float]] = collections.deque()
     taken = [True]  # whether the engine took the last batch fed (its submit returned)
     current: list[tuple[Any, int] | None] = [None]  # the batch being finished, if any
-    sibling: list[Engine] = []  # isolates bad rows; made at the first failure
+    sibling: list[Engine | SharedEngine] = []  # isolates bad rows; made at the first failure
 
     def feed() -> Iterator[Any]:
         for index, batch in enumerate(batches):
@@ -367,10 +379,14 @@ def score(
         return refined
 
     try:
-        for result in engine.map(feed(), return_exceptions=policy.isolates):
+        # Every outcome in order, failures included, so that an error is
+        # pinned to its own Arrow batch (not to the newest one fed).
+        for result in engine.map(feed(), return_exceptions=True):
             batch, index, submitted = pending.popleft()
             current[0] = (batch, index)
             if isinstance(result, Exception):
+                if not policy.isolates:
+                    raise result
                 segments = isolated(batch, index, result)
                 names = next((s.outputs[0] for s in segments if s.outputs), None)
             else:
@@ -441,7 +457,7 @@ def score(
             after = engine.stats()
             stats["model_calls"] = after["batches"] - before["batches"]
             stats["rows_truncated"] = after["rows_truncated"] - before["rows_truncated"]
-            padded = engine._feed is not None and engine._feed.padded
+            padded = engine.padded
             stats["token_budget"] = after["token_budget"] if padded else 0
         except Exception as bookkeeping:  # never in place of the task's own outcome
             logger.warning("%s: the engine's counts were lost: %s", where, bookkeeping)
@@ -472,7 +488,7 @@ def _arrow_types(spark_types: list[Any] | None, count: int) -> list[Any]:
 def task_record(
     fields: Mapping[str, Any],
     ref: ModelRef,
-    engine: Engine | None,
+    engine: Engine | SharedEngine | None,
     device: torch.device,
     where: str,
     stats: dict[str, Any],
