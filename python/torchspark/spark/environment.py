@@ -91,6 +91,7 @@ def check_executor_python(spark: Any) -> None:
 def diagnose(found: dict[str, Any]) -> str | None:
     """What is wrong with an executor's Python, from the probe's row (None: nothing).
 
+    >>> from torchspark.spark.environment import diagnose
     >>> diagnose({"python": "/env/bin/python", "error": "ModuleNotFoundError: x"})
     "the executors' Python (/env/bin/python) cannot import torchspark: ModuleNotFoundError: x."
     """
