@@ -112,7 +112,7 @@ def put(file: Any) -> ObjectFile:
     with open(path, "rb") as f:
         data = f.read()
     digest = hashlib.sha256(data).hexdigest()
-    return ObjectFile("object", os.path.basename(path), digest, ray.put(data))
+    return ObjectFile("object", os.path.basename(path), digest, object_ref=ray.put(data))
 
 
 def _local(ref: ModelRef) -> ModelRef:

@@ -45,7 +45,9 @@ def sharing(spark: Any, share: str, device: str = "auto") -> Sharing:
     """
     if share not in MODES:
         raise ValueError(f"share must be one of {list(MODES)}, got {share!r}")
-    conf = spark.sparkContext.getConf()
+    # The session's conf (it holds the application's Spark conf): a Spark
+    # Connect client has no SparkContext.
+    conf = spark.conf
     amount = conf.get("spark.task.resource.gpu.amount", None)
     try:
         fraction = amount is not None and 0 < float(amount) < 1
@@ -62,4 +64,4 @@ def sharing(spark: Any, share: str, device: str = "auto") -> Sharing:
         warnings.warn(message, stacklevel=3)
         logger.warning(message)
     cores = conf.get("spark.executor.cores", None)
-    return Sharing(share, spark.sparkContext.applicationId, int(cores) if cores else None)
+    return Sharing(share, str(conf.get("spark.app.id")), int(cores) if cores else None)
