@@ -10,8 +10,9 @@ a subprocess) with speculation on and the FAIR scheduler, running in turn:
 
 1. concurrent ``predict`` jobs from three driver threads, three models;
 2. a model file replaced on disk between two jobs under the same path;
-3. ``spark.speculation`` with partition 0's first attempt held back, so that a
-   second attempt of it runs on the other executor;
+3. ``spark.speculation`` with ``on_error="quarantine"``: both attempts of
+   partition 0 score it and write its bad rows, then the first is held back,
+   so that the second, on the other executor, wins while the first still runs;
 4. a job cancelled mid-run (its job group), twice, then a job that completes;
    the Python workers' threads and live engines before and after;
 5. an executor JVM killed with SIGKILL mid-job (its pid found with ``ps``).
@@ -42,6 +43,7 @@ FEATURES = 8
 SLOW_ROWS = 32000
 SLOW_PARTITIONS = 16
 SLOW_WIDTH = 256
+BAD_EVERY = 97  # speculation step: rows with id % 97 == 5 make the model raise
 
 
 def _mlp(seed: int):
@@ -94,6 +96,93 @@ def check(scored, df, module, column: str = "features") -> dict:
     if result["ids_equal"]:
         got = torch.tensor(table.column("prediction").to_pylist(), dtype=torch.float32)
         result["max_abs_diff"] = float((got - expected).abs().max())
+    return result
+
+
+def speculation(spark, workdir: str, module) -> dict:
+    """Partition 0 scored twice at once (``spark.speculation``) with
+    ``on_error="quarantine"``: each attempt scores every row of the partition
+    and writes its bad rows (a temporary file renamed into place); the first
+    attempt is then held back 12 s downstream of ``predict``, and the copy on
+    the other host finishes only once the first has scored, so that both wrote.
+    The directory must hold each bad row once, in whole Parquet files and
+    nothing else, and the output every other id once."""
+    import json
+
+    import pyarrow.parquet as pq
+    import torch
+
+    import torchspark
+
+    class RaisesOnLarge(torch.nn.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool((x[:, 0] > 1e5).any()):
+                raise ValueError("feature 0 above the limit")
+            return self.inner(x)
+
+    path = os.path.join(workdir, "raises_on_large.pt")
+    torch.jit.save(torch.jit.script(RaisesOnLarge(module)), path)
+    bad_condition = f"pmod(id, {BAD_EVERY}) = 5"
+    df = spark.range(0, ROWS, 1, PARTITIONS).selectExpr(
+        "id",
+        f"transform(sequence(0, {FEATURES - 1}), i -> cast(case when i = 0 and {bad_condition}"
+        f" then 1e6 else sin(id * {FEATURES} + i) end as float)) as features",
+    )
+    bad = sorted(i for i in range(ROWS) if i % BAD_EVERY == 5)
+    quarantine = os.path.join(workdir, "quarantine")
+    attempts = os.path.join(workdir, "attempts")
+    os.makedirs(attempts, exist_ok=True)
+
+    def hold_first_attempt_after_scoring(batches):
+        from pyspark import TaskContext
+
+        task = TaskContext.get()
+        scored = list(batches)  # predict has written this attempt's bad rows
+        record = {"rows": sum(b.num_rows for b in scored), "scored_at": time.time()}
+        partition, attempt = task.partitionId(), task.attemptNumber()
+        first = os.path.join(attempts, "p0-a0.json")
+        if partition == 0 and attempt > 0:
+            # The first attempt may still be scoring (a cold worker): finish
+            # only once it has written its file too, so that both have.
+            deadline = time.time() + 60
+            while not os.path.exists(first) and time.time() < deadline:
+                time.sleep(0.1)
+        with open(os.path.join(attempts, f"p{partition}-a{attempt}.json"), "w") as f:
+            json.dump(record, f)
+        if partition == 0 and attempt == 0:
+            time.sleep(12)
+        yield from scored
+
+    scored = torchspark.predict(
+        df, path, inputs="features", keep=["id"], on_error="quarantine", quarantine=quarantine
+    )
+    held = scored.mapInArrow(hold_first_attempt_after_scoring, scored.schema)
+    result = check(held, df.where(f"not ({bad_condition})"), module)
+    report = torchspark.last_report()
+    result["attempts_of_partition_0"] = sorted(
+        r["attempt"] for r in report.task_records if r["partition"] == 0
+    )
+    result["report_rows"] = report.rows
+    result["report_bad_rows"] = report.bad_rows
+    scored_by = {}
+    for name in sorted(os.listdir(attempts)):
+        with open(os.path.join(attempts, name)) as f:
+            scored_by[name.removesuffix(".json")] = json.load(f)
+    result["scored_by"] = scored_by
+    files = sorted(os.listdir(quarantine))
+    result["quarantine_files"] = files
+    set_aside = [
+        i for name in files for i in pq.read_table(os.path.join(quarantine, name))["id"].to_pylist()
+    ]
+    result["set_aside"] = len(set_aside)
+    result["set_aside_distinct"] = len(set(set_aside))
+    result["set_aside_equal"] = sorted(set_aside) == bad
+    result["expected_bad"] = len(bad)
+    result["bad_in_partition_0"] = sum(1 for i in bad if i < ROWS // PARTITIONS)
     return result
 
 
@@ -287,24 +376,10 @@ def main(workdir: str, master: str) -> dict:
     result["changed_on_disk"] = {"first": first, "second": second}
     mark("changed_on_disk")
 
-    # 3. Speculation: partition 0's first attempt waits, a second attempt runs.
-    def hold_first_attempt(batches):
-        from pyspark import TaskContext
-
-        task = TaskContext.get()
-        if task.partitionId() == 0 and task.attemptNumber() == 0:
-            time.sleep(12)
-        yield from batches
-
-    held = df.mapInArrow(hold_first_attempt, df.schema)
-    scored = torchspark.predict(held, paths[0], inputs="features", keep=["id"])
-    speculation = check(scored, df, modules[0])
-    report = torchspark.last_report()
-    speculation["attempts_of_partition_0"] = sorted(
-        r["attempt"] for r in report.task_records if r["partition"] == 0
-    )
-    speculation["report_rows"] = report.rows
-    result["speculation"] = speculation
+    # 3. Speculation with bad rows quarantined: both attempts of partition 0
+    # score it and write its Parquet file; the first is then held back, so
+    # that the copy on the other host wins while it still runs.
+    result["speculation"] = speculation(spark, workdir, modules[0])
     mark("speculation")
 
     # 4. Cancel a slow job mid-run, twice; then a job that completes.

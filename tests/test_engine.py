@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import re
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,7 +19,9 @@ import time
 import warnings
 import weakref
 import zipfile
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -1045,6 +1049,86 @@ def test_load_torch_save_state_dict(tmp_path, models):
     with pytest.raises(ValueError, match=r"weights\.pt") as info:
         Engine(path)
     assert "export" in str(info.value)
+
+
+def _torchscript_archive(tmp_path, name: str) -> bytearray:
+    class Affine(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 + 1
+
+    path = tmp_path / name
+    torch.jit.save(torch.jit.script(Affine()), path)
+    return bytearray(path.read_bytes())
+
+
+def test_load_refuses_a_record_declaring_more_than_deflate_can_give(tmp_path):
+    # The central directory of a few-KB archive declares a 3 GB code record:
+    # LibTorch would allocate the 3 GB before finding out (RELIABILITY.md).
+    data = _torchscript_archive(tmp_path, "declares.pt")
+    entry = data.find(b"PK\x01\x02")
+    patched = 0
+    while entry >= 0:
+        name_size = int.from_bytes(data[entry + 28 : entry + 30], "little")
+        if data[entry + 46 : entry + 46 + name_size].endswith(b".py"):
+            data[entry + 24 : entry + 28] = (3_000_000_000).to_bytes(4, "little")
+            patched += 1
+        entry = data.find(b"PK\x01\x02", entry + 4)
+    assert patched == 1
+    path = tmp_path / "declares.pt"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=r"declares\.pt.*3000000000 bytes uncompressed.*refused"):
+        Engine(path)
+
+
+def _zip_of_zeros(path, name: str, mib: int) -> None:
+    """A zip archive of one record, ``mib`` MiB of zeros deflated (about
+    1 KB per MiB), written by hand: one 1 MiB block compressed once, with a
+    full flush so that it stands alone, repeated."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(bytes(1 << 20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    stream = block * mib + compressor.flush()
+    crc = 0
+    for _ in range(mib):
+        crc = zlib.crc32(bytes(1 << 20), crc)
+    size, raw = mib << 20, name.encode()
+    sizes = struct.pack("<III", crc, len(stream), size)
+    local = struct.pack("<IHHHHH", 0x04034B50, 20, 0, 8, 0, 0) + sizes
+    local += struct.pack("<HH", len(raw), 0) + raw
+    central = struct.pack("<IHHHHHH", 0x02014B50, 20, 20, 0, 8, 0, 0) + sizes
+    central += struct.pack("<HHHHHII", len(raw), 0, 0, 0, 0, 0, 0) + raw
+    end = struct.pack(
+        "<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local) + len(stream), 0
+    )
+    path.write_bytes(local + stream + central + end)
+
+
+def test_load_refuses_a_decompression_bomb(tmp_path):
+    # 300 MiB of zeros in about 300 KB: over the 256 MiB an archive may inflate
+    # beyond its own size, refused before LibTorch allocates or inflates it.
+    bomb = tmp_path / "bomb.pt"
+    _zip_of_zeros(bomb, "archive/data/zeros", 300)
+    with zipfile.ZipFile(bomb) as z:  # a valid archive: Python's zipfile reads it
+        assert z.getinfo("archive/data/zeros").file_size == 300 << 20
+        with z.open("archive/data/zeros") as f:
+            assert f.read(1 << 20) == bytes(1 << 20)
+    assert bomb.stat().st_size < 400_000
+    with pytest.raises(ValueError, match=r"bomb\.pt.*a decompression bomb"):
+        Engine(bomb)
+
+
+MODEL_LOAD_CRASHES = sorted(
+    (Path(__file__).parent / "fuzz" / "corpus" / "model_load").glob("crash-*")
+)
+
+
+@pytest.mark.parametrize("crash", MODEL_LOAD_CRASHES, ids=lambda p: p.name)
+def test_load_refuses_what_the_model_load_fuzzer_found(crash, tmp_path):
+    # Corrupt TorchScript archives model_load_fuzzer found (RELIABILITY.md): a
+    # ValueError naming the file, without the gigabytes LibTorch would allocate.
+    path = tmp_path / (crash.name + ".pt")
+    path.write_bytes(crash.read_bytes())
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        Engine(path)
 
 
 def test_load_missing_file(tmp_path):

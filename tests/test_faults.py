@@ -34,7 +34,7 @@ def exactly_once(check: dict, rows: int) -> None:
 @pytest.mark.slow
 def test_faults_in_a_two_host_cluster(fault_job):
     r = background_job.result(fault_job, TIMEOUT)
-    from spark_fault_job import ROWS, SLOW_ROWS
+    from spark_fault_job import PARTITIONS, ROWS, SLOW_ROWS
 
     # Two executors on two hosts (as Spark sees them).
     assert r["executors"] == 2 and r["hosts"] == ["127.0.0.2", "127.0.0.3"]
@@ -48,10 +48,24 @@ def test_faults_in_a_two_host_cluster(fault_job):
     exactly_once(r["changed_on_disk"]["first"], ROWS)
     exactly_once(r["changed_on_disk"]["second"], ROWS)
 
-    # 3. A speculative second attempt of partition 0 won (attempt 0 was held back).
-    exactly_once(r["speculation"], ROWS)
-    assert r["speculation"]["attempts_of_partition_0"] == [1]
-    assert r["speculation"]["report_rows"] == ROWS
+    # 3. A speculative second attempt of partition 0 won (attempt 0 was held back
+    # after scoring): both attempts scored all of partition 0 and wrote its bad
+    # rows, at once; each bad row is in the quarantine once, in whole
+    # Parquet files (no temporary file left), every other id in the output once.
+    s = r["speculation"]
+    bad = s["expected_bad"]
+    exactly_once(s, ROWS - bad)
+    assert s["attempts_of_partition_0"] == [1]
+    assert s["report_rows"] == ROWS and s["report_bad_rows"] == bad
+    first, second = s["scored_by"]["p0-a0"], s["scored_by"]["p0-a1"]
+    assert first["rows"] == second["rows"] == ROWS // PARTITIONS - s["bad_in_partition_0"]
+    assert s["bad_in_partition_0"] > 0
+    # Both scored within the 12 s the first was held after its scoring: at once.
+    assert abs(second["scored_at"] - first["scored_at"]) < 12
+    assert s["set_aside"] == s["set_aside_distinct"] == bad and s["set_aside_equal"], s
+    files = s["quarantine_files"]
+    assert files and all(f.startswith("part-") and f.endswith(".parquet") for f in files), files
+    assert len(files) == len({f.split("-")[1] for f in files}) == PARTITIONS, files
 
     # 4. Cancelled twice while under way; the next job is whole and right, and
     # the Python workers hold no more threads or engines than before.

@@ -2,6 +2,8 @@
 // (torchspark/errors.py), through one translator.
 #include <torch/csrc/utils/pybind.h>
 
+#include <cstring>
+
 #include "bindings/common.h"
 #include "torchspark/errors.h"
 
@@ -25,27 +27,38 @@ void set_error_types(py::object unsupported, py::object invalid, py::object null
   g_engine_closed_error = engine_closed.release().ptr();
 }
 
+// Messages may quote bytes of the input (a corrupt model's code, a column
+// name): invalid UTF-8 is escaped (\xNN) rather than turning the error into a
+// UnicodeDecodeError that loses the message (found by model_load_fuzzer).
+void set_error(PyObject* type, const char* message) {
+  PyObject* text = PyUnicode_DecodeUTF8(message, static_cast<Py_ssize_t>(std::strlen(message)),
+                                        "backslashreplace");
+  if (text == nullptr) return;  // out of memory: that error stays set
+  PyErr_SetObject(type, text);
+  Py_DECREF(text);
+}
+
 void translate(std::exception_ptr error) {
   try {
     std::rethrow_exception(error);
   } catch (const UnsupportedTypeError& e) {
-    PyErr_SetString(g_unsupported_type_error, e.what_without_backtrace());
+    set_error(g_unsupported_type_error, e.what_without_backtrace());
   } catch (const InvalidArrowError& e) {
-    PyErr_SetString(g_invalid_arrow_error, e.what_without_backtrace());
+    set_error(g_invalid_arrow_error, e.what_without_backtrace());
   } catch (const NullValueError& e) {
-    PyErr_SetString(g_null_value_error, e.what_without_backtrace());
+    set_error(g_null_value_error, e.what_without_backtrace());
   } catch (const ModelError& e) {
-    PyErr_SetString(g_model_error, e.what_without_backtrace());
+    set_error(g_model_error, e.what_without_backtrace());
   } catch (const EngineClosedError& e) {
-    PyErr_SetString(g_engine_closed_error, e.what_without_backtrace());
+    set_error(g_engine_closed_error, e.what_without_backtrace());
   } catch (const c10::TypeError& e) {
-    PyErr_SetString(PyExc_TypeError, e.what_without_backtrace());
+    set_error(PyExc_TypeError, e.what_without_backtrace());
   } catch (const c10::ValueError& e) {
-    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    set_error(PyExc_ValueError, e.what_without_backtrace());
   } catch (const c10::IndexError& e) {
-    PyErr_SetString(PyExc_IndexError, e.what_without_backtrace());
+    set_error(PyExc_IndexError, e.what_without_backtrace());
   } catch (const c10::Error& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    set_error(PyExc_RuntimeError, e.what_without_backtrace());
   }
 }
 

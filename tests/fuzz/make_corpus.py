@@ -1,7 +1,8 @@
 """Writes the seed corpora of the fuzzers under tests/fuzz/corpus/ (committed).
 
-    .venv/bin/python tests/fuzz/make_corpus.py            # image_decode, model_sniff
+    .venv/bin/python tests/fuzz/make_corpus.py            # image_decode, model_sniff, model_load
     .venv/bin/python tests/fuzz/make_corpus.py --arrow build/fuzz/tests/fuzz/arrow_import_fuzzer
+    .venv/bin/python tests/fuzz/make_corpus.py --engine build/fuzz/tests/fuzz/engine_submit_fuzzer
 
 image_decode: small valid JPEG (with and without an EXIF orientation), PNG
 (RGB, RGBA, gray, palette, 16-bit, interlaced) and WebP (lossy, lossless)
@@ -15,11 +16,18 @@ model_sniff: a TorchScript archive (torch.jit.save), eager weights
 (torch.save), a zip that is not PyTorch's, an ONNX file (torch.onnx's
 protobuf head), and truncations of each.
 
-arrow_import: the harness decodes its bytes into C Data structs (its own
-encoding, not Arrow IPC), so its seeds are made by the fuzzer itself: a fixed
-number of runs from an empty corpus with a fixed seed, merged (-merge=1) down
-to the inputs that add coverage; among them arrays of every supported layout
-that import and convert. Needs the built fuzzer (bash .ci/fuzz --build-only).
+model_load: small valid model files of each format the loader opens: a
+TorchScript archive (torch.jit.save) of one and of two inputs, an ONNX model
+(onnx.helper, when the onnx package is installed), the record layout of an
+AOTInductor package (sniffed and size-checked only: model_load_fuzzer.cpp says
+why), and eager weights (refused).
+
+arrow_import, engine_submit: the harnesses decode their bytes into C Data
+structs (their own encoding, not Arrow IPC), so their seeds are made by the
+fuzzers themselves: a fixed number of runs from an empty corpus with a fixed
+seed, merged (-merge=1) down to the inputs that add coverage; among them arrays
+of every supported layout that import and convert (engine_submit: submissions
+that score). Needs the built fuzzer (bash .ci/fuzz --build-only).
 """
 
 import argparse
@@ -33,6 +41,9 @@ import zlib
 from pathlib import Path
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
+# engine_submit runs a real engine per input (threads started and joined):
+# fewer runs than arrow_import's 100,000 make its seeds in a few minutes.
+ENGINE_RUNS = 20_000
 
 
 def write(target, name, data):
@@ -103,20 +114,34 @@ def image_corpus():
         write("image_decode", name, bytes([control, 0x37]) + data)
 
 
-def model_corpus():
+def _modules():
+    """Two small modules: x * 2 + 1, and two inputs to a dict of outputs."""
     import torch
 
-    class Tiny(torch.nn.Module):
+    class Affine(torch.nn.Module):
         def forward(self, x):
             return x * 2 + 1
 
+    class TwoInputs(torch.nn.Module):
+        def forward(self, x, y):
+            return {"sum": x + y, "first": x}
+
+    return Affine(), TwoInputs()
+
+
+def _saved(save, obj):
+    """The bytes ``save(obj, file)`` writes (torch.jit.save, torch.save)."""
+    buf = io.BytesIO()
+    save(obj, buf)
+    return buf.getvalue()
+
+
+def model_corpus():
+    import torch
+
     seeds = {}
-    buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(Tiny()), buf)
-    seeds["torchscript.pt"] = buf.getvalue()
-    buf = io.BytesIO()
-    torch.save({"w": torch.ones(2)}, buf)
-    seeds["eager-weights.pt"] = buf.getvalue()
+    seeds["torchscript.pt"] = _saved(torch.jit.save, torch.jit.script(_modules()[0]))
+    seeds["eager-weights.pt"] = _saved(torch.save, {"w": torch.ones(2)})
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("hello.txt", "not a model")
@@ -132,8 +157,58 @@ def model_corpus():
         write("model_sniff", name, data)
 
 
-def arrow_corpus(fuzzer):
-    out = CORPUS / "arrow_import"
+def model_load_corpus():
+    import torch
+
+    affine, two_inputs = _modules()
+    seeds = {
+        "affine.pt": _saved(torch.jit.save, torch.jit.script(affine)),
+        "two-inputs.pt": _saved(torch.jit.save, torch.jit.script(two_inputs)),
+        "eager-weights.pt": _saved(torch.save, {"w": torch.ones(2)}),
+    }
+    # An AOTInductor package's record layout (the loader itself is not fuzzed).
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("package/version", "1\n")
+        z.writestr("package/.data/version", "1\n")
+        z.writestr(
+            "package/data/aotinductor/model/model.wrapper.cpp",
+            "// generated\n" * 8,
+            compress_type=zipfile.ZIP_DEFLATED,
+        )
+        z.writestr(
+            "package/data/aotinductor/model/model_metadata.json", '{"AOTI_DEVICE_KEY": "cpu"}'
+        )
+    seeds["aoti-layout.pt2"] = buf.getvalue()
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        graph = helper.make_graph(
+            [
+                helper.make_node("Mul", ["x", "two"], ["y"]),
+                helper.make_node("Add", ["y", "one"], ["out"]),
+            ],
+            "affine",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 3])],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["rows", 3])],
+            [
+                helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+                helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+            ],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        seeds["affine.onnx"] = model.SerializeToString()
+    for name, data in sorted(seeds.items()):
+        write("model_load", name, data)
+
+
+def self_seeded_corpus(target, fuzzer, runs):
+    """Seeds the fuzzer makes itself (see the module docstring)."""
+    out = CORPUS / target
     out.mkdir(parents=True, exist_ok=True)
     # Crash regressions (crash-*) stay; the generated seeds are made afresh.
     for path in out.iterdir():
@@ -147,7 +222,7 @@ def arrow_corpus(fuzzer):
     env = dict(os.environ, LD_PRELOAD=runtime)
     with tempfile.TemporaryDirectory() as scratch:
         subprocess.run(
-            [fuzzer, "-seed=15", "-runs=100000", "-max_len=512", scratch],
+            [fuzzer, "-seed=15", f"-runs={runs}", "-max_len=512", scratch],
             check=True,
             env=env,
             stderr=subprocess.DEVNULL,
@@ -162,11 +237,17 @@ def main():
     parser.add_argument(
         "--arrow", metavar="FUZZER", help="also remake the arrow_import seeds with this fuzzer"
     )
+    parser.add_argument(
+        "--engine", metavar="FUZZER", help="also remake the engine_submit seeds with this fuzzer"
+    )
     args = parser.parse_args()
     image_corpus()
     model_corpus()
+    model_load_corpus()
     if args.arrow:
-        arrow_corpus(args.arrow)
+        self_seeded_corpus("arrow_import", args.arrow, runs=100_000)
+    if args.engine:
+        self_seeded_corpus("engine_submit", args.engine, runs=ENGINE_RUNS)
 
 
 if __name__ == "__main__":

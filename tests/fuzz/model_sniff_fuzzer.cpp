@@ -8,34 +8,17 @@
 // detect_format takes a path, as the product does: each input is written to
 // one file per process (under $TMPDIR) and detected from there.
 #include <c10/util/Exception.h>
-#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
+#include "scratch_file.h"
 #include "torchspark/models/model_registry.h"
 
-namespace {
-
-std::string& scratch_path() {
-  static std::string path = [] {
-    const char* dir = std::getenv("TMPDIR");
-    return std::string(dir && *dir ? dir : "/tmp") + "/torchspark-model-sniff-" +
-           std::to_string(getpid()) + ".bin";
-  }();
-  return path;
-}
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string& path = scratch_path();
-  std::FILE* file = std::fopen(path.c_str(), "wb");
-  if (file == nullptr) std::abort();
-  if (size > 0 && std::fwrite(data, 1, size, file) != size) std::abort();
-  std::fclose(file);
+  const std::string& path = torchspark_fuzz::write_scratch_file("model-sniff", data, size);
   try {
     const std::string format = torchspark::detect_format(path);
     if (format.empty()) __builtin_trap();

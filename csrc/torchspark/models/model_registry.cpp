@@ -7,6 +7,11 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <new>
+#include <optional>
+#include <tuple>
+
+#include "torchspark/models/archive_limits.h"
 
 namespace torchspark {
 
@@ -33,11 +38,29 @@ ModelFile read_model_file(const std::string& path) {
   }
   file.zip = file.head.size() >= 4 && file.head[0] == 'P' && file.head[1] == 'K';
   if (file.zip) {
+    // Before LibTorch's reader, which allocates declared sizes (archive_limits.h).
+    check_archive_sizes(path, c10::str("model '", path, "'"));
+    std::optional<caffe2::serialize::PyTorchStreamReader> reader;
     try {
-      caffe2::serialize::PyTorchStreamReader reader(path);
-      file.records = reader.getAllRecords();
+      reader.emplace(path);
+      file.records = reader->getAllRecords();
     } catch (const c10::Error&) {
       // A zip that is not PyTorch's container: backends see no records.
+      return file;
+    }
+    // The pickles LibTorch unpickles when it loads (not the debug records,
+    // which torchscript_model.cpp does not load), before it does.
+    for (const std::string& name : file.records) {
+      if (name.size() < 4 || name.compare(name.size() - 4, 4, ".pkl") != 0) continue;
+      std::tuple<at::DataPtr, size_t> record;
+      try {
+        record = reader->getRecord(name);
+      } catch (const c10::Error&) {
+        continue;  // unreadable: the backend's loader refuses it
+      }
+      check_pickle_lengths(static_cast<const uint8_t*>(std::get<0>(record).get()),
+                           std::get<1>(record),
+                           c10::str("model '", path, "': record '", name, "'"));
     }
   }
   return file;
@@ -89,12 +112,19 @@ std::string detect_format(const std::string& path) {
 std::shared_ptr<const Model> load_model(const std::string& path, const ModelOptions& options) {
   const ModelFile file = read_model_file(path);
   const ModelBackend& backend = backend_for(file);
+  std::string error;
   try {
     return backend.load(file, options);
   } catch (const c10::Error& e) {
-    TORCH_CHECK_VALUE(false, "model '", path, "' (", backend.name,
-                      "): failed to load: ", e.what_without_backtrace());
+    error = e.what_without_backtrace();
+  } catch (const std::bad_alloc&) {
+    throw;  // out of memory is not a fault of the file
+  } catch (const std::exception& e) {
+    // LibTorch's TorchScript lexer and parser throw std::runtime_error on a
+    // corrupt code record (found by model_load_fuzzer, RELIABILITY.md).
+    error = e.what();
   }
+  TORCH_CHECK_VALUE(false, "model '", path, "' (", backend.name, "): failed to load: ", error);
   return nullptr;
 }
 

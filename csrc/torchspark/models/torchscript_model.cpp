@@ -44,7 +44,13 @@ class TorchScriptModel final : public Model {
  public:
   TorchScriptModel(const std::string& path, const ModelOptions& options)
       : Model("TorchScript", path),
-        module_(torch::jit::load(path, options.device)),
+        // Without the debug records (debug_pkl: source ranges of the original
+        // Python, read only to format a TorchScript error): LibTorch's
+        // unpickler trusts their declared lengths, and one corrupt record made
+        // formatting a parse error allocate 2.1 GB from a 2 KB file
+        // (model_load_fuzzer, RELIABILITY.md). Errors still quote the
+        // archive's own code.
+        module_(torch::jit::load(path, options.device, /*load_debug_files=*/false)),
         forward_(module_.get_method("forward")),
         runners_(options.num_runners) {
     module_.eval();
