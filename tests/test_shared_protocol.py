@@ -152,6 +152,18 @@ def test_two_batches_in_one_segment_are_refused():
         segment.read_batch(memfd(data), len(data))
 
 
+def test_a_column_name_that_is_not_utf8_is_refused():
+    # Found by tests/fuzz/shared_protocol_fuzzer.py: validate() does not look
+    # at names, and reading one raised UnicodeDecodeError later.
+    source = pa.record_batch({"id": pa.array([1, 2], pa.int64())})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, source.schema) as writer:
+        writer.write_batch(source)
+    data = sink.getvalue().to_pybytes().replace(b"id", b"\xff\xfe", 1)
+    with pytest.raises(ProtocolError, match="a field name is not UTF-8"):
+        segment.read_batch(memfd(data), len(data))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
 def test_tensors_round_trip(dtype):
     tensors = [
@@ -176,6 +188,8 @@ def test_tensors_round_trip(dtype):
         ([{"dtype": "float32", "shape": [2], "offset": -8}], "tensor 0"),
         ([{"dtype": "complex64", "shape": [2], "offset": 0}], "bad description"),
         ([{"shape": [2], "offset": 0}], "bad description"),
+        # Found by the fuzzer: JSON's 1e999 is infinity, which int() cannot take.
+        ([{"dtype": "float32", "shape": [float("inf")], "offset": 0}], "bad description"),
         ({"dtype": "float32"}, "tensors must be a list"),
     ],
 )

@@ -170,9 +170,15 @@ def read_batch(fd: int, length: int, what: str = "segment") -> pa.RecordBatch:
         if len(batches) != 1:
             raise ProtocolError(f"{what}: expected 1 record batch, got {len(batches)}")
         batches[0].validate(full=True)
+        # validate() does not look at names: a column name that is not UTF-8
+        # would fail later, in whatever first reads it (found by
+        # tests/fuzz/shared_protocol_fuzzer.py).
+        batches[0].schema.names  # noqa: B018 (decodes every name)
         return batches[0]
     except (pa.ArrowException, OSError) as e:  # pyarrow: ArrowInvalid, a short read (OSError)
         raise ProtocolError(f"{what}: not a valid Arrow IPC stream: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"{what}: a field name is not UTF-8: {e}") from None
 
 
 def write_tensors(tensors: list[torch.Tensor]) -> tuple[int, int, list[dict[str, Any]]]:
@@ -215,7 +221,7 @@ def read_tensors(fd: int, length: int, layout: Any, what: str = "segment") -> li
             dtype = DTYPES[place["dtype"]]
             shape = [int(d) for d in place["shape"]]
             offset = int(place["offset"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # Overflow: int(1e999)
             raise ProtocolError(f"{what}: tensor {i}: bad description {place!r}") from None
         count = math.prod(shape)
         nbytes = count * dtype.itemsize
