@@ -15,7 +15,11 @@ a subprocess) with speculation on and the FAIR scheduler, running in turn:
    so that the second, on the other executor, wins while the first still runs;
 4. a job cancelled mid-run (its job group), twice, then a job that completes;
    the Python workers' threads and live engines before and after;
-5. an executor JVM killed with SIGKILL mid-job (its pid found with ``ps``).
+5. an executor JVM killed with SIGKILL mid-job (its pid found in /proc);
+6. steps 3 and 5 again with ``share="executor"`` (one engine process per
+   executor, issue 11): speculative attempts on two engines, and the killed
+   executor's engine exits with its JVM, removing its socket; after
+   ``spark.stop()`` no engine runs and no socket is left.
 
 Each job's output is checked against eager PyTorch on the driver: every id
 exactly once (count, distinct count, anti-joins both ways) and predictions
@@ -27,6 +31,8 @@ stopped however the script ends.
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
 import os
 import signal
 import socket
@@ -99,16 +105,16 @@ def check(scored, df, module, column: str = "features") -> dict:
     return result
 
 
-def speculation(spark, workdir: str, module) -> dict:
+def speculation(spark, workdir: str, module, share: str = "task") -> dict:
     """Partition 0 scored twice at once (``spark.speculation``) with
     ``on_error="quarantine"``: each attempt scores every row of the partition
     and writes its bad rows (a temporary file renamed into place); the first
     attempt is then held back 12 s downstream of ``predict``, and the copy on
     the other host finishes only once the first has scored, so that both wrote.
     The directory must hold each bad row once, in whole Parquet files and
-    nothing else, and the output every other id once."""
-    import json
-
+    nothing else, and the output every other id once. ``share`` is
+    ``predict``'s (with ``"executor"`` the two attempts feed their executors'
+    engine processes)."""
     import pyarrow.parquet as pq
     import torch
 
@@ -133,8 +139,8 @@ def speculation(spark, workdir: str, module) -> dict:
         f" then 1e6 else sin(id * {FEATURES} + i) end as float)) as features",
     )
     bad = sorted(i for i in range(ROWS) if i % BAD_EVERY == 5)
-    quarantine = os.path.join(workdir, "quarantine")
-    attempts = os.path.join(workdir, "attempts")
+    quarantine = os.path.join(workdir, f"quarantine-{share}")
+    attempts = os.path.join(workdir, f"attempts-{share}")
     os.makedirs(attempts, exist_ok=True)
 
     def hold_first_attempt_after_scoring(batches):
@@ -158,7 +164,13 @@ def speculation(spark, workdir: str, module) -> dict:
         yield from scored
 
     scored = torchspark.predict(
-        df, path, inputs="features", keep=["id"], on_error="quarantine", quarantine=quarantine
+        df,
+        path,
+        inputs="features",
+        keep=["id"],
+        on_error="quarantine",
+        quarantine=quarantine,
+        share=share,
     )
     held = scored.mapInArrow(hold_first_attempt_after_scoring, scored.schema)
     result = check(held, df.where(f"not ({bad_condition})"), module)
@@ -166,6 +178,7 @@ def speculation(spark, workdir: str, module) -> dict:
     result["attempts_of_partition_0"] = sorted(
         r["attempt"] for r in report.task_records if r["partition"] == 0
     )
+    result["shares"] = sorted({r.get("share") for r in report.task_records})
     result["report_rows"] = report.rows
     result["report_bad_rows"] = report.bad_rows
     scored_by = {}
@@ -293,12 +306,98 @@ def python_workers(df) -> dict[int, dict]:
     return workers
 
 
+def shared_engines(shared: str) -> list[dict]:
+    """The engine processes started under ``shared`` (``$TORCHSPARK_SHARED_DIR``):
+    their ``loads.jsonl`` lines, each with ``alive`` and its socket's path."""
+    engines = []
+    for path in glob.glob(os.path.join(shared, "*", "*", "loads.jsonl")):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                record["alive"] = alive(record["pid"])
+                record["socket"] = os.path.join(os.path.dirname(path), record["key"] + ".sock")
+                engines.append(record)
+    return engines
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: the engine's parent is init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def settle(condition, timeout: float = 20.0) -> bool:
+    """Polls ``condition`` until it holds or ``timeout`` passes."""
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def kill_an_executor(sc, df, path: str, module, share: str, shared: str) -> dict:
+    """SIGKILL one of the application's executor JVMs once two tasks of a
+    ``predict`` job over ``df`` are done; the job's check, the pids, and with
+    ``share="executor"`` what became of the killed executor's engines."""
+    from pyspark import InheritableThread
+
+    import torchspark
+
+    app_id = sc.applicationId
+    pids = executor_pids(app_id)
+    outcome: dict = {}
+    group = f"kill-{share}"
+
+    def killed_job() -> None:
+        sc.setJobGroup(group, "an executor is killed under it")
+        try:
+            scored = torchspark.predict(df, path, inputs="features", keep=["id"], share=share)
+            outcome["check"] = check(scored, df, module)
+            outcome["shares"] = sorted(
+                {r.get("share") for r in torchspark.last_report().task_records}
+            )
+        except Exception as e:
+            outcome["error"] = type(e).__name__ + ": " + str(e)[:500]
+
+    t = InheritableThread(target=killed_job)
+    t.start()
+    wait_for_tasks(sc, group, 2)
+    victim = pids[0] if pids else None
+    running = t.is_alive() and not outcome  # the job had not ended when the kill came
+    if victim is not None:
+        engines = [e for e in shared_engines(shared) if e.get("jvm") == victim]
+        os.kill(victim, signal.SIGKILL)
+    t.join(timeout=300)
+    result = {
+        "executor_pids": pids,
+        "killed": victim,
+        "killed_mid_job": running,
+        "alive_after": executor_pids(app_id),
+        **outcome,
+    }
+    if share == "executor" and victim is not None:
+        # The victim's engines watched its JVM: gone, their sockets removed.
+        gone = settle(
+            lambda: not any(alive(e["pid"]) or os.path.exists(e["socket"]) for e in engines)
+        )
+        result["victim_engines"] = [e["pid"] for e in engines]
+        result["victim_engines_gone"] = gone
+        result["engines_after"] = [
+            {"pid": e["pid"], "jvm": e.get("jvm"), "alive": e["alive"]}
+            for e in shared_engines(shared)
+        ]
+    return result
+
+
 def main(workdir: str, master: str) -> dict:
     import torch
 
     import torchspark
 
     started = time.time()
+    shared = os.path.join(workdir, "shared")  # share="executor"'s engines (step 6)
     from pyspark import InheritableThread
     from pyspark.sql import SparkSession
 
@@ -321,6 +420,7 @@ def main(workdir: str, master: str) -> dict:
         .config("spark.speculation.efficiency.enabled", "false")
         .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
         .config("spark.executorEnv.TORCHSPARK_CACHE", os.path.join(workdir, "cache"))
+        .config("spark.executorEnv.TORCHSPARK_SHARED_DIR", shared)
         .getOrCreate()
     )
     sc = spark.sparkContext
@@ -432,41 +532,28 @@ def main(workdir: str, master: str) -> dict:
     mark("cancel")
 
     # 5. SIGKILL one executor JVM mid-job: its tasks are retried elsewhere.
-    app_id = sc.applicationId
-    pids = executor_pids(app_id)
-    outcome: dict = {}
-
-    def killed_job() -> None:
-        sc.setJobGroup("kill", "an executor is killed under it")
-        try:
-            scored = torchspark.predict(slow_df, slow_path, inputs="features", keep=["id"])
-            outcome["check"] = check(scored, slow_df, slow)
-        except Exception as e:
-            outcome["error"] = type(e).__name__ + ": " + str(e)[:500]
-
-    t = InheritableThread(target=killed_job)
-    t.start()
-    wait_for_tasks(sc, "kill", 2)
-    victim = pids[0] if pids else None
-    running = t.is_alive() and not outcome  # the job had not ended when the kill came
-    if victim is not None:
-        os.kill(victim, signal.SIGKILL)
-    t.join(timeout=300)
-    result["kill"] = {
-        "executor_pids": pids,
-        "killed": victim,
-        "killed_mid_job": running,
-        "alive_after": executor_pids(app_id),
-        **outcome,
-    }
+    result["kill"] = kill_an_executor(sc, slow_df, slow_path, slow, "task", shared)
     mark("kill")
+
+    # 6. Speculation and a killed executor again, each executor's tasks
+    # feeding one engine process (share="executor").
+    result["speculation_shared"] = speculation(spark, workdir, modules[0], share="executor")
+    mark("speculation_shared")
+    result["kill_shared"] = kill_an_executor(sc, slow_df, slow_path, slow, "executor", shared)
+    mark("kill_shared")
     spark.stop()
+    # The executors' JVMs exit with the application; their engines with them.
+    result["engines_stopped"] = settle(
+        lambda: not any(e["alive"] for e in shared_engines(shared)), 30.0
+    )
+    result["engines_started"] = len(shared_engines(shared))
+    result["sockets_left"] = sorted(
+        os.path.basename(p) for p in glob.glob(os.path.join(shared, "*", "*", "*.sock"))
+    )
     return result
 
 
 if __name__ == "__main__":
-    import json
-
     workdir = os.path.abspath(sys.argv[1])
     job_environment(workdir)
     with standalone_cluster(workdir) as master:

@@ -394,6 +394,48 @@ def test_an_idle_engine_exits_and_removes_its_socket(shared_dir, model_path, mon
             time.sleep(0.1)
 
 
+def test_an_engine_whose_starter_went_away_serves_the_next_task(
+    shared_dir, model_path, monkeypatch
+):
+    """The task that starts an engine may be gone (cancelled, killed) before
+    the engine says it is ready: the engine must go on serving (found in the
+    spark_fault_job run, where it died of a broken pipe instead)."""
+    import subprocess
+    import sys
+
+    started = {}
+
+    def capture(place, config, label):
+        started.update(place=place, config=config)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(attach, "open_engine", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        connect(model_path, application="app-orphan")
+    monkeypatch.undo()
+    monkeypatch.setenv("TORCHSPARK_SHARED_DIR", str(shared_dir))
+    monkeypatch.setenv("TORCHSPARK_SHARED_IDLE_S", "30")
+    attach._connections.clear()
+    place = started["place"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torchspark.spark.shared.server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=open(place.path(".log"), "ab"),  # noqa: SIM115
+    )
+    process.stdout.close()  # the starter is gone before the engine is ready
+    process.stdin.write(started["config"])
+    process.stdin.close()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "serving" not in rendezvous.log_tail(place):
+        assert process.poll() is None, rendezvous.log_tail(place)
+        time.sleep(0.1)
+    engine = connect(model_path, application="app-orphan")
+    assert engine.pid == process.pid, rendezvous.log_tail(place)
+    assert torch.equal(engine.run(features(6)), eager(features(6)))
+    assert "the task that started this engine is gone" in rendezvous.log_tail(place)
+
+
 def test_an_engine_that_cannot_load_its_model_fails_with_its_log(shared_dir, tmp_path):
     path = tmp_path / "not_a_model.pt"
     path.write_bytes(b"these bytes are no model")
@@ -436,21 +478,17 @@ def test_share_is_checked_and_warns_about_a_copy_per_task_on_a_gpu():
     from torchspark.spark.shared.mode import sharing
 
     class Conf(dict):
+        """A session's ``spark.conf`` (RuntimeConfig.get(key, default))."""
+
         def get(self, key, default=None):
             return super().get(key, default)
 
-    class Context:
-        applicationId = "app-x"
-
-        def __init__(self, conf):
-            self.conf = conf
-
-        def getConf(self):
-            return self.conf
-
     class Session:
+        """What sharing reads of a SparkSession: its conf only (no
+        SparkContext, as under Spark Connect)."""
+
         def __init__(self, conf):
-            self.sparkContext = Context(Conf(conf))
+            self.conf = Conf({"spark.app.id": "app-x", **conf})
 
     with pytest.raises(ValueError, match=r"share must be one of \['executor', 'task', 'auto'\]"):
         sharing(Session({}), "worker")

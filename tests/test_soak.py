@@ -1,11 +1,14 @@
 """Soak: a long predict job (10,000 Arrow batches) and 100 short jobs in one
-session; the Python workers' memory, threads and open files stay flat.
+session, with one engine per task and with one engine process per executor
+(``share="executor"``); the Python workers' and the engine's memory, threads
+and open files stay flat.
 
 A sampler on the driver reads, every 0.1 s, every process of Spark's Python
 worker daemon (its command line names ``pyspark.daemon``: the daemon and the
-workers it forks) from /proc: resident memory, threads, open file
-descriptors. ``growth`` compares the last quarter of a phase's samples with
-the quarter after its warm-up. The negative control runs the same
+workers it forks) and every shared engine process
+(``torchspark.spark.shared.server``) from /proc: resident memory, threads,
+open file descriptors. ``growth`` compares the last quarter of a phase's
+samples with the quarter after its warm-up. The negative control runs the same
 measurement over a mapInArrow function (a test double defined in the test)
 that holds 32 KiB per Arrow batch and an open file per ten for as long as its
 task runs: the check must catch it.
@@ -33,14 +36,19 @@ ROWS_PER_BATCH = 50
 SHORT_JOBS = 100
 
 
-def _daemon_pids() -> list[int]:
+WATCHED = (b"pyspark.daemon", b"torchspark.spark.shared.server")
+
+
+def _worker_pids() -> list[int]:
+    """Spark's Python workers and the shared engines (see the module's docstring)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"pyspark.daemon" in f.read():
-                        pids.append(int(entry))
+                    args = f.read()
+                if any(name in args for name in WATCHED):
+                    pids.append(int(entry))
             except OSError:
                 continue
     return pids
@@ -68,7 +76,7 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            readings = [r for r in map(_reading, _daemon_pids()) if r is not None]
+            readings = [r for r in map(_reading, _worker_pids()) if r is not None]
             if readings:
                 rss, threads, fds = (sum(c) for c in zip(*readings, strict=True))
                 self.samples.append((rss, threads, fds, len(readings)))
@@ -137,19 +145,26 @@ def measured(run: Callable[[], None]) -> dict[str, float]:
     with Sampler() as sampler:
         run()
     change = growth(sampler.samples)
-    print(f"{run.__name__}: {len(sampler.samples)} samples, growth {change}")  # in -rP output
+    processes = max(s[3] for s in sampler.samples)
+    # In -rP output (RELIABILITY.md's figures).
+    print(f"{run.__name__}: {len(sampler.samples)} samples, {processes} processes, growth {change}")
     return change
 
 
-def test_long_job_and_many_short_jobs_stay_flat(spark, soak_models, small_batches):
+@pytest.mark.parametrize("share", ["task", "executor"])
+def test_long_job_and_many_short_jobs_stay_flat(spark, soak_models, small_batches, share):
     path = soak_models.path("mlp")
     temp_before = {e for e in os.listdir(tempfile.gettempdir()) if "torchspark" in e}
     long_df = frame(spark, BATCHES * ROWS_PER_BATCH, 2)
 
+    def scored(df: Any) -> None:
+        torchspark.predict(df, path, inputs="features", keep=["id"], share=share).write.format(
+            "noop"
+        ).mode("overwrite").save()
+        assert {r["share"] for r in torchspark.last_report().task_records} == {share}
+
     def long_job() -> None:
-        torchspark.predict(long_df, path, inputs="features", keep=["id"]).write.format("noop").mode(
-            "overwrite"
-        ).save()
+        scored(long_df)
 
     long_job()  # warm: workers, engines, the probe
     change = measured(long_job)
@@ -161,8 +176,7 @@ def test_long_job_and_many_short_jobs_stay_flat(spark, soak_models, small_batche
 
     def short_jobs() -> None:
         for _ in range(SHORT_JOBS):
-            scored = torchspark.predict(short_df, path, inputs="features", keep=["id"])
-            scored.write.format("noop").mode("overwrite").save()
+            scored(short_df)
 
     change = measured(short_jobs)
     assert torchspark.last_report().rows == 2000

@@ -3,9 +3,9 @@
 Chosen on the driver (:func:`sharing`, which also warns about GPU settings
 that make each task load its own copy of a model) and applied in each task
 (:meth:`Sharing.shared`): ``"auto"`` shares the engine on accelerators and
-keeps one per task on the CPU, where Spark's Arrow IPC bounds light models
-and the shared engine adds a copy into shared memory (see
-benchmarks/RESULTS.md, "shared engine").
+keeps one per task on the CPU, where the shared engine was not as fast
+(0.83x per-task on the MLP workload, 1.11x on the light one, in one run) and
+its saving is memory (see benchmarks/RESULTS.md, "the shared engine").
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Every engine lives in one private directory per user and Spark application::
         <key>.start       flock: held while a task connects or starts the engine
         <key>.live        flock: held by the engine process for its whole life
         <key>.log         the engine's stderr
-        loads.jsonl       one line per model load (pid, key, executor, device)
+        loads.jsonl       one line per model load (pid, key, executor and its JVM pid, device)
 
 ``<base>`` is ``$TORCHSPARK_SHARED_DIR``, else the first of Spark's local
 directories (``$SPARK_LOCAL_DIRS``, set for Python workers), else the

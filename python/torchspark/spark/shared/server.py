@@ -71,6 +71,7 @@ class Server:
             {
                 "pid": os.getpid(),
                 "executor": config["executor"],
+                "jvm": config.get("jvm"),
                 "device": str(self.engine.device),
                 "model": config["label"],
                 "time": time.time(),
@@ -284,8 +285,12 @@ def main() -> int:
         with rendezvous.Address(place) as address:
             listener.bind(address.path)
         listener.listen(64)
-        sys.stdout.write(f"ready {os.getpid()}\n")
-        sys.stdout.flush()
+        try:
+            os.write(sys.stdout.fileno(), f"ready {os.getpid()}\n".encode())
+        except BrokenPipeError:
+            # The task that started it went away first (cancelled, killed, its
+            # job over): the executor's other tasks find the engine all the same.
+            logger.info("the task that started this engine is gone; serving the others")
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # the starter stops reading
         logger.info(
             "serving %s on %s for executor %s (%s)",
