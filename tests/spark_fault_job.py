@@ -42,6 +42,7 @@ import time
 from collections.abc import Iterator
 
 from spark_cluster_job import job_environment
+from spark_shared_job import loads
 
 PARTITIONS = 8
 ROWS = 4000
@@ -309,14 +310,10 @@ def python_workers(df) -> dict[int, dict]:
 def shared_engines(shared: str) -> list[dict]:
     """The engine processes started under ``shared`` (``$TORCHSPARK_SHARED_DIR``):
     their ``loads.jsonl`` lines, each with ``alive`` and its socket's path."""
-    engines = []
-    for path in glob.glob(os.path.join(shared, "*", "*", "loads.jsonl")):
-        with open(path) as f:
-            for line in f:
-                record = json.loads(line)
-                record["alive"] = alive(record["pid"])
-                record["socket"] = os.path.join(os.path.dirname(path), record["key"] + ".sock")
-                engines.append(record)
+    engines = loads(shared)
+    for record in engines:
+        record["alive"] = alive(record["pid"])
+        record["socket"] = os.path.join(record["directory"], record["key"] + ".sock")
     return engines
 
 

@@ -82,10 +82,12 @@ def checked(scored, source, reference) -> dict:
 
 
 def loads(shared: str) -> list[dict]:
+    """Every model load of the engines under ``shared`` (``$TORCHSPARK_SHARED_DIR``):
+    the ``loads.jsonl`` lines, each with the ``directory`` it is in."""
     found = []
     for path in glob.glob(os.path.join(shared, "*", "*", "loads.jsonl")):
         with open(path) as f:
-            found += [json.loads(line) for line in f]
+            found += [{**json.loads(line), "directory": os.path.dirname(path)} for line in f]
     return found
 
 

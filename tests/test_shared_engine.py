@@ -417,12 +417,13 @@ def test_an_engine_whose_starter_went_away_serves_the_next_task(
     monkeypatch.setenv("TORCHSPARK_SHARED_IDLE_S", "30")
     attach._connections.clear()
     place = started["place"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torchspark.spark.shared.server"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=open(place.path(".log"), "ab"),  # noqa: SIM115
-    )
+    with open(place.path(".log"), "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "torchspark.spark.shared.server"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
     process.stdout.close()  # the starter is gone before the engine is ready
     process.stdin.write(started["config"])
     process.stdin.close()
