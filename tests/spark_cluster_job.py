@@ -299,6 +299,16 @@ def spark_home(workdir: str) -> str:
     return home
 
 
+def wait_for_executors(sc, count: int, timeout: float = 90.0) -> int:
+    """Waits (up to ``timeout`` s) until ``count`` executors have registered
+    with ``sc``; how many have (the driver's own entry not counted)."""
+    status = sc._jsc.sc().getExecutorMemoryStatus
+    deadline = time.time() + timeout
+    while status().size() - 1 < count and time.time() < deadline:
+        time.sleep(0.5)
+    return status().size() - 1
+
+
 def job_environment(workdir: str) -> None:
     """What a job script's driver (and the JVMs it starts) run with: the
     SPARK_HOME above, this interpreter for the workers, a cache in ``workdir``."""

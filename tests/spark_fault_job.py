@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from spark_cluster_job import job_environment
+from spark_cluster_job import job_environment, wait_for_executors
 from spark_shared_job import loads
 
 PARTITIONS = 8
@@ -427,10 +427,7 @@ def main(workdir: str, master: str) -> dict:
     def mark(step: str) -> None:
         result["timings"][step] = round(time.time() - started, 2)
 
-    deadline = time.time() + 90
-    while time.time() < deadline and sc._jsc.sc().getExecutorMemoryStatus().size() - 1 < 2:
-        time.sleep(0.5)
-    result["executors"] = sc._jsc.sc().getExecutorMemoryStatus().size() - 1
+    result["executors"] = wait_for_executors(sc, 2)
     hosts = {e.host() for e in sc._jsc.sc().statusTracker().getExecutorInfos()}
     result["hosts"] = sorted(hosts - {"127.0.0.1"})  # the executors' (not the driver's)
     df = spark.range(0, ROWS, 1, PARTITIONS).selectExpr(

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from spark_cluster_job import spark_home
+from spark_cluster_job import spark_home, wait_for_executors
 
 PARTITIONS = 12
 ROWS = 24000
@@ -63,9 +63,7 @@ def main(workdir: str, driver_ports: str, executor_ports: str) -> None:
     )
     sc = spark.sparkContext
     sc.setLogLevel("ERROR")
-    deadline = time.time() + 90
-    while sc._jsc.sc().getExecutorMemoryStatus().size() - 1 < 2 and time.time() < deadline:
-        time.sleep(0.5)
+    wait_for_executors(sc, 2)
     df = spark.range(0, ROWS, 1, PARTITIONS).selectExpr(
         "id",
         f"transform(sequence(0, {FEATURES - 1}), i -> cast(sin(id * {FEATURES} + i) as float))"

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from spark_cluster_job import job_environment
+from spark_cluster_job import job_environment, wait_for_executors
 
 PARTITIONS = 24
 ROWS = 24000
@@ -144,11 +144,8 @@ def main(workdir: str) -> dict:
     )
     sc = spark.sparkContext
     sc.setLogLevel("ERROR")
-    deadline = time.time() + 90
-    while sc._jsc.sc().getExecutorMemoryStatus().size() - 1 < 2 and time.time() < deadline:
-        time.sleep(0.5)
     result: dict = {
-        "executors": sc._jsc.sc().getExecutorMemoryStatus().size() - 1,
+        "executors": wait_for_executors(sc, 2),
         "partitions": PARTITIONS,
         "timings": {},
     }
