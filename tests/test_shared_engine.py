@@ -14,6 +14,7 @@ background (see background_job.py).
 from __future__ import annotations
 
 import contextlib
+import doctest
 import json
 import os
 import pickle
@@ -30,7 +31,7 @@ import torch
 
 import torchspark
 from torchspark.distribute import ModelRef
-from torchspark.spark.shared import attach, protocol, rendezvous
+from torchspark.spark.shared import attach, protocol, rendezvous, server
 from torchspark.spark.shared.attach import executor_engine
 from torchspark.spark.shared.client import open_engine
 from torchspark.spark.shared.mode import Sharing
@@ -140,6 +141,30 @@ def _place_and_config(directory: str):
     """The one engine's place in ``directory`` (and no config: it runs already)."""
     key = next(f[: -len(".sock")] for f in os.listdir(directory) if f.endswith(".sock"))
     return rendezvous.Place(directory, key), b""
+
+
+def test_on_the_cpu_the_engine_runs_the_executors_task_slots_as_its_threads(shared_dir, model_path):
+    """By default one worker thread per task slot (spark.executor.cores //
+    spark.task.cpus), each with spark.task.cpus intra-op threads, as the
+    per-task engines would; one of the two given, the other divides the
+    cores. The engine process says which (the task records report it)."""
+    ref, specs = ModelRef("path", model_path), SPECS
+    layouts = {
+        (): (2, 2),  # 4 cores, 2 per task: 2 slots of 2
+        (("threads", 1),): (1, 4),
+        (("intra_op_threads", 1),): (4, 1),
+    }
+    for given, expected in layouts.items():
+        options = {"batch_size": 64, **dict(given)}
+        sharing = Sharing("executor", "app-layout", cores=4, task_cpus=2)
+        engine = executor_engine(ref, CPU, specs, options, sharing)
+        assert (engine.threads, engine.intra_op_threads) == expected, given
+        batch = features(100)
+        assert torch.equal(engine.run(batch), eager(batch))
+    default = executor_engine(ref, CPU, specs, {"batch_size": 64}, Sharing("executor", "app-one"))
+    assert (default.threads, default.intra_op_threads) == (torchspark.engine.usable_cores(), 1)
+    failures, tried = doctest.testmod(server)  # cpu_layout's examples
+    assert tried >= 2 and failures == 0
 
 
 def test_concurrent_first_connections_start_one_engine(shared_dir, model_path):
@@ -499,6 +524,12 @@ def test_share_is_checked_and_warns_about_a_copy_per_task_on_a_gpu():
     assert result == Sharing("task", "app-x", 4)
     assert sharing(fractional, "auto").shared(torch.device("cuda", 0))
     assert not sharing(fractional, "auto").shared(CPU)
+    # A whole GPU per task: one task per device, nothing to share.
+    one_each = Session({"spark.task.resource.gpu.amount": "1", "spark.task.cpus": "2"})
+    whole = sharing(one_each, "auto")
+    assert whole.whole_gpu and whole.task_cpus == 2
+    assert not whole.shared(torch.device("cuda", 0))
+    assert sharing(Session({}), "auto").shared(torch.device("cuda", 0))  # local mode: no amount
     assert sharing(Session({}), "executor").shared(CPU)
 
 

@@ -394,6 +394,7 @@ class Engine:
             not isinstance(intra_op_threads, int) or intra_op_threads < 1
         ):
             raise ValueError(f"intra_op_threads must be an int >= 1, got {intra_op_threads!r}")
+        self.threads = threads
         if self.device.type == "cpu":
             size_intra_op_threads(threads, intra_op_threads)
         self.batch_size = batch_size
@@ -469,6 +470,12 @@ class Engine:
             return_exceptions,
             self._native.flush,
         )
+
+    @property
+    def intra_op_threads(self) -> int:
+        """torch's intra-op pool, which each of the ``threads`` workers' model
+        calls use on the CPU (process-wide: ``torch.get_num_threads()``)."""
+        return torch.get_num_threads()
 
     def sibling(self, **overrides: Any) -> Engine:
         """Another engine over the same loaded model (no second load, no copy

@@ -209,11 +209,15 @@ def predict(
             ``max_delay_ms``, ``precision``, ``threads``, ``inflight``,
             ``max_tokens`` and ``sort_window`` are the engine's (tasks with
             other values get another engine), each task keeps ``inflight *
-            batch_size`` rows in it, and its intra-op threads are
-            ``intra_op_threads``, else ``spark.executor.cores``, else the
-            cores it may run on (not ``spark.task.cpus``). ``"auto"``
-            (default): ``"executor"`` on an accelerator (the task's GPU), else
-            ``"task"``. With ``"executor"`` on GPUs, set
+            batch_size`` rows in it, and on the CPU it runs one worker
+            thread per task slot (``spark.executor.cores //
+            spark.task.cpus``; without ``spark.executor.cores``, the cores
+            it may run on) with ``spark.task.cpus`` intra-op threads each,
+            as the per-task engines would; with ``threads`` or
+            ``intra_op_threads`` given, the other divides the cores. ``"auto"``
+            (default): ``"executor"`` on an accelerator (the task's GPU)
+            unless ``spark.task.resource.gpu.amount`` gives each task a
+            whole GPU, else ``"task"``. With ``"executor"`` on GPUs, set
             ``spark.task.resource.gpu.amount`` to a fraction (``1 / task
             slots per GPU``) so that several tasks feed one GPU's engine; a
             fraction with ``share="task"`` loads one model copy per task on

@@ -500,6 +500,8 @@ def task_record(
     error = stats["error"]
     model_format = engine.model.format if engine is not None else None
     batch_size = engine.batch_size if engine is not None else None
+    # The threads the model's calls ran with: the shared engine's own, else this process's.
+    threads = engine.intra_op_threads if engine is not None else torch.get_num_threads()
     record = {
         **fields,
         "host": socket.gethostname(),
@@ -508,7 +510,7 @@ def task_record(
         "format": model_format,
         "device": str(device),
         "batch_size": batch_size,
-        "intra_op_threads": torch.get_num_threads(),
+        "intra_op_threads": threads,
         **stats,
         "end": end,
         "latency_ms": sample(stats["latency_ms"]),
@@ -521,7 +523,7 @@ def task_record(
         model_format,
         device,
         batch_size,
-        torch.get_num_threads(),
+        threads,
         stats["rows"],
         stats["arrow_batches"],
         end - stats["start"],

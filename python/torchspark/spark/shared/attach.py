@@ -66,6 +66,7 @@ def executor_engine(
                 "specs": _local(specs),
                 "options": dict(options),
                 "cores": sharing.cores,
+                "task_cpus": sharing.task_cpus,
                 "executor": executor.id,
                 "jvm": executor.pid,
                 "label": f"model '{ref.name}'",

@@ -95,6 +95,8 @@ class SharedEngine:
         self.inflight = int(welcome["inflight"])
         self.padded = bool(welcome["padded"])
         self.device = welcome["device"]
+        self.threads = int(welcome["threads"])
+        self.intra_op_threads = int(welcome["intra_op_threads"])  # the engine's, not this task's
         self._ids = itertools.count(1)
         self._segments = segment.SegmentPool()
         self._send_lock = threading.Lock()

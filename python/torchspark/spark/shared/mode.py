@@ -2,10 +2,16 @@
 
 Chosen on the driver (:func:`sharing`, which also warns about GPU settings
 that make each task load its own copy of a model) and applied in each task
-(:meth:`Sharing.shared`): ``"auto"`` shares the engine on accelerators and
-keeps one per task on the CPU, where the shared engine was not as fast
-(0.83x per-task on the MLP workload, 1.11x on the light one, in one run) and
-its saving is memory (see benchmarks/RESULTS.md, "the shared engine").
+(:meth:`Sharing.shared`). ``"auto"`` shares the engine on an accelerator that
+several tasks use (unless ``spark.task.resource.gpu.amount`` gives each task
+a whole GPU: one task per device, nothing to share, and on the simulated
+device one task alone ran 0.94-0.98x through the shared engine) and keeps
+one engine per task on the CPU. There the shared engine now matches the
+per-task engines (0.97-1.20x on the Spark benchmark's workloads) and saves
+host memory, but it is one more process per executor, Linux only, needs
+custom ops' libraries named (``TORCHSPARK_OP_LIBRARIES``) and reports the
+engine's statistics for all of an executor's tasks: an opt-in there (see
+benchmarks/RESULTS.md, "the shared engine").
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ class Sharing:
     mode: str  # one of MODES
     application: str  # Spark's application id: engines are never shared across applications
     cores: int | None = None  # spark.executor.cores: the engine's threads on the CPU
+    task_cpus: int | None = None  # spark.task.cpus: intra-op threads of each engine thread
+    whole_gpu: bool = False  # spark.task.resource.gpu.amount >= 1: one task per GPU
 
     def shared(self, device: Any) -> bool:
         """Whether a task on ``device`` uses its executor's engine (``"auto"``:
-        on an accelerator of a Linux executor, where the transport exists)."""
+        on an accelerator of a Linux executor, where the transport exists,
+        unless each task has a GPU of its own)."""
         if self.mode == "auto":
-            return device.type != "cpu" and sys.platform == "linux"
+            return device.type != "cpu" and sys.platform == "linux" and not self.whole_gpu
         return self.mode == "executor"
 
 
@@ -51,8 +60,9 @@ def sharing(spark: Any, share: str, device: str = "auto") -> Sharing:
     amount = conf.get("spark.task.resource.gpu.amount", None)
     try:
         fraction = amount is not None and 0 < float(amount) < 1
+        whole = amount is not None and float(amount) >= 1
     except ValueError:
-        fraction = False
+        fraction = whole = False
     if fraction and share == "task" and not str(device).startswith("cpu"):
         tasks = round(1 / float(amount))
         message = (
@@ -64,4 +74,11 @@ def sharing(spark: Any, share: str, device: str = "auto") -> Sharing:
         warnings.warn(message, stacklevel=3)
         logger.warning(message)
     cores = conf.get("spark.executor.cores", None)
-    return Sharing(share, str(conf.get("spark.app.id")), int(cores) if cores else None)
+    task_cpus = conf.get("spark.task.cpus", None)
+    return Sharing(
+        share,
+        str(conf.get("spark.app.id")),
+        int(cores) if cores else None,
+        int(task_cpus) if task_cpus else None,
+        whole,
+    )

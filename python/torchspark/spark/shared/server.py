@@ -60,9 +60,10 @@ class Server:
         self.place = rendezvous.Place(config["directory"], config["key"])
         self.secret = rendezvous.application_secret(self.place.directory)
         options = dict(config["options"])
-        if options.get("intra_op_threads") is None and config["device"].startswith("cpu"):
-            # The engine computes for every task of the executor: its cores.
-            options["intra_op_threads"] = config.get("cores") or usable_cores()
+        if config["device"].startswith("cpu"):
+            options.update(
+                cpu_layout(options, config.get("cores") or usable_cores(), config.get("task_cpus"))
+            )
         self.engine = Engine(
             config["path"], device=config["device"], inputs=config["specs"], **options
         )
@@ -91,6 +92,8 @@ class Server:
             "inflight": self.engine.inflight,
             "padded": self.engine.padded,
             "device": str(self.engine.device),
+            "threads": self.engine.threads,
+            "intra_op_threads": self.engine.intra_op_threads,
         }
 
     def serve(self, listener: socket.socket, jvm: int | None) -> str:
@@ -219,6 +222,29 @@ class Server:
                 if fd is not None:
                     os.close(fd)
                 del held, what
+
+
+def cpu_layout(options: dict[str, Any], cores: int, task_cpus: int | None) -> dict[str, int]:
+    """The engine's ``threads`` and ``intra_op_threads`` on an executor's
+    ``cores`` CPUs, where neither or only one is given: by default the
+    executor's task slots (``cores // spark.task.cpus``) as worker threads of
+    ``spark.task.cpus`` intra-op threads each, the layout of one engine per
+    task (on the MLP workload one worker over both cores ran at 0.89x of
+    that: benchmarks/RESULTS.md); with one of them given, the other divides
+    the cores by it.
+
+    >>> cpu_layout({}, 4, 1), cpu_layout({}, 8, 2)
+    ({'threads': 4, 'intra_op_threads': 1}, {'threads': 4, 'intra_op_threads': 2})
+    >>> cpu_layout({"threads": 1}, 4, 1), cpu_layout({"intra_op_threads": 3}, 8, None)
+    ({'threads': 1, 'intra_op_threads': 4}, {'threads': 2, 'intra_op_threads': 3})
+    """
+    cores = max(1, cores)
+    threads, intra = options.get("threads"), options.get("intra_op_threads")
+    if intra is None:
+        intra = max(1, cores // threads) if threads else max(1, min(task_cpus or 1, cores))
+    if threads is None:
+        threads = max(1, cores // intra)
+    return {"threads": threads, "intra_op_threads": intra}
 
 
 def _answer(what: Any, held: Any) -> tuple[int, dict[str, Any], int | None, int]:
