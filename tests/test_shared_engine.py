@@ -521,7 +521,12 @@ def test_share_is_checked_and_warns_about_a_copy_per_task_on_a_gpu():
     fractional = Session({"spark.task.resource.gpu.amount": "0.25", "spark.executor.cores": "4"})
     with pytest.warns(UserWarning, match="4 tasks per GPU"):
         result = sharing(fractional, "task")
-    assert result == Sharing("task", "app-x", 4)
+    assert result == Sharing("task", "app-x", 4, 1)
+    # The executors' cores by Spark's defaults where unset (the engine's
+    # worker threads on the CPU): N of local[N], 1 on YARN, unknown on a
+    # standalone cluster (the engine then counts the cores it may use).
+    for master, cores in (("local[3]", 3), ("yarn", 1), ("spark://host:7077", None)):
+        assert sharing(Session({"spark.master": master}), "executor").cores == cores, master
     assert sharing(fractional, "auto").shared(torch.device("cuda", 0))
     assert not sharing(fractional, "auto").shared(CPU)
     # A whole GPU per task: one task per device, nothing to share.

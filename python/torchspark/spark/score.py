@@ -211,8 +211,10 @@ def predict(
             other values get another engine), each task keeps ``inflight *
             batch_size`` rows in it, and on the CPU it runs one worker
             thread per task slot (``spark.executor.cores //
-            spark.task.cpus``; without ``spark.executor.cores``, the cores
-            it may run on) with ``spark.task.cpus`` intra-op threads each,
+            spark.task.cpus``, the cores by Spark's default where unset:
+            N of ``local[N]``, 1 on YARN and Kubernetes, on a standalone
+            cluster the cores the engine may run on) with
+            ``spark.task.cpus`` intra-op threads each,
             as the per-task engines would; with ``threads`` or
             ``intra_op_threads`` given, the other divides the cores. ``"auto"``
             (default): ``"executor"`` on an accelerator (the task's GPU)

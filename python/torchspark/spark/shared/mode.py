@@ -22,6 +22,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from ..cluster_conf import ClusterConf
+
 MODES = ("executor", "task", "auto")
 logger = logging.getLogger("torchspark")
 
@@ -32,7 +34,7 @@ class Sharing:
 
     mode: str  # one of MODES
     application: str  # Spark's application id: engines are never shared across applications
-    cores: int | None = None  # spark.executor.cores: the engine's threads on the CPU
+    cores: int | None = None  # the executor's cores (None: unknown, the engine's own)
     task_cpus: int | None = None  # spark.task.cpus: intra-op threads of each engine thread
     whole_gpu: bool = False  # spark.task.resource.gpu.amount >= 1: one task per GPU
 
@@ -46,7 +48,10 @@ class Sharing:
 
 
 def sharing(spark: Any, share: str, device: str = "auto") -> Sharing:
-    """``share`` checked, with the session's application id and executor cores.
+    """``share`` checked, with the session's application id, its executors'
+    cores (Spark's default per cluster manager where unset: N with
+    ``local[N]``, 1 on YARN and Kubernetes, unknown on a standalone cluster)
+    and ``spark.task.cpus``.
 
     Warns when the GPU settings make several tasks hold a model copy each on
     one GPU: a fractional ``spark.task.resource.gpu.amount`` (several tasks
@@ -54,31 +59,24 @@ def sharing(spark: Any, share: str, device: str = "auto") -> Sharing:
     """
     if share not in MODES:
         raise ValueError(f"share must be one of {list(MODES)}, got {share!r}")
-    # The session's conf (it holds the application's Spark conf): a Spark
-    # Connect client has no SparkContext.
-    conf = spark.conf
-    amount = conf.get("spark.task.resource.gpu.amount", None)
-    try:
-        fraction = amount is not None and 0 < float(amount) < 1
-        whole = amount is not None and float(amount) >= 1
-    except ValueError:
-        fraction = whole = False
-    if fraction and share == "task" and not str(device).startswith("cpu"):
-        tasks = round(1 / float(amount))
+    # From the session's conf (it holds the application's Spark conf): a
+    # Spark Connect client has no SparkContext.
+    cluster = ClusterConf.from_session(spark)
+    amount = cluster.task_gpus
+    if 0 < amount < 1 and share == "task" and not str(device).startswith("cpu"):
+        tasks = round(1 / amount)
         message = (
-            f"torchspark: spark.task.resource.gpu.amount={amount} runs {tasks} tasks per GPU "
+            f"torchspark: spark.task.resource.gpu.amount={amount:g} runs {tasks} tasks per GPU "
             f"and share='task' makes each of them load its own copy of the model on it "
             f"({tasks} copies per GPU); share='executor' (or 'auto') loads one per GPU and "
             "batches the tasks' rows together"
         )
         warnings.warn(message, stacklevel=3)
         logger.warning(message)
-    cores = conf.get("spark.executor.cores", None)
-    task_cpus = conf.get("spark.task.cpus", None)
     return Sharing(
         share,
-        str(conf.get("spark.app.id")),
-        int(cores) if cores else None,
-        int(task_cpus) if task_cpus else None,
-        whole,
+        str(spark.conf.get("spark.app.id")),
+        cluster.executor_cores,
+        cluster.task_cpus,
+        amount >= 1,
     )
