@@ -22,6 +22,7 @@ import re
 import signal
 import threading
 import time
+import warnings
 
 import background_job
 import numpy as np
@@ -535,6 +536,14 @@ def test_share_is_checked_and_warns_about_a_copy_per_task_on_a_gpu():
     assert whole.whole_gpu and whole.task_cpus == 2
     assert not whole.shared(torch.device("cuda", 0))
     assert sharing(Session({}), "auto").shared(torch.device("cuda", 0))  # local mode: no amount
+    # 0.6 of a GPU: Spark fits floor(1 / 0.6) = 1 task on each, so no warning and no sharing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        most = sharing(Session({"spark.task.resource.gpu.amount": "0.6"}), "task")
+    assert most.whole_gpu
+    assert not sharing(Session({"spark.task.resource.gpu.amount": "0.6"}), "auto").shared(
+        torch.device("cuda", 0)
+    )
     assert sharing(Session({}), "executor").shared(CPU)
 
 

@@ -36,7 +36,7 @@ class Sharing:
     application: str  # Spark's application id: engines are never shared across applications
     cores: int | None = None  # the executor's cores (None: unknown, the engine's own)
     task_cpus: int | None = None  # spark.task.cpus: intra-op threads of each engine thread
-    whole_gpu: bool = False  # spark.task.resource.gpu.amount >= 1: one task per GPU
+    whole_gpu: bool = False  # spark.task.resource.gpu.amount > 1/2: a GPU to each task
 
     def shared(self, device: Any) -> bool:
         """Whether a task on ``device`` uses its executor's engine (``"auto"``:
@@ -63,8 +63,9 @@ def sharing(spark: Any, share: str, device: str = "auto") -> Sharing:
     # Spark Connect client has no SparkContext.
     cluster = ClusterConf.from_session(spark)
     amount = cluster.task_gpus
-    if 0 < amount < 1 and share == "task" and not str(device).startswith("cpu"):
-        tasks = round(1 / amount)
+    # Tasks per GPU by Spark's rule (floor(1 / amount)); 1 with a GPU or more per task.
+    tasks = int(1 / amount + 1e-9) if 0 < amount < 1 else 1
+    if tasks > 1 and share == "task" and not str(device).startswith("cpu"):
         message = (
             f"torchspark: spark.task.resource.gpu.amount={amount:g} runs {tasks} tasks per GPU "
             f"and share='task' makes each of them load its own copy of the model on it "
@@ -78,5 +79,5 @@ def sharing(spark: Any, share: str, device: str = "auto") -> Sharing:
         str(spark.conf.get("spark.app.id")),
         cluster.executor_cores,
         cluster.task_cpus,
-        amount >= 1,
+        amount > 0 and tasks == 1,
     )
